@@ -1,0 +1,1 @@
+"""Torch side of the pipeline: the NotaGen model, checkpoint loading, the reference generator."""

@@ -1,0 +1,1 @@
+"""The lean runtime: numpy plus one inference backend. Never imports torch."""

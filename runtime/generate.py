@@ -1,0 +1,153 @@
+"""The published NotaGen generation loop over any backend session.
+
+Per patch: the patch decoder's last hidden state starts the char decoder, which samples 16
+characters (fewer when a prefix is forced). The first body patch is regenerated with the forced
+prefix ``[r:0/`` (or ``[r:0/N]`` for a chosen length); the EOS patch ends the piece; a full
+context is rebuilt from the header and the last half of the body lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from notagen_trt.config import BOS_ID, PATCH_SIZE
+
+from . import codec
+from .prompts import Prompt
+from .sampling import SamplingParams, sample
+from .session import DecoderSession
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_chars: int = 102_400  # published safety limit
+    max_seconds: float = 600.0
+    max_patches: int | None = None
+    bars: int | None = None  # force ``[r:0/N]``: N more lines (bars) after the first
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.max_chars <= 0 or self.max_seconds <= 0:
+            raise ValueError("max_chars and max_seconds must be positive")
+        if self.max_patches is not None and self.max_patches <= 0:
+            raise ValueError(f"max_patches must be positive, got {self.max_patches}")
+        if self.bars is not None and self.bars < 0:
+            raise ValueError(f"bars must be >= 0, got {self.bars}")
+
+    def forced_body_prefix(self) -> str:
+        return "[r:0/" if self.bars is None else f"[r:0/{self.bars}]"
+
+
+@dataclass
+class Piece:
+    text: str  # everything generated, prompt lines included, in training format
+    patches: int = 0
+    stop_reason: str = ""  # eos | max_chars | max_seconds | max_patches | context_full
+    seconds: float = 0.0
+    rebuilds: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.stop_reason == "eos"
+
+
+class PieceGenerator:
+    """Steps one piece patch by patch; iterate it to stream the generated text."""
+
+    def __init__(self, session: DecoderSession, patch_length: int, prompt: Prompt | None = None,
+                 config: GenerationConfig = GenerationConfig()) -> None:
+        self.session = session
+        self.patch_length = patch_length
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.piece = Piece(text="".join(prompt.lines()) if prompt else "")
+        self._in_body = False
+        self._start = time.perf_counter()
+        self._load_context(self.piece.text)
+
+    def _load_context(self, text: str) -> None:
+        patches, self._prefix = codec.encode_generate(text)
+        self.session.reset()
+        self._context = len(patches)
+        self._hidden = self.session.extend(patches)
+
+    def _sample_patch(self, prefix: list[int]) -> list[int]:
+        tokens = [BOS_ID, *prefix]
+        logits = self.session.char_start(self._hidden, tokens)
+        out = list(prefix)
+        while True:
+            token = int(sample(logits, self.rng.random(), self.config.sampling))
+            out.append(token)
+            if len(out) == PATCH_SIZE:
+                return out
+            logits = self.session.char_step(token)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.piece.stop_reason)
+
+    def step(self) -> str:
+        """Generate one patch; return the text it added ('' when the piece ended)."""
+        if self.done:
+            return ""
+        piece, cfg = self.piece, self.config
+        prefix, self._prefix = self._prefix, []
+        patch = self._sample_patch(prefix)
+        if not self._in_body and codec.decode_patch(patch).startswith("[r:"):
+            self._in_body = True
+            patch = self._sample_patch(codec.to_ids(cfg.forced_body_prefix(), pad=False))
+        piece.patches += 1
+        if codec.is_eos_patch(patch):
+            return self._stop("eos")
+        added = codec.decode_patch(patch)[len(prefix) :]
+        piece.text += added
+        self._hidden = self.session.extend(codec.clean_patch(patch)[None])
+        self._context += 1
+        if len(piece.text) > cfg.max_chars:
+            self._stop("max_chars")
+        elif time.perf_counter() - self._start > cfg.max_seconds:
+            self._stop("max_seconds")
+        elif cfg.max_patches is not None and piece.patches >= cfg.max_patches:
+            self._stop("max_patches")
+        elif self._context >= self.patch_length:
+            self._rebuild()
+        return added
+
+    def _rebuild(self) -> None:
+        """Context full: continue from the header plus the last half of the body lines."""
+        header, body = codec.split_lines(self.piece.text)
+        keep = len(body) // 2
+        if keep == 0:
+            self._stop("context_full")
+            return
+        self._load_context("".join(header + body[-keep:]))
+        if self._context >= self.patch_length:
+            self._stop("context_full")
+        self.piece.rebuilds += 1
+
+    def _stop(self, reason: str) -> str:
+        self.piece.stop_reason = reason
+        self.piece.seconds = time.perf_counter() - self._start
+        return ""
+
+    def __iter__(self) -> Iterator[str]:
+        while not self.done:
+            yield self.step()
+
+    def run(self) -> Piece:
+        for _ in self:
+            pass
+        return self.piece
+
+
+def generate(session: DecoderSession, patch_length: int, prompt: Prompt | None = None,
+             config: GenerationConfig = GenerationConfig()) -> Piece:
+    """Generate one whole piece."""
+    return PieceGenerator(session, patch_length, prompt, config).run()

@@ -1,0 +1,56 @@
+"""The 112 period / composer / instrumentation prompts NotaGen-X was fine-tuned on."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from notagen_trt.errors import NotaGenError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    period: str
+    composer: str
+    instrumentation: str
+
+    def lines(self) -> list[str]:
+        """The three conditioning lines that open a generated piece."""
+        return [f"%{self.period}\n", f"%{self.composer}\n", f"%{self.instrumentation}\n"]
+
+
+@lru_cache(maxsize=1)
+def valid_prompts() -> tuple[Prompt, ...]:
+    text = resources.files("notagen_trt").joinpath("data/prompts.txt").read_text(encoding="utf-8")
+    return tuple(Prompt(*line.split("_")) for line in text.splitlines() if line.strip())
+
+
+def _check(kind: str, value: str, allowed: list[str]) -> None:
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(value, allowed, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"valid: {', '.join(allowed)}"
+    raise NotaGenError(f"unknown {kind} {value!r}: {hint}")
+
+
+def resolve_prompt(period: str | None, composer: str | None, instrumentation: str | None) -> Prompt | None:
+    """A valid Prompt, or None for unconditional generation (all three omitted)."""
+    given = (period, composer, instrumentation)
+    if all(v is None for v in given):
+        return None
+    if any(v is None for v in given):
+        raise NotaGenError("give all three of --period, --composer and --instrumentation, or none of them")
+    prompts = valid_prompts()
+    _check("period", period, sorted({p.period for p in prompts}))
+    periods_of = sorted({p.period for p in prompts if p.composer == composer})
+    if periods_of and period not in periods_of:
+        raise NotaGenError(f"composer {composer!r} is not in period {period!r}; use --period {periods_of[0]!r}")
+    _check("composer", composer, sorted({p.composer for p in prompts if p.period == period}))
+    _check(
+        "instrumentation",
+        instrumentation,
+        sorted({p.instrumentation for p in prompts if (p.period, p.composer) == (period, composer)}),
+    )
+    return Prompt(period, composer, instrumentation)
