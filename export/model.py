@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from notagen_trt.config import VOCAB_SIZE, ModelConfig
+from notagen_trt.config import PAD_ID, VOCAB_SIZE, ModelConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each [batch, heads, seq, head_dim]
 
@@ -66,8 +66,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout  # residual dropout, active only in training
         self.ln_1 = nn.LayerNorm(hidden, eps=1e-5)
         self.attn = Attention(hidden, heads)
         self.ln_2 = nn.LayerNorm(hidden, eps=1e-5)
@@ -75,18 +76,18 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
         a, present = self.attn(self.ln_1(x), past)
-        x = x + a
-        return x + self.mlp(self.ln_2(x)), present
+        x = x + F.dropout(a, self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.ln_2(x)), self.dropout, self.training), present
 
 
 class GPT2(nn.Module):
     """GPT-2 body over input embeddings: positions, blocks, final LayerNorm."""
 
-    def __init__(self, vocab: int, positions: int, layers: int, hidden: int, heads: int) -> None:
+    def __init__(self, vocab: int, positions: int, layers: int, hidden: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.wte = nn.Embedding(vocab, hidden)
         self.wpe = nn.Embedding(positions, hidden)
-        self.h = nn.ModuleList(Block(hidden, heads) for _ in range(layers))
+        self.h = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(hidden, eps=1e-5)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
@@ -105,13 +106,13 @@ class GPT2(nn.Module):
 class PatchLevelDecoder(nn.Module):
     """Patches -> hidden states; hidden state i predicts patch i + 1."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.config = config
         h = config.hidden_size
         self.patch_embedding = nn.Linear(config.patch_size * VOCAB_SIZE, h)
         # vocab_size 1: the published model keeps an unused [1, H] wte parameter.
-        self.base = GPT2(1, config.patch_length, config.patch_num_layers, h, config.num_heads)
+        self.base = GPT2(1, config.patch_length, config.patch_num_layers, h, config.num_heads, dropout)
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, n, 16] char ids -> [B, n, H]. The published one-hot @ weight is a sum of 16
@@ -127,10 +128,10 @@ class PatchLevelDecoder(nn.Module):
 class CharLM(nn.Module):
     """Holds ``transformer`` and ``lm_head`` like HF's GPT2LMHeadModel, so keys match."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
         h = config.hidden_size
-        self.transformer = GPT2(VOCAB_SIZE, config.char_positions, config.char_num_layers, h, config.num_heads)
+        self.transformer = GPT2(VOCAB_SIZE, config.char_positions, config.char_num_layers, h, config.num_heads, dropout)
         self.lm_head = nn.Linear(h, VOCAB_SIZE, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
 
@@ -138,9 +139,9 @@ class CharLM(nn.Module):
 class CharLevelDecoder(nn.Module):
     """Generates one patch's characters; position 0's input is the patch hidden state."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
-        self.base = CharLM(config)
+        self.base = CharLM(config, dropout)
 
     def forward(
         self,
@@ -160,11 +161,11 @@ class CharLevelDecoder(nn.Module):
 class NotaGenModel(nn.Module):
     """The whole model; ``forward`` is teacher forcing (training / evaluation)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.config = config
-        self.patch_level_decoder = PatchLevelDecoder(config)
-        self.char_level_decoder = CharLevelDecoder(config)
+        self.patch_level_decoder = PatchLevelDecoder(config, dropout)
+        self.char_level_decoder = CharLevelDecoder(config, dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """patches [B, n, 16] -> char logits [B, n - 1, 17, 128] for patches 1..n-1.
@@ -178,3 +179,12 @@ class NotaGenModel(nn.Module):
         tokens = torch.cat([bos, targets], dim=1)  # [B*(n-1), 17]
         logits, _ = self.char_level_decoder(tokens, hidden[:, :-1].reshape(-1, hidden.shape[-1]))
         return logits.view(b, n - 1, self.config.char_positions, VOCAB_SIZE)
+
+    def char_nll(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed negative log-likelihood in nats, number of predicted characters) over every
+        non-pad character of patches 1..n-1: the published training loss's positions."""
+        logits = self(patches)[:, :, : self.config.patch_size].float()
+        targets = patches[:, 1:]
+        mask = targets != PAD_ID
+        nll = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), reduction="none")
+        return (nll * mask.reshape(-1)).sum(), mask.sum()

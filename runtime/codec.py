@@ -56,7 +56,8 @@ def split_bars(line: str) -> list[str]:
         segments.append("".join(parts[i : i + 2]))
     # The tail after the last barline (e.g. "|\n") is no bar of its own unless a voice starts there.
     if len(segments) > 1 and "V" not in segments[-1]:
-        segments[-2] += segments.pop()
+        tail = segments.pop()
+        segments[-1] += tail
     return segments
 
 
@@ -138,3 +139,30 @@ def clean_patch(patch: np.ndarray | list[int]) -> np.ndarray:
     if hits.size:
         patch[hits[0] + 1 :] = PAD_ID
     return patch
+
+
+def encode_windows(abc: str, patch_length: int, stream: bool = True) -> list[np.ndarray]:
+    """Teacher-forcing windows of at most ``patch_length`` patches that together predict every
+    patch of the tune exactly once: the first window is the tune's head; each later one repeats
+    BOS + header and continues with the next whole body lines (as the context rebuild does)."""
+    header, body = split_lines(abc)
+    body = [line if line.endswith("\n") else line + "\n" for line in body]
+    if stream and body and not body[0].startswith("[r:"):
+        body = add_stream_prefixes(body)
+    head = _patches_for(header, [], open_end=False)
+    room = patch_length - len(head)
+    if room < 2:
+        raise ValueError(f"the header alone needs {len(head)} patches; the model holds {patch_length}")
+    lines = [[p for bar in split_bars(line) for p in segment_patches(bar)] for line in body]
+    lines[-1:] = [lines[-1] + [EOS_PATCH]] if lines else [[EOS_PATCH]]
+    windows, chunk = [], []
+    for line in lines:
+        if chunk and len(chunk) + len(line) > room:
+            windows.append(head + chunk)
+            chunk = []
+        while len(line) > room:  # one line longer than a window: cut it
+            windows.append(head + line[:room])
+            line = line[room:]
+        chunk += line
+    windows.append(head + chunk)
+    return [np.array([to_ids(p) for p in w], dtype=np.int64) for w in windows]

@@ -1,7 +1,13 @@
-import numpy as np
-import pytest
+import os
 
-from notagen_trt.config import ModelConfig
+# Tiny test models run faster on one thread, and OpenMP threads spinning against other work on
+# a 2-core machine can make each small op 100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from notagen_trt.config import ModelConfig  # noqa: E402
 
 # Two tunes in NotaGen's training format (interleaved voices, one bar line per voice group).
 CHORALE = """%Baroque

@@ -1,0 +1,29 @@
+"""Reading ABC pieces (a file, or a folder of ``.abc`` files) for training, evaluation and
+calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from notagen_trt.errors import NotaGenError
+
+
+def read_pieces(path: str | Path) -> list[tuple[str, str]]:
+    """[(name, text)] sorted by name, from one ``.abc`` file or every ``*.abc`` under a folder."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(path.rglob("*.abc"))
+    else:
+        raise NotaGenError(f"{path}: no such file or folder of .abc pieces")
+    if not files:
+        raise NotaGenError(f"{path}: holds no .abc files")
+    return [(str(f.relative_to(path)) if path.is_dir() else f.name, f.read_text(encoding="utf-8")) for f in files]
+
+
+def default_split(split: str) -> Path:
+    """A split of the corpus that ships with the toolkit: train, calib or heldout."""
+    from importlib import resources
+
+    return Path(str(resources.files("notagen_trt.calibration_data").joinpath(split)))

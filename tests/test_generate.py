@@ -1,0 +1,80 @@
+"""The reference generator: published (no cache) and cached modes write the same pieces."""
+
+import pytest
+import torch
+from conftest import TUNES
+
+from notagen_trt.config import ModelConfig
+from notagen_trt.export.reference import ReferenceBackend
+from notagen_trt.export.train import TrainConfig, train
+from notagen_trt.runtime.generate import GenerationConfig, generate
+from notagen_trt.runtime.prompts import resolve_prompt
+
+BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for seconds on the test tunes, so it writes real body lines.
+    PATCH_LENGTH 32 is shorter than a piece, so generation has to rebuild its context."""
+    from notagen_trt.export.checkpoint import load_model
+
+    d = tmp_path_factory.mktemp("tunes")
+    for i, tune in enumerate(TUNES):
+        (d / f"{i}.abc").write_text(tune)
+    cfg = ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32)
+    train(cfg, d, d, d / "m.pth", TrainConfig(steps=200, eval_every=200, warmup=10, lr=3e-3, dropout=0.0), log=lambda *_: None)
+    return load_model(d / "m.pth")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_published_and_cached_modes_write_identical_pieces(trained, seed):
+    config = GenerationConfig(seed=seed, max_patches=120)
+    prompt = resolve_prompt(*BACH)
+    a = ReferenceBackend(trained, "published").generate(prompt, config)
+    b = ReferenceBackend(trained, "cached").generate(prompt, config)
+    assert a.text == b.text and a.patches == b.patches and a.stop_reason == b.stop_reason
+    assert a.text.startswith("".join(prompt.lines()))
+    assert "[r:0/" in a.text  # the first body patch was forced
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_context_halving_keeps_generating(trained, seed):
+    """A loop PATCH_LENGTH of 22 (below the model's 32) forces rebuilds within one short piece."""
+    config, prompt = GenerationConfig(seed=seed, max_patches=150), resolve_prompt(*BACH)
+    cached = generate(ReferenceBackend(trained, "cached").new_session(), 22, prompt, config)
+    published = generate(ReferenceBackend(trained, "published").new_session(), 22, prompt, config)
+    assert cached.rebuilds >= 1
+    assert cached.patches > 22 - 15  # more patches than the context holds beside the header
+    assert published.text == cached.text and published.rebuilds == cached.rebuilds
+
+
+def test_forced_length_prefix(trained):
+    piece = ReferenceBackend(trained, "cached").generate(resolve_prompt(*BACH), GenerationConfig(seed=0, bars=7, max_patches=40))
+    body = [line for line in piece.text.splitlines() if line.startswith("[r:")]
+    assert body and body[0].startswith("[r:0/7]")
+
+
+def test_limits_end_generation(trained):
+    backend = ReferenceBackend(trained, "cached")
+    piece = backend.generate(None, GenerationConfig(seed=0, max_patches=5))
+    assert (piece.patches, piece.stop_reason) == (5, "max_patches")
+    piece = backend.generate(None, GenerationConfig(seed=0, max_chars=40))
+    assert piece.stop_reason == "max_chars" and 40 < len(piece.text) <= 56
+
+
+def test_seeds_differ_and_repeat(trained):
+    backend = ReferenceBackend(trained, "cached")
+    config = GenerationConfig(seed=5, max_patches=30)
+    assert backend.generate(None, config).text == backend.generate(None, config).text
+    texts = {backend.generate(None, GenerationConfig(seed=s, max_patches=30)).text for s in range(6)}
+    assert len(texts) > 1
+
+
+def test_invalid_generation_settings_are_rejected():
+    with pytest.raises(ValueError):
+        GenerationConfig(seed=-1)
+    with pytest.raises(ValueError):
+        GenerationConfig(max_patches=0)
+    with pytest.raises(ValueError):
+        ReferenceBackend(torch.nn.Module(), "fast")
