@@ -10,15 +10,23 @@ from fractions import Fraction
 _VOICE_DEF = re.compile(r"^V:\s*(\S+)")
 _VOICE_TAG = re.compile(r"\[V:([^\]]+)\]")
 _STREAM = re.compile(r"\[r:[^\]]*\]")
-_BAR_END = re.compile(r"(\|\]|\|\||:\||::|\|:|\[\||\|)\s*$")
+_BARLINE = r"(\|\]|\|\||:\||::|\|:|\[\||\|)"
+_BAR_END = re.compile(_BARLINE + r"\s*$")
+_BAR_START = re.compile(r"^\s*" + _BARLINE)
 
 
 def _bar_duration(text: str) -> Fraction | None:
-    from abctoolkit.duration import calculate_bartext_duration  # the authors' bar arithmetic
+    """Length of one voice's bar in units of L, by the authors' bar arithmetic (abctoolkit)."""
+    import contextlib
+    import io
 
+    from abctoolkit.duration import calculate_bartext_duration
+
+    notes = _BAR_START.sub("", _BAR_END.sub("", text))
     try:
-        return calculate_bartext_duration(text)
-    except Exception:  # their parser raises on malformed bars; a bad bar just has no duration
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its parse failures
+            return calculate_bartext_duration(notes)
+    except Exception:  # malformed generated bars: no duration rather than a crash
         return None
 
 
