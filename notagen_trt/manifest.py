@@ -1,0 +1,105 @@
+"""The manifest: the contract between pipeline stages (export -> engines -> runtime).
+
+A model or engine directory holds graph files plus ``manifest.json`` describing them: model config,
+IO names / dtypes / symbolic shapes, KV layout, precision, source checkpoint hash, tool versions
+and check results. Every stage reads the previous stage's manifest through ``read_manifest``,
+which refuses with a one-line reason what it cannot use. No torch or onnx here: the runtime reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from notagen_trt.config import ModelConfig
+from notagen_trt.errors import NotaGenError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+KINDS = ("onnx", "engine")
+GRAPH_NAMES = ("patch_decoder", "char_decoder")
+_FILE_KEYS = ("file", "external_data")  # graph entries' keys that name files in the directory
+
+
+def write_manifest(directory: str | Path, data: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically: readers see the old manifest or the new one, never half."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is as readable as the graphs
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict[str, Any]:
+    """The validated manifest of ``directory``, or a NotaGenError naming the problem and the fix."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise NotaGenError(f"{path}: no manifest; point at a directory written by `notagen-trt export` (or re-run it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotaGenError(f"{path}: unreadable manifest ({exc}); re-run the export that wrote it") from None
+    if not isinstance(data, dict):
+        raise NotaGenError(f"{path}: manifest is not a JSON object; re-run the export that wrote it")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise NotaGenError(f"{path}: manifest format_version {version!r} is not supported (this notagen-trt reads "
+                           f"{FORMAT_VERSION}); re-export with this version")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise NotaGenError(f"{path}: unknown manifest kind {kind!r} (expected one of {', '.join(KINDS)}); re-export")
+    if expect_kind is not None and kind != expect_kind:
+        raise NotaGenError(f"{path}: this is an {kind!r} directory but an {expect_kind!r} directory is needed here; "
+                           f"pass the output of the matching stage")
+    try:
+        ModelConfig.from_dict(data.get("model") or {})
+    except (TypeError, ValueError) as exc:
+        raise NotaGenError(f"{path}: invalid model config ({exc}); re-export") from None
+    graphs = data.get("graphs")
+    if not isinstance(graphs, dict) or any(g not in graphs for g in GRAPH_NAMES):
+        raise NotaGenError(f"{path}: manifest must describe graphs {', '.join(GRAPH_NAMES)}; re-export")
+    for name, graph in graphs.items():
+        for key in _FILE_KEYS:
+            if graph.get(key) is not None:
+                _check_file(directory, path, f"graphs.{name}.{key}", graph[key])
+    return data
+
+
+def model_config(manifest: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_dict(manifest["model"])
+
+
+def graph_file(directory: str | Path, manifest: dict[str, Any], graph: str) -> Path:
+    """The path of a graph's main file (already validated by ``read_manifest``)."""
+    return Path(directory) / manifest["graphs"][graph]["file"]
+
+
+def _check_file(directory: Path, manifest_path: Path, field: str, name: object) -> None:
+    """A listed file must be a relative path that stays inside the directory and exists."""
+    if not isinstance(name, str) or not name:
+        raise NotaGenError(f"{manifest_path}: {field} must be a file name; re-export")
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts:
+        raise NotaGenError(f"{manifest_path}: {field} {name!r} points outside the model directory; only relative "
+                           f"paths inside it are allowed (re-export, or fix the manifest)")
+    target = (directory / name).resolve()
+    if not target.is_relative_to(directory.resolve()):
+        raise NotaGenError(f"{manifest_path}: {field} {name!r} resolves outside the model directory (symlink?); "
+                           f"copy the file into the directory")
+    if not target.is_file():
+        raise NotaGenError(f"{manifest_path}: {field} names {name!r}, which is missing; copy the whole directory "
+                           f"or re-export")

@@ -1,0 +1,146 @@
+"""ONNX Runtime backend over an exported model directory (numpy + onnxruntime, no torch).
+
+CPU: the KV caches are numpy arrays fed back as the next call's ``past_key_values``.
+CUDA: IOBinding keeps ``present`` tensors on the GPU and binds them as the next ``past`` inputs,
+so only token ids, the patch hidden state and logits cross the bus. Both decoders' InferenceSession
+objects are shared by every session of a backend (``run`` is thread-safe in ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from notagen_trt.config import HEAD_DIM
+from notagen_trt.errors import NotaGenError
+from notagen_trt.manifest import graph_file, model_config, read_manifest
+
+Device = Literal["cpu", "cuda"]
+
+
+class _Graph:
+    """One decoder graph: its InferenceSession and IO names from the manifest."""
+
+    def __init__(self, model_dir: Path, manifest: dict[str, Any], name: str, device: Device,
+                 threads: int | None) -> None:
+        spec = manifest["graphs"][name]
+        self.layers = int(spec["num_layers"])
+        self.inputs = [s["name"] for s in spec["inputs"]]
+        self.outputs = [s["name"] for s in spec["outputs"]]
+        self.past_names = self.inputs[-2 * self.layers:]
+        self.present_names = self.outputs[-2 * self.layers:]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        path = graph_file(model_dir, manifest, name)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise NotaGenError(f"{path}: ONNX Runtime could not load the graph ({exc}); re-export the model") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise NotaGenError(f"{path}: ONNX Runtime fell back to the CPU (CUDA or cuDNN libraries missing?); "
+                               "install onnxruntime-gpu matching your CUDA version, or use --device cpu")
+
+
+class OrtBackend:
+    """A runtime Backend (see session.py) running the exported ONNX graphs in ONNX Runtime."""
+
+    def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | None = None) -> None:
+        if device not in ("cpu", "cuda"):
+            raise NotaGenError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise NotaGenError("ONNX Runtime has no CUDAExecutionProvider in this install (available: "
+                               f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu, or use "
+                               "--device cpu")
+        model_dir = Path(model_dir)
+        manifest = read_manifest(model_dir, expect_kind="onnx")
+        self.manifest = manifest
+        self.config = model_config(manifest)
+        self.device = device
+        self.name = f"onnxruntime-{device}"
+        self.patch = _Graph(model_dir, manifest, "patch_decoder", device, threads)
+        self.char = _Graph(model_dir, manifest, "char_decoder", device, threads)
+
+    def new_session(self) -> "_Session":
+        return CudaSession(self) if self.device == "cuda" else CpuSession(self)
+
+
+Past = list  # np.ndarray on the CPU path, ort.OrtValue (device memory) on the CUDA path
+
+
+class _Session:
+    """One piece's decoding state; subclasses decide where the KV caches live (``_run``)."""
+
+    def __init__(self, backend: OrtBackend) -> None:
+        self.backend = backend
+        config = backend.config
+        self._empty = np.zeros((1, config.num_heads, 0, HEAD_DIM), dtype=np.float32)
+        # patch_hidden is ignored after position 0; any [1, H] tensor will do for char steps.
+        self._zero_hidden = np.zeros((1, config.hidden_size), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self._patch_past: Past = [self._empty] * len(self.backend.patch.past_names)
+        self._char_past: Past = []
+
+    def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
+        raise NotImplementedError
+
+    def extend(self, patches: np.ndarray) -> np.ndarray:
+        g = self.backend.patch
+        hidden, self._patch_past = self._run(g, {g.inputs[0]: _ids(patches)[None]}, self._patch_past)
+        return hidden[0, -1]
+
+    def char_start(self, hidden: np.ndarray, tokens: list[int]) -> np.ndarray:
+        g = self.backend.char
+        head = {g.inputs[0]: _ids(tokens)[None], g.inputs[1]: np.asarray(hidden, dtype=np.float32)[None]}
+        logits, self._char_past = self._run(g, head, [self._empty] * len(g.past_names))
+        return logits[0, -1]
+
+    def char_step(self, token: int) -> np.ndarray:
+        g = self.backend.char
+        head = {g.inputs[0]: _ids([[token]]), g.inputs[1]: self._zero_hidden}
+        logits, self._char_past = self._run(g, head, self._char_past)
+        return logits[0, -1]
+
+
+def _ids(values: np.ndarray | list[int] | list[list[int]]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+class CpuSession(_Session):
+    """Growing numpy KV caches on the host."""
+
+    def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
+        out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
+        return out, present
+
+
+class CudaSession(_Session):
+    """KV caches stay on the GPU: each call's ``present`` outputs are bound to device memory and
+    bound again, as OrtValues, as the next call's ``past`` inputs (no host round trip). Only
+    ids, the patch hidden state, logits and the (empty) first past cross the bus."""
+
+    DEVICE_ID = 0
+
+    def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
+        binding = graph.session.io_binding()
+        for name, value in head.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(graph.past_names, past):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)  # the empty past of a first call
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output(graph.outputs[0], "cpu")  # hidden state / logits go to the host sampler
+        for name in graph.present_names:
+            binding.bind_output(name, "cuda", self.DEVICE_ID)
+        graph.session.run_with_iobinding(binding)
+        out, *present = binding.get_outputs()
+        return out.numpy(), present
