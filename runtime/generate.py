@@ -9,7 +9,8 @@ context is rebuilt from the header and the last half of the body lines.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from notagen_trt.config import BOS_ID, PATCH_SIZE
 from . import codec
 from .prompts import Prompt
 from .sampling import SamplingParams, sample
-from .session import DecoderSession
+from .session import Backend, DecoderSession
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,26 @@ class PieceGenerator:
         while not self.done:
             yield self.step()
 
+    def bars(self) -> Iterator[str]:
+        """Stream the piece bar by bar: each closed bar (or header line) once it is complete,
+        and whatever is left when the piece ends."""
+        pending = ""
+        for added in self:
+            pending += added
+            lines = pending.splitlines(keepends=True)
+            # Complete lines are done; of the open last line, every bar but the last is done.
+            closed = [seg for line in lines[:-1] for seg in codec.split_bars(line)]
+            if lines and lines[-1].endswith("\n"):
+                closed += codec.split_bars(lines[-1])
+                pending = ""
+            elif lines:
+                open_bars = codec.split_bars(lines[-1])
+                closed += open_bars[:-1]
+                pending = open_bars[-1]
+            yield from closed
+        if pending:
+            yield pending
+
     def run(self) -> Piece:
         for _ in self:
             pass
@@ -151,3 +172,22 @@ def generate(session: DecoderSession, patch_length: int, prompt: Prompt | None =
              config: GenerationConfig = GenerationConfig()) -> Piece:
     """Generate one whole piece."""
     return PieceGenerator(session, patch_length, prompt, config).run()
+
+
+def generate_many(backend: Backend, patch_length: int, prompt: Prompt | None, configs: list[GenerationConfig],
+                  workers: int = 1, on_patch: Callable[[int, str], None] | None = None) -> list[Piece]:
+    """Several pieces through one loaded model, ``workers`` at a time (each piece stops on its
+    own). Every piece has its own session and seed, so the result does not depend on
+    ``workers``. ``on_patch(index, text)`` is called after every patch (progress display)."""
+
+    def one(i: int) -> Piece:
+        gen = PieceGenerator(backend.new_session(), patch_length, prompt, configs[i])
+        for added in gen:
+            if on_patch:
+                on_patch(i, added)
+        return gen.piece
+
+    if workers <= 1:
+        return [one(i) for i in range(len(configs))]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, range(len(configs))))
