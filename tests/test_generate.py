@@ -8,6 +8,7 @@ from notagen_trt.config import ModelConfig
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.export.train import TrainConfig, train
 from notagen_trt.runtime.generate import GenerationConfig, generate
+from notagen_trt.runtime import codec
 from notagen_trt.runtime.prompts import resolve_prompt
 
 BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
@@ -78,3 +79,29 @@ def test_invalid_generation_settings_are_rejected():
         GenerationConfig(max_patches=0)
     with pytest.raises(ValueError):
         ReferenceBackend(torch.nn.Module(), "fast")
+
+
+def test_bar_streaming_yields_the_whole_piece_in_bars(trained):
+    from notagen_trt.runtime.generate import PieceGenerator
+
+    prompt = resolve_prompt(*BACH)
+    config = GenerationConfig(seed=1, max_patches=60)
+    gen = PieceGenerator(ReferenceBackend(trained, "cached").new_session(), 32, prompt, config)
+    bars = list(gen.bars())
+    assert "".join(bars) == gen.piece.text[len("".join(prompt.lines())) :]
+    assert len(bars) > 3
+    # each yielded piece is one bar segment of the codec (a header line or one voice's bar)
+    for bar in bars[:-1]:
+        assert "\n" not in bar[:-1]
+        assert codec.split_bars(bar) == [bar]
+
+
+def test_generate_many_is_independent_of_workers(trained):
+    from notagen_trt.runtime.generate import generate_many
+
+    backend = ReferenceBackend(trained, "cached")
+    configs = [GenerationConfig(seed=s, max_patches=40) for s in range(4)]
+    one = generate_many(backend, 32, resolve_prompt(*BACH), configs, workers=1)
+    many = generate_many(backend, 32, resolve_prompt(*BACH), configs, workers=3)
+    assert [p.text for p in one] == [p.text for p in many]
+    assert [p.text for p in one] == [backend.generate(resolve_prompt(*BACH), c).text for c in configs]
