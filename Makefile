@@ -19,7 +19,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/notagen-trt reference --num-pieces 1 --out out/demo
+	$(VENV)/bin/notagen-trt generate --out out/demo
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

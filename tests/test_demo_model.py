@@ -1,0 +1,58 @@
+"""The shipped demo model: loads, is good enough, and every path generates the same pieces."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from notagen_trt.cli import DEMO_CHECKPOINT, main
+from notagen_trt.corpus import default_split, read_pieces
+from notagen_trt.export.checkpoint import load_model
+from notagen_trt.export.evaluate import bits_per_char
+from notagen_trt.export.onnx_export import export_onnx
+from notagen_trt.export.reference import ReferenceBackend
+from notagen_trt.runtime.generate import GenerationConfig
+from notagen_trt.runtime.postprocess import postprocess
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model(DEMO_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-onnx")
+    export_onnx(load_model(DEMO_CHECKPOINT), out, checkpoint_path=DEMO_CHECKPOINT)
+    return out
+
+
+def test_demo_checkpoint_is_small_and_loads(demo):
+    assert DEMO_CHECKPOINT.stat().st_size <= 16 * 2**20
+    assert demo.config.patch_length >= 256
+
+
+def test_demo_model_bits_per_char_on_heldout_sample(demo):
+    pieces = [t for _, t in read_pieces(default_split("heldout"))][::8]  # every 8th piece: seconds, not minutes
+    assert bits_per_char(demo, pieces) <= 1.6
+
+
+def test_onnx_export_of_demo_model_meets_parity(demo_onnx):
+    manifest = json.loads((demo_onnx / "manifest.json").read_text())
+    assert all(d <= 1e-4 for d in manifest["parity"]["max_abs_diff"].values())
+    assert manifest["parity"]["patch_steps"] >= 32 and manifest["parity"]["char_steps"] >= 32
+
+
+def test_generate_on_ort_cpu_equals_cached_reference(demo, demo_onnx, tmp_path, capsys):
+    rc = main(["generate", "--model", str(demo_onnx), "--backend", "ort-cpu", "--seed", "0", "--num-pieces", "5",
+               "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == "onnxruntime-cpu"
+    reference = ReferenceBackend(demo, "cached")
+    for seed in range(5):
+        piece = reference.generate(None, GenerationConfig(seed=seed))
+        assert piece.complete
+        assert Path(tmp_path / f"piece_seed{seed}.abc").read_text() == postprocess(piece.text)
+    assert {r["seed"] for r in summary["pieces"]} == set(range(5))
+    assert all("abc" in r["files"] for r in summary["pieces"])
