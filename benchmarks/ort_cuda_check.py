@@ -28,18 +28,14 @@ def main() -> None:
                 "torch-cached-cuda": ReferenceBackend(load_model(DEMO_CHECKPOINT), "cached", "cuda")}
     rows, texts = {}, {}
     for name, backend in backends.items():
-        run_piece(backend.new_session(), backend_patch_length(backend), None, GenerationConfig(seed=99, max_patches=8))
-        pieces = [run_piece(backend.new_session(), backend_patch_length(backend), None, GenerationConfig(seed=s))
+        run_piece(backend.new_session(), backend.config.patch_length, None, GenerationConfig(seed=99, max_patches=8))
+        pieces = [run_piece(backend.new_session(), backend.config.patch_length, None, GenerationConfig(seed=s))
                   for s in range(args.seeds)]
         texts[name] = [p.text for p in pieces]
         rows[name] = {"ms_per_patch_median": round(statistics.median(1000 * p.seconds / p.patches for p in pieces), 3),
                       "patches": [p.patches for p in pieces]}
     same = all(texts[n] == texts["torch-cached-cuda"] for n in texts)
     print(json.dumps({"gpu": torch.cuda.get_device_name(), "identical_pieces": same, "backends": rows}, indent=2))
-
-
-def backend_patch_length(backend) -> int:
-    return backend.config.patch_length if hasattr(backend, "config") else backend.model.config.patch_length
 
 
 if __name__ == "__main__":

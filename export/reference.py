@@ -87,6 +87,7 @@ class ReferenceBackend:
         if mode not in ("published", "cached"):
             raise ValueError(f"mode must be 'published' or 'cached', got {mode!r}")
         self.model = model.eval().to(device)
+        self.config = model.config
         self.mode = mode
         self.device = torch.device(device)
         self.name = f"torch-{mode}"
@@ -96,4 +97,4 @@ class ReferenceBackend:
         return cls(self.model, self.device)
 
     def generate(self, prompt: Prompt | None = None, config: GenerationConfig = GenerationConfig()) -> Piece:
-        return generate(self.new_session(), self.model.config.patch_length, prompt, config)
+        return generate(self.new_session(), self.config.patch_length, prompt, config)
