@@ -10,6 +10,7 @@ position 0 with ``patch_hidden`` through a ``Where``, so the first call and late
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 import warnings
@@ -194,6 +195,7 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
             for key in ("external_data", "file"):  # weights before the graph that points at them
                 if entry[key]:
                     shutil.move(str(Path(scratch) / entry[key]), out_dir / entry[key])
+                    os.chmod(out_dir / entry[key], 0o644)  # side files come out 0600 otherwise
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "onnx",
