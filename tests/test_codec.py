@@ -99,3 +99,15 @@ def test_windows_predict_every_patch_once(tune, patch_length):
 def test_non_ascii_is_rejected():
     with pytest.raises(ValueError, match="not ASCII"):
         codec.encode_train("L:1/8\n[V:1]é|\n")
+
+
+def test_every_corpus_piece_round_trips():
+    from notagen_trt.corpus import default_split, read_pieces
+
+    count = 0
+    for split in ("train", "calib", "heldout"):
+        for name, text in read_pieces(default_split(split)):
+            header, body = codec.split_lines(text)
+            assert codec.decode(codec.encode_train(text)) == "".join(header + body), name
+            count += 1
+    assert count > 4000
