@@ -9,13 +9,13 @@ import json
 import statistics
 
 import torch
-
-from notagen_trt.cli import DEMO_CHECKPOINT
 from notagen_trt.export.checkpoint import load_model
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.generate import GenerationConfig
 from notagen_trt.runtime.generate import generate as run_piece
 from notagen_trt.runtime.onnx_backend import OrtBackend
+
+from notagen_trt.demo import DEMO_CHECKPOINT
 
 
 def main() -> None:

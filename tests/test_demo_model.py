@@ -4,15 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
-
-from notagen_trt.cli import DEMO_CHECKPOINT, main
-from notagen_trt.corpus import default_split, read_pieces
 from notagen_trt.export.checkpoint import load_model
 from notagen_trt.export.evaluate import bits_per_char
 from notagen_trt.export.onnx_export import export_onnx
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.generate import GenerationConfig
 from notagen_trt.runtime.postprocess import postprocess
+
+from notagen_trt.cli import main
+from notagen_trt.corpus import default_split, read_pieces
+from notagen_trt.demo import DEMO_CHECKPOINT
 
 
 @pytest.fixture(scope="module")

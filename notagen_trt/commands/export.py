@@ -1,0 +1,47 @@
+"""`notagen-trt export`: checkpoint -> ONNX step graphs with KV caches, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from notagen_trt.demo import demo_checkpoint
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from notagen_trt.export.checkpoint import load_model
+    from notagen_trt.export.onnx_export import export_onnx
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint()
+    manifest = export_onnx(
+        load_model(checkpoint),
+        args.out,
+        checkpoint_path=checkpoint,
+        opset=args.opset,
+        parity=not args.no_parity,
+        external_data=True if args.external_data else None,
+    )
+    parity = manifest.get("parity") or {}
+    if args.json:
+        print(json.dumps({"out": str(args.out), "parity": parity}))
+    else:
+        print(f"wrote {args.out}/patch_decoder.onnx, char_decoder.onnx, manifest.json")
+        if parity:
+            diffs = ", ".join(f"{phase} {diff:.2e}" for phase, diff in parity["max_abs_diff"].items())
+            print(
+                f"parity vs PyTorch ({parity['patch_steps']} patch / {parity['char_steps']} char steps), "
+                f"max |diff| (tolerance {parity['tolerance']}): {diffs}"
+            )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX step graphs with KV caches (+ parity check)")
+    p.add_argument("--checkpoint", help=".pth or .safetensors checkpoint (default: the demo model)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
+    p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)

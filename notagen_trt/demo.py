@@ -1,0 +1,40 @@
+"""The demo model that ships with the toolkit: the default of every command that takes a model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from notagen_trt.errors import NotaGenError
+
+DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pth"
+
+
+def demo_checkpoint() -> Path:
+    if not DEMO_CHECKPOINT.is_file():
+        raise NotaGenError(
+            f"{DEMO_CHECKPOINT}: the demo model is missing from this install; reinstall the package "
+            "or pass --checkpoint"
+        )
+    return DEMO_CHECKPOINT
+
+
+def demo_model_dir() -> Path:
+    """The demo checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
+    checkpoint = demo_checkpoint()
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"demo-{digest}"
+    if not (cache / "manifest.json").is_file():
+        try:
+            from notagen_trt.export.checkpoint import load_model
+            from notagen_trt.export.onnx_export import export_onnx
+        except ImportError:
+            raise NotaGenError(
+                "the demo model must be exported once, which needs torch: "
+                "pip install 'notagen-trt[export]', or pass --model DIR"
+            ) from None
+        print(f"exporting the demo model to {cache} (once)", file=sys.stderr)
+        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint)
+    return cache
