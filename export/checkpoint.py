@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -43,6 +44,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a protocol-2 pickle): anything else
+    # is damage, not a pickle to refuse.
+    if not (zipfile.is_zipfile(path) or magic[:2] == b"\x80\x02"):
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?); "
+                              "re-download or re-save it")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -175,16 +175,20 @@ def generate(session: DecoderSession, patch_length: int, prompt: Prompt | None =
 
 
 def generate_many(backend: Backend, patch_length: int, prompt: Prompt | None, configs: list[GenerationConfig],
-                  workers: int = 1, on_patch: Callable[[int, str], None] | None = None) -> list[Piece]:
+                  workers: int = 1, on_patch: Callable[[int, str], None] | None = None,
+                  on_piece: Callable[[int, Piece], None] | None = None) -> list[Piece]:
     """Several pieces through one loaded model, ``workers`` at a time (each piece stops on its
     own). Every piece has its own session and seed, so the result does not depend on
-    ``workers``. ``on_patch(index, text)`` is called after every patch (progress display)."""
+    ``workers``. ``on_patch(index, text)`` is called after every patch (progress display),
+    ``on_piece(index, piece)`` as soon as a piece ends (so it can be saved at once)."""
 
     def one(i: int) -> Piece:
         gen = PieceGenerator(backend.new_session(), patch_length, prompt, configs[i])
         for added in gen:
             if on_patch:
                 on_patch(i, added)
+        if on_piece:
+            on_piece(i, gen.piece)
         return gen.piece
 
     if workers <= 1:

@@ -31,28 +31,32 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     backend, why = select_backend(model, args.backend)
     if not args.json:
         print(f"backend: {backend.name} ({why})", file=sys.stderr)
+    rows: list[dict] = [{} for _ in configs]
+
+    def save(i: int, piece) -> None:
+        """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
+        abc = postprocess(piece.text)
+        if not piece.complete:  # a piece cut short by a limit is kept, and says so
+            abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
+        files, errors = write_piece(args.out, f"piece_seed{configs[i].seed}", abc)
+        rows[i] = {
+            "seed": configs[i].seed,
+            "patches": piece.patches,
+            "stop_reason": piece.stop_reason,
+            "complete": piece.complete,
+            "seconds": round(piece.seconds, 3),
+            "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3),
+            "files": files,
+            "errors": errors,
+        }
+
     start = time.perf_counter()
-    pieces = _with_progress(
-        lambda cb: generate_many(backend, backend.config.patch_length, prompt, configs, args.workers, cb),
+    _with_progress(
+        lambda cb: generate_many(backend, backend.config.patch_length, prompt, configs, args.workers, cb, save),
         args.num_pieces,
         quiet=args.json,
     )
     seconds = time.perf_counter() - start
-    rows = []
-    for config, piece in zip(configs, pieces):
-        files, errors = write_piece(args.out, f"piece_seed{config.seed}", postprocess(piece.text))
-        rows.append(
-            {
-                "seed": config.seed,
-                "patches": piece.patches,
-                "stop_reason": piece.stop_reason,
-                "complete": piece.complete,
-                "seconds": round(piece.seconds, 3),
-                "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3),
-                "files": files,
-                "errors": errors,
-            }
-        )
     summary = {"backend": backend.name, "model": str(model), "seconds": round(seconds, 3), "pieces": rows}
     if args.json:
         print(json.dumps(summary, indent=2))

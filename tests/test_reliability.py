@@ -1,0 +1,277 @@
+"""Bad input, untrusted files, interruptions and endless generation end in a clear message and a
+safe state: one line on stderr, exit status 2, no traceback, nothing lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from notagen_trt.cli import main
+from notagen_trt.config import VOCAB_SIZE
+from notagen_trt.errors import NotaGenError
+from notagen_trt.runtime import codec
+from notagen_trt.runtime.generate import GenerationConfig, generate
+from notagen_trt.runtime.outputs import write_piece
+from notagen_trt.runtime.postprocess import postprocess
+from notagen_trt.runtime.prompts import resolve_prompt
+
+FUZZ_CASES = 300  # per fuzzed function; the closing note reports the total
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random-weight tiny model: its checkpoint and its exported ONNX directory."""
+    import torch
+
+    from notagen_trt.config import ModelConfig
+    from notagen_trt.export.checkpoint import save_checkpoint
+    from notagen_trt.export.model import NotaGenModel
+    from notagen_trt.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    model = NotaGenModel(ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32))
+    save_checkpoint(model, root / "tiny.pth")
+    export_onnx(model, root / "onnx", checkpoint_path=root / "tiny.pth")
+    return root
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_and_corrupt_checkpoints(capsys, tmp_path):
+    assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")),
+                          "nope.pth", "no such checkpoint")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(junk), "--out", str(tmp_path / "o")),
+                          "junk.pth", "corrupt or truncated")
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(empty), "--out", str(tmp_path / "o")),
+                          "empty.safetensors")
+
+
+def test_checkpoint_matching_no_config(capsys, tmp_path):
+    import torch
+
+    path = tmp_path / "odd.pth"
+    torch.save({"model": {"patch_level_decoder.patch_embedding.weight": torch.zeros(100, 2048),
+                          "patch_level_decoder.base.wpe.weight": torch.zeros(8, 100)}}, path)
+    assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(path), "--out", str(tmp_path / "o")),
+                          "odd.pth", "match no NotaGen config")
+
+
+def test_corrupt_model_directory(capsys, tiny_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir / "onnx", broken)
+    graph = broken / "patch_decoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])  # truncated
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(broken), "--out", str(tmp_path / "g")),
+                          "patch_decoder.onnx", "re-export")
+    (broken / "manifest.json").write_text("{ not json")
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(broken), "--out", str(tmp_path / "g")),
+                          "manifest.json")
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "g")),
+                          "absent")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--composer", "Bach, Johan Sebastian", "--period", "Baroque", "--instrumentation", "Choral"],
+         "did you mean 'Bach, Johann Sebastian'"),
+        (["--period", "Baroque"], "give all three"),
+        (["--seed", "-1"], "seed must be in"),
+        (["--num-pieces", "0"], "--num-pieces must be at least 1"),
+        (["--bars", "-3"], "bars must be >= 0"),
+        (["--max-patches", "0"], "max_patches must be positive"),
+        (["--backend", "tensorrt-please"], "unknown backend"),
+    ],
+)
+def test_invalid_values(capsys, tiny_dir, tmp_path, argv, needle):
+    rc, err = run_cli(capsys, "generate", "--model", str(tiny_dir / "onnx"), "--out", str(tmp_path), *argv)
+    assert_one_line_error(rc, err, needle)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    with pytest.raises(NotaGenError):
+        main(["--debug", "export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")])
+
+
+class NeverEnding:
+    """A session whose model always writes 'a': no body, no EOS, ever."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def reset(self) -> None:
+        pass
+
+    def extend(self, patches):
+        time.sleep(self.delay)
+        return np.zeros(8, dtype=np.float32)
+
+    def char_start(self, hidden, tokens):
+        return self._logits()
+
+    def char_step(self, token):
+        return self._logits()
+
+    def _logits(self):
+        logits = np.full(VOCAB_SIZE, -30.0, dtype=np.float32)
+        logits[ord("a")] = 30.0
+        return logits
+
+
+@pytest.mark.parametrize(
+    "config, reason",
+    [
+        (GenerationConfig(max_patches=50), "max_patches"),
+        (GenerationConfig(max_chars=300), "max_chars"),
+        (GenerationConfig(), "context_full"),  # no body lines to keep: halving cannot help
+    ],
+)
+def test_a_model_that_never_ends_still_stops(config, reason):
+    piece = generate(NeverEnding(), 64, None, config)
+    assert piece.stop_reason == reason and not piece.complete
+    assert piece.text.startswith("a" * 16)
+
+
+def test_time_limit_stops_generation():
+    piece = generate(NeverEnding(delay=0.01), 10_000, None, GenerationConfig(max_seconds=0.2))
+    assert piece.stop_reason == "max_seconds" and 0.2 <= piece.seconds < 2.0
+
+
+def test_cut_short_piece_is_saved_and_marked(capsys, tiny_dir, tmp_path):
+    rc = main(["generate", "--model", str(tiny_dir / "onnx"), "--max-patches", "3", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    text = (tmp_path / "piece_seed0.abc").read_text()
+    assert text.startswith("X:1\n")
+    assert text.rstrip().endswith("% incomplete: generation stopped by max_patches after 3 patches")
+
+
+def test_failed_conversion_keeps_the_abc(tmp_path, monkeypatch):
+    from notagen_trt.runtime import abcio, outputs
+
+    abc = "X:1\nL:1/8\nM:4/4\nK:C\nV:1\n[V:1]c8|\n"
+
+    def broken(*_):
+        raise ValueError("converter exploded")
+
+    monkeypatch.setattr(outputs, "_svg", broken)
+    files, errors = write_piece(tmp_path, "a", abc)
+    assert set(files) == {"abc", "musicxml", "midi"} and "converter exploded" in errors["svg"]
+    monkeypatch.setattr(abcio, "to_musicxml", broken)
+    files, errors = write_piece(tmp_path, "b", abc)
+    assert (tmp_path / "b.abc").read_text() == abc and set(files) == {"abc"}
+    assert set(errors) == {"musicxml", "midi", "svg"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_killed_export_leaves_the_previous_model_intact(tiny_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_dir / "onnx", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = subprocess.Popen([sys.executable, "-m", "notagen_trt.cli", "export", "--checkpoint", str(tiny_dir / "tiny.pth"),
+                             "--out", str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(out.glob(".export-*")):  # wait until it is writing
+        time.sleep(0.02)
+    assert list(out.glob(".export-*")), "the export never started writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_threads_through_one_ort_model_match_sequential_runs(tiny_dir):
+    from notagen_trt.runtime.onnx_backend import OrtBackend
+
+    backend = OrtBackend(tiny_dir / "onnx", "cpu", threads=1)
+    configs = [GenerationConfig(seed=s, max_patches=25) for s in range(6)]
+    sequential = [generate(backend.new_session(), 32, None, c).text for c in configs]
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = generate(backend.new_session(), 32, None, configs[i]).text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(configs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(configs))] == sequential
+
+
+ascii_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=400)
+abc_like = st.lists(
+    st.one_of(
+        st.sampled_from(["X:1", "L:1/8", "M:4/4", "M:3/4", "K:G", "V:1", "V:2 bass", "%%score { 1 | 2 }",
+                         "%%score ( 1 2", "%Baroque", "%end", "[r:0/3]", "[V:1]", "[V:2]", "|", "|]", "::", "|:",
+                         ":|", "[|", "||", "z8", "x4", "c2 e2", "(3abc", "[CEG]2", "!fermata!", '"^text"', "\n"]),
+        ascii_text,
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(ascii_text, abc_like))
+def test_fuzz_codec(text):
+    patches = codec.encode_train(text)
+    assert patches.shape[1] == 16 and patches.max() < VOCAB_SIZE
+    header, body = codec.split_lines(text)
+    if not (body and body[0].startswith("[r:")):
+        body = codec.add_stream_prefixes(body)
+    want = "".join(header + [b if b.endswith("\n") else b + "\n" for b in body])
+    if chr(1) not in text and chr(2) not in text and chr(0) not in text:
+        assert codec.decode(patches) == want
+    full, prefix = codec.encode_generate(text)
+    assert full.shape[1] == 16 and len(prefix) < 16
+    if len(codec._patches_for(header, [], False)) + 2 <= 64:
+        codec.encode_windows(text, 64)
+
+
+@settings(max_examples=FUZZ_CASES, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=40)), st.one_of(st.none(), st.text(max_size=40)),
+       st.one_of(st.none(), st.text(max_size=40)))
+def test_fuzz_prompt_parser(period, composer, instrumentation):
+    try:
+        prompt = resolve_prompt(period, composer, instrumentation)
+    except NotaGenError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert prompt is None or len(prompt.lines()) == 3
+
+
+@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(abc_like, ascii_text))
+def test_fuzz_postprocess(text):
+    out = postprocess(text)
+    assert out.startswith("X:1\n")
+    assert "[r:" not in "".join(line[:3] for line in out.splitlines())
