@@ -79,35 +79,53 @@ class _Session:
 
     def __init__(self, backend: OrtBackend) -> None:
         self.backend = backend
-        config = backend.config
-        self._empty = np.zeros((1, config.num_heads, 0, HEAD_DIM), dtype=np.float32)
-        # patch_hidden is ignored after position 0; any [1, H] tensor will do for char steps.
-        self._zero_hidden = np.zeros((1, config.hidden_size), dtype=np.float32)
         self.reset()
 
+    def _empty(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.backend.config.num_heads, 0, HEAD_DIM), dtype=np.float32)
+
     def reset(self) -> None:
-        self._patch_past: Past = [self._empty] * len(self.backend.patch.past_names)
+        self._patch_past: Past | None = None
         self._char_past: Past = []
 
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
         raise NotImplementedError
 
-    def extend(self, patches: np.ndarray) -> np.ndarray:
+    # Batch-first steps: every row of a batch is at the same length (rows are pieces in lockstep).
+    def extend_batch(self, patches: np.ndarray) -> np.ndarray:
+        """patches [B, k, 16] -> the last patch's hidden state per row, [B, H]."""
         g = self.backend.patch
-        hidden, self._patch_past = self._run(g, {g.inputs[0]: _ids(patches)[None]}, self._patch_past)
-        return hidden[0, -1]
+        patches = _ids(patches)
+        past = self._patch_past or [self._empty(len(patches))] * len(g.past_names)
+        hidden, self._patch_past = self._run(g, {g.inputs[0]: patches}, past)
+        return hidden[:, -1]
+
+    def char_start_batch(self, hidden: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """hidden [B, H], tokens [B, t] (bos placeholder + forced prefix) -> next logits [B, 128]."""
+        g = self.backend.char
+        tokens = _ids(tokens)
+        head = {g.inputs[0]: tokens, g.inputs[1]: np.asarray(hidden, dtype=np.float32)}
+        logits, self._char_past = self._run(g, head, [self._empty(len(tokens))] * len(g.past_names))
+        return logits[:, -1]
+
+    def char_step_batch(self, tokens: np.ndarray) -> np.ndarray:
+        """One more character per row, [B] -> next logits [B, 128]."""
+        g = self.backend.char
+        tokens = _ids(tokens)[:, None]
+        # patch_hidden is ignored after position 0; any [B, H] tensor will do for char steps.
+        zero = np.zeros((len(tokens), self.backend.config.hidden_size), dtype=np.float32)
+        logits, self._char_past = self._run(g, {g.inputs[0]: tokens, g.inputs[1]: zero}, self._char_past)
+        return logits[:, -1]
+
+    # The runtime's DecoderSession protocol: one piece, batch 1.
+    def extend(self, patches: np.ndarray) -> np.ndarray:
+        return self.extend_batch(_ids(patches)[None])[0]
 
     def char_start(self, hidden: np.ndarray, tokens: list[int]) -> np.ndarray:
-        g = self.backend.char
-        head = {g.inputs[0]: _ids(tokens)[None], g.inputs[1]: np.asarray(hidden, dtype=np.float32)[None]}
-        logits, self._char_past = self._run(g, head, [self._empty] * len(g.past_names))
-        return logits[0, -1]
+        return self.char_start_batch(np.asarray(hidden)[None], _ids(tokens)[None])[0]
 
     def char_step(self, token: int) -> np.ndarray:
-        g = self.backend.char
-        head = {g.inputs[0]: _ids([[token]]), g.inputs[1]: self._zero_hidden}
-        logits, self._char_past = self._run(g, head, self._char_past)
-        return logits[0, -1]
+        return self.char_step_batch(_ids([token]))[0]
 
 
 def _ids(values: np.ndarray | list[int] | list[list[int]]) -> np.ndarray:
