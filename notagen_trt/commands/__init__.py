@@ -1,5 +1,5 @@
 """One module per subcommand, each with ``register(subparsers)``; listed in pipeline order."""
 
-from . import evaluate, export, generate, reference, train
+from . import bench, build, evaluate, export, generate, reference, train, verify
 
-COMMANDS = [export, generate, reference, evaluate, train]
+COMMANDS = [export, build, verify, generate, reference, evaluate, train, bench]

@@ -1,0 +1,159 @@
+"""`notagen-trt bench`: per-patch latency of backends and precisions beside the published algorithm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from notagen_trt.errors import NotaGenError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return values
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from notagen_trt import bench
+    from notagen_trt.manifest import model_config, read_manifest
+
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - set(bench.ORT_BACKENDS) - {"torch-cached"})
+    if unknown:
+        raise NotaGenError(f"unknown backends {unknown}; choose from ort-cpu, ort-cuda, torch-cached")
+    with tempfile.TemporaryDirectory(prefix="notagen-bench-") as tmp:
+        if args.model:
+            model_dir = Path(args.model)
+            config = model_config(read_manifest(model_dir))
+        else:  # random weights are fine for speed; export them once for the ONNX Runtime rows
+            import torch
+
+            from notagen_trt.export.model import NotaGenModel
+            from notagen_trt.export.onnx_export import export_onnx
+
+            config = bench.config_for(args.size)
+            torch.manual_seed(0)
+            model_dir = Path(tmp) / "model"
+            export_onnx(NotaGenModel(config), model_dir, parity=False)
+        if args.context + args.warmup + args.patches >= config.patch_length:
+            raise NotaGenError(f"--context {args.context} + {args.warmup + args.patches} timed patches must stay "
+                               f"below the model's PATCH_LENGTH {config.patch_length}")
+        torch_device = "cuda" if "ort-cuda" in backends or args.torch_device == "cuda" else "cpu"
+        common = {"config": config.to_dict(), "context": args.context, "patches": args.patches,
+                  "warmup": args.warmup, "patches_per_piece": args.patches_per_piece,
+                  "model_dir": str(model_dir), "torch_device": torch_device}
+        specs = [{**common, "backend": "torch-published", "precision": "fp32", "batch": 1,
+                  "patches": args.published_patches, "warmup": 1}]
+        for backend in backends:
+            precisions = args.precisions if backend.startswith("torch") else ["fp32"]  # ORT: the model dir's
+            for precision in precisions:
+                for batch in args.batch:
+                    if backend.startswith("torch") and batch > 1:
+                        continue  # the PyTorch reference is batch 1, like the published code
+                    specs.append({**common, "backend": backend, "precision": precision, "batch": batch})
+        rows = []
+        for spec in specs:
+            row = bench.run_subprocess(spec)
+            rows.append(row)
+            if not args.json_only:
+                print(json.dumps(row), flush=True)
+    published = next((r for r in rows if r.get("backend") == "torch-published" and "error" not in r), None)
+    ref_ms = published["ms_per_patch_median"] if published else None
+    for row in rows:
+        if ref_ms and "ms_per_patch_median" in row:
+            row["speedup_vs_published"] = round(ref_ms / row["ms_per_patch_median"], 2)
+    bandwidth = bench.measure_copy_bandwidth_gb_s() if torch_device == "cuda" else None
+    report = {
+        "model": config.to_dict(),
+        "size": args.size if not args.model else str(args.model),
+        "context": args.context,
+        "device": next((r["device"] for r in rows if "device" in r and "GPU" not in r["device"] and r["backend"] != "torch-published"), None),
+        "gpu": next((r["device"] for r in rows if r.get("peak_gpu_mb") is not None), None),
+        "reference": {"published_ms_per_patch_median": ref_ms, "algorithm": "PyTorch, no KV cache, numpy sampling per char"},
+        "bandwidth_floor": None if bandwidth is None else {
+            "measured_copy_gb_s": round(bandwidth, 1),
+            "fp16_ms_per_patch": round(bench.bandwidth_floor_ms(config, 2, bandwidth), 3),
+            "fp32_ms_per_patch": round(bench.bandwidth_floor_ms(config, 4, bandwidth), 3),
+        },
+        "results": rows,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    _table(report)
+    if args.plot:
+        _plot(report, args.plot)
+    return 0
+
+
+def _table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ms per patch at context {report['context']} (median)")
+    for col in ("backend", "precision", "batch", "ms/patch", "p90", "x published", "pieces/min", "RSS MB", "GPU MB"):
+        table.add_column(col, justify="right" if col not in ("backend", "precision") else "left")
+    for r in report["results"]:
+        if "error" in r:
+            table.add_row(r["backend"], r["precision"], str(r["batch"]), f"error: {r['error']}", "", "", "", "", "")
+            continue
+        table.add_row(r["backend"], r["precision"], str(r["batch"]), f"{r['ms_per_patch_median']:.2f}",
+                      f"{r['ms_per_patch_p90']:.2f}", f"{r.get('speedup_vs_published', 0):.1f}",
+                      f"{r['pieces_per_minute']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                      "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}")
+    Console(stderr=True).print(table)
+    floor = report.get("bandwidth_floor")
+    if floor:
+        Console(stderr=True).print(f"weight-bandwidth floor: {floor['fp16_ms_per_patch']} ms/patch fp16, "
+                                   f"{floor['fp32_ms_per_patch']} ms fp32 at {floor['measured_copy_gb_s']} GB/s")
+
+
+def _plot(report: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NotaGenError("--plot needs matplotlib: pip install matplotlib") from None
+    rows = [r for r in report["results"] if "error" not in r]
+    labels = [f"{r['backend']}\n{r['precision']} b{r['batch']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.2), 4))
+    ax.bar(labels, [r["ms_per_patch_median"] for r in rows], color="tab:blue")
+    floor = report.get("bandwidth_floor")
+    if floor:
+        ax.axhline(floor["fp16_ms_per_patch"], color="tab:red", linestyle="--", label="fp16 bandwidth floor")
+        ax.legend()
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per patch (median)")
+    ax.set_title(f"context {report['context']} patches, {report.get('gpu') or report.get('device')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="per-patch latency of backends vs the published algorithm (one run)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="exported model directory")
+    src.add_argument("--size", default="demo", choices=["demo", "small", "medium", "x"],
+                     help="random weights of a published shape (default: demo's shape)")
+    p.add_argument("--backends", default="ort-cpu,torch-cached", help="comma list: ort-cpu, ort-cuda, torch-cached")
+    p.add_argument("--precisions", type=lambda t: [v for v in t.split(",") if v], default=["fp32"],
+                   help="precisions of the PyTorch cached rows: fp32, fp16 (ONNX rows use --model's precision)")
+    p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
+    p.add_argument("--context", type=int, default=256, help="context length in patches (default 256)")
+    p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
+    p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--patches-per-piece", type=int, default=400, help="for pieces per minute")
+    p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (GPU if ort-cuda), cpu, cuda")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--json-only", action="store_true", help="do not print rows as they finish")
+    p.add_argument("--plot", help="write a PNG bar chart here")
+    p.set_defaults(func=_cmd_bench)
