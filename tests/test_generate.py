@@ -2,30 +2,13 @@
 
 import pytest
 import torch
-from conftest import TUNES
 
-from notagen_trt.config import ModelConfig
 from notagen_trt.export.reference import ReferenceBackend
-from notagen_trt.export.train import TrainConfig, train
 from notagen_trt.runtime.generate import GenerationConfig, generate
 from notagen_trt.runtime import codec
 from notagen_trt.runtime.prompts import resolve_prompt
 
 BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained for seconds on the test tunes, so it writes real body lines.
-    PATCH_LENGTH 32 is shorter than a piece, so generation has to rebuild its context."""
-    from notagen_trt.export.checkpoint import load_model
-
-    d = tmp_path_factory.mktemp("tunes")
-    for i, tune in enumerate(TUNES):
-        (d / f"{i}.abc").write_text(tune)
-    cfg = ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32)
-    train(cfg, d, d, d / "m.pth", TrainConfig(steps=200, eval_every=200, warmup=10, lr=3e-3, dropout=0.0), log=lambda *_: None)
-    return load_model(d / "m.pth")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -1,0 +1,257 @@
+"""The fast PyTorch path: fixed-capacity KV caches, in-graph sampling and one CUDA graph per patch.
+
+One replay of the captured graph generates a whole patch for every row of a batch: 16 char-level
+steps, each sampling its character on the device from a host-drawn uniform (the numpy sampler's
+rule, in float64), then the patch-level step that writes the patch's keys and values in place
+at each row's own position. The host syncs once per patch, to read 16 characters per row.
+
+Rows are independent pieces: each has its own seed, position, stopping and context rebuild, so
+a batch gives exactly the pieces the one-at-a-time loop gives (``runtime.generate``), and the
+published rules (forced ``[r:0/`` prefix, EOS patch, limits, halving a full context) hold.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from notagen_trt.config import EOS_ID, PATCH_SIZE
+from notagen_trt.runtime import codec
+from notagen_trt.runtime.generate import GenerationConfig, Piece
+from notagen_trt.runtime.prompts import Prompt
+from notagen_trt.runtime.sampling import SamplingParams
+
+from .model import Block, NotaGenModel
+
+
+def sample_torch(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """runtime.sampling.sample on the device, float64: same truncation, ties and inverse CDF."""
+    p = torch.softmax(logits.double(), dim=-1)
+    ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    rank = torch.arange(p.shape[-1], device=p.device)
+    keep = rank < params.top_k if params.top_k else torch.ones_like(rank, dtype=torch.bool)
+    ranked = torch.where(keep, ranked, 0.0)
+    ranked = ranked / ranked.sum(-1, keepdim=True)
+    keep = keep & ((torch.cumsum(ranked, -1) - ranked) <= params.top_p)
+    keep[..., 0] = True
+    ranked = torch.where(keep, ranked, 0.0) ** (1.0 / params.temperature)
+    ranked = ranked / ranked.sum(-1, keepdim=True)
+    probs = torch.zeros_like(p).scatter_(-1, order, ranked)
+    cdf = torch.cumsum(probs, -1)
+    return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=p.shape[-1] - 1)
+
+
+def _qkv(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    b, t, h = x.shape
+    heads = block.attn.heads
+    q, k, v = block.attn.c_attn(block.ln_1(x)).split(h, dim=2)
+    return tuple(z.view(b, t, heads, h // heads).transpose(1, 2) for z in (q, k, v))
+
+
+def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    b, _, t, _ = y.shape
+    x = x + block.attn.c_proj(y.transpose(1, 2).reshape(b, t, -1))
+    return x + block.mlp(block.ln_2(x))
+
+
+class FastGenerator:
+    """Generates a batch of pieces; ``graph=True`` (CUDA only) captures one patch per replay."""
+
+    def __init__(self, model: NotaGenModel, batch: int = 1, device: str = "cuda", dtype: torch.dtype = torch.float16,
+                 graph: bool | None = None, params: SamplingParams = SamplingParams(),
+                 patch_length: int | None = None) -> None:
+        self.model = model.eval().to(device=device, dtype=dtype)
+        self.config, self.batch, self.device, self.params = model.config, batch, torch.device(device), params
+        # The loop's PATCH_LENGTH: the model's, or less (tests use less to exercise halving).
+        self.patch_length = min(patch_length or self.config.patch_length, self.config.patch_length)
+        self.graph_enabled = self.device.type == "cuda" if graph is None else graph
+        cfg, heads = self.config, self.config.num_heads
+        zeros = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt, device=device)  # noqa: E731
+        self.patch_kv = [(zeros(batch, heads, cfg.patch_length, 64), zeros(batch, heads, cfg.patch_length, 64))
+                         for _ in range(cfg.patch_num_layers)]
+        self.char_kv = [(zeros(batch, heads, PATCH_SIZE, 64), zeros(batch, heads, PATCH_SIZE, 64))
+                        for _ in range(cfg.char_num_layers)]
+        self.position = zeros(batch, dt=torch.long)  # next patch position per row
+        self.hidden = zeros(batch, cfg.hidden_size)  # hidden state of each row's last accepted patch
+        self.hidden_next = zeros(batch, cfg.hidden_size)
+        self.uniforms = zeros(batch, PATCH_SIZE, dt=torch.float64)
+        self.forced = zeros(batch, PATCH_SIZE, dt=torch.long)
+        self.forced_mask = zeros(batch, PATCH_SIZE, dt=torch.bool)
+        self.tokens = zeros(batch, PATCH_SIZE, dt=torch.long)
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    # ---- device work -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _attempt(self) -> None:
+        """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
+        (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
+        char = self.model.char_level_decoder.base
+        tf = char.transformer
+        token = None
+        for c in range(PATCH_SIZE):
+            x = self.hidden[:, None] if c == 0 else tf.wte(token)[:, None]
+            x = x + tf.wpe.weight[c]
+            for block, (kc, vc) in zip(tf.h, self.char_kv):
+                q, k, v = _qkv(block, x)
+                kc[:, :, c : c + 1] = k
+                vc[:, :, c : c + 1] = v
+                x = _finish(block, x, F.scaled_dot_product_attention(q, kc[:, :, : c + 1], vc[:, :, : c + 1]))
+            logits = char.lm_head(tf.ln_f(x))[:, 0]
+            sampled = sample_torch(logits, self.uniforms[:, c], self.params)
+            token = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
+            self.tokens[:, c] = token
+        # Everything after a patch's first eos enters the context as pad.
+        is_eos = self.tokens == EOS_ID
+        patch = torch.where(torch.cumsum(is_eos, 1) - is_eos.long() > 0, 0, self.tokens)
+        self.hidden_next.copy_(self._patch_step(patch))
+
+    def _patch_step(self, patch: torch.Tensor) -> torch.Tensor:
+        decoder = self.model.patch_level_decoder
+        base = decoder.base
+        # A finished row can sit at full capacity; clamp so its (ignored) write stays in bounds.
+        position = self.position.clamp(max=self.config.patch_length - 1)
+        x = decoder.embed(patch[:, None]) + base.wpe(position)[:, None]
+        b, heads = self.batch, self.config.num_heads
+        index = position.view(b, 1, 1, 1).expand(b, heads, 1, 64)
+        visible = (torch.arange(self.config.patch_length, device=self.device)[None] <= position[:, None])
+        mask = visible[:, None, None]  # [B, 1, 1, capacity]
+        for block, (kc, vc) in zip(base.h, self.patch_kv):
+            q, k, v = _qkv(block, x)
+            kc.scatter_(2, index, k)
+            vc.scatter_(2, index, v)
+            x = _finish(block, x, F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask))
+        return base.ln_f(x)[:, 0]
+
+    @torch.inference_mode()
+    def _prefill(self, row: int, patches: np.ndarray) -> None:
+        """Load one row's context (eager): write its keys/values at 0..n-1, set its hidden."""
+        decoder = self.model.patch_level_decoder
+        ids = torch.as_tensor(patches, device=self.device)[None]
+        n = ids.shape[1]
+        x = decoder.embed(ids) + decoder.base.wpe.weight[:n]
+        for block, (kc, vc) in zip(decoder.base.h, self.patch_kv):
+            q, k, v = _qkv(block, x)
+            kc[row : row + 1, :, :n] = k
+            vc[row : row + 1, :, :n] = v
+            x = _finish(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        self.hidden[row] = decoder.base.ln_f(x)[0, -1]
+        self.position[row] = n
+
+    def _replay(self) -> None:
+        if not self.graph_enabled:
+            self._attempt()
+            return
+        if self._graph is None:  # warm up on a side stream, then capture
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            saved = [t.clone() for t in (self.hidden, self.position)]
+            with torch.cuda.stream(stream):
+                self._attempt()
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._attempt()
+            self.hidden.copy_(saved[0])
+            self.position.copy_(saved[1])
+        self._graph.replay()
+
+    # ---- the published loop, per row ---------------------------------------------------------
+    def generate(self, prompt: Prompt | None, configs: list[GenerationConfig]) -> list[Piece]:
+        if len(configs) != self.batch:
+            raise ValueError(f"this generator holds {self.batch} rows; got {len(configs)} configs")
+        rows = [_Row(cfg, prompt) for cfg in configs]
+        for i, row in enumerate(rows):
+            self._load(i, row, row.piece.text)
+        while not all(r.done for r in rows):
+            uniforms = np.zeros((self.batch, PATCH_SIZE))
+            forced = np.zeros((self.batch, PATCH_SIZE), dtype=np.int64)
+            mask = np.zeros((self.batch, PATCH_SIZE), dtype=bool)
+            for i, row in enumerate(rows):
+                if not row.done:  # a row draws exactly the uniforms the one-piece loop would
+                    k = len(row.prefix)
+                    forced[i, :k], mask[i, :k] = row.prefix, True
+                    uniforms[i, k:] = row.rng.random(PATCH_SIZE - k)
+            self.uniforms.copy_(torch.from_numpy(uniforms))
+            self.forced.copy_(torch.from_numpy(forced))
+            self.forced_mask.copy_(torch.from_numpy(mask))
+            self._replay()
+            tokens = self.tokens.cpu().numpy()  # the one host sync per patch
+            accept = np.zeros(self.batch, dtype=bool)
+            for i, row in enumerate(rows):
+                if not row.done:
+                    accept[i] = self._advance(i, row, tokens[i])
+            keep = torch.from_numpy(accept).to(self.device)
+            self.position += keep.long()
+            self.hidden.copy_(torch.where(keep[:, None], self.hidden_next, self.hidden))
+            for i, row in enumerate(rows):  # rebuilds after the accepted patches are in place
+                if row.needs_rebuild:
+                    row.needs_rebuild = False
+                    self._rebuild(i, row)
+        return [r.piece for r in rows]
+
+    def _load(self, i: int, row: "_Row", text: str) -> None:
+        patches, row.prefix = codec.encode_generate(text)
+        row.prefix_in_text = True  # an open bar's start is already part of the piece's text
+        row.context = len(patches)
+        self._prefill(i, patches)
+
+    def _advance(self, i: int, row: "_Row", patch: np.ndarray) -> bool:
+        """Apply the published rules to row i's new patch; True if it joins the context."""
+        piece, cfg = row.piece, row.config
+        already = len(row.prefix) if row.prefix_in_text else 0
+        row.prefix, row.prefix_in_text = [], False
+        if not row.in_body and codec.decode_patch(patch).startswith("[r:"):
+            row.in_body = True
+            row.prefix = codec.to_ids(cfg.forced_body_prefix(), pad=False)
+            return False  # regenerate from the same hidden state with the forced prefix
+        piece.patches += 1
+        if codec.is_eos_patch(patch):
+            row.stop("eos")
+            return False
+        piece.text += codec.decode_patch(patch)[already:]
+        row.context += 1
+        if len(piece.text) > cfg.max_chars:
+            row.stop("max_chars")
+        elif time.perf_counter() - row.start > cfg.max_seconds:
+            row.stop("max_seconds")
+        elif cfg.max_patches is not None and piece.patches >= cfg.max_patches:
+            row.stop("max_patches")
+        elif row.context >= self.patch_length:
+            row.needs_rebuild = True
+        return True
+
+    def _rebuild(self, i: int, row: "_Row") -> None:
+        header, body = codec.split_lines(row.piece.text)
+        keep = len(body) // 2
+        if keep == 0:
+            row.stop("context_full")
+            return
+        self._load(i, row, "".join(header + body[-keep:]))
+        if row.context >= self.patch_length:
+            row.stop("context_full")
+        row.piece.rebuilds += 1
+
+
+class _Row:
+    def __init__(self, config: GenerationConfig, prompt: Prompt | None) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.piece = Piece(text="".join(prompt.lines()) if prompt else "")
+        self.prefix: list[int] = []  # characters forced at the start of the next patch
+        self.prefix_in_text = False  # True when they are the open bar of a rebuilt context
+        self.in_body = False
+        self.context = 0
+        self.needs_rebuild = False
+        self.start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return bool(self.piece.stop_reason)
+
+    def stop(self, reason: str) -> None:
+        self.piece.stop_reason = reason
+        self.piece.seconds = time.perf_counter() - self.start
+
