@@ -25,9 +25,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from notagen_trt.manifest import model_config, read_manifest
 
     backends = [b for b in args.backends.split(",") if b]
-    unknown = sorted(set(backends) - set(bench.ORT_BACKENDS) - {"torch-cached"})
+    unknown = sorted(set(backends) - set(bench.ORT_BACKENDS) - {"torch-cached", "torch-fast"})
     if unknown:
-        raise NotaGenError(f"unknown backends {unknown}; choose from ort-cpu, ort-cuda, torch-cached")
+        raise NotaGenError(f"unknown backends {unknown}; choose from ort-cpu, ort-cuda, torch-cached, torch-fast")
     with tempfile.TemporaryDirectory(prefix="notagen-bench-") as tmp:
         if args.model:
             model_dir = Path(args.model)
@@ -45,17 +45,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.context + args.warmup + args.patches >= config.patch_length:
             raise NotaGenError(f"--context {args.context} + {args.warmup + args.patches} timed patches must stay "
                                f"below the model's PATCH_LENGTH {config.patch_length}")
-        torch_device = "cuda" if "ort-cuda" in backends or args.torch_device == "cuda" else "cpu"
+        torch_device = args.torch_device
+        if torch_device == "auto":
+            import torch
+
+            torch_device = "cuda" if torch.cuda.is_available() else "cpu"
         common = {"config": config.to_dict(), "context": args.context, "patches": args.patches,
                   "warmup": args.warmup, "patches_per_piece": args.patches_per_piece,
                   "model_dir": str(model_dir), "torch_device": torch_device}
         specs = [{**common, "backend": "torch-published", "precision": "fp32", "batch": 1,
                   "patches": args.published_patches, "warmup": 1}]
         for backend in backends:
-            precisions = args.precisions if backend.startswith("torch") else ["fp32"]  # ORT: the model dir's
+            precisions = args.precisions if backend.startswith("torch") else ["fp32"]  # ONNX: the model dir's
             for precision in precisions:
                 for batch in args.batch:
-                    if backend.startswith("torch") and batch > 1:
+                    if backend == "torch-cached" and batch > 1:
                         continue  # the PyTorch reference is batch 1, like the published code
                     specs.append({**common, "backend": backend, "precision": precision, "batch": batch})
         rows = []
@@ -74,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "model": config.to_dict(),
         "size": args.size if not args.model else str(args.model),
         "context": args.context,
-        "device": next((r["device"] for r in rows if "device" in r and "GPU" not in r["device"] and r["backend"] != "torch-published"), None),
+        "cpu": next((r["device"] for r in rows if r.get("device", "").startswith("CPU")), None),
         "gpu": next((r["device"] for r in rows if r.get("peak_gpu_mb") is not None), None),
         "reference": {"published_ms_per_patch_median": ref_ms, "algorithm": "PyTorch, no KV cache, numpy sampling per char"},
         "bandwidth_floor": None if bandwidth is None else {
@@ -107,7 +111,7 @@ def _table(report: dict) -> None:
                       f"{r['ms_per_patch_p90']:.2f}", f"{r.get('speedup_vs_published', 0):.1f}",
                       f"{r['pieces_per_minute']:.1f}", f"{r['peak_rss_mb']:.0f}",
                       "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}")
-    Console(stderr=True).print(table)
+    Console(stderr=True, width=140).print(table)
     floor = report.get("bandwidth_floor")
     if floor:
         Console(stderr=True).print(f"weight-bandwidth floor: {floor['fp16_ms_per_patch']} ms/patch fp16, "
@@ -132,7 +136,7 @@ def _plot(report: dict, path: str) -> None:
         ax.legend()
     ax.set_yscale("log")
     ax.set_ylabel("ms per patch (median)")
-    ax.set_title(f"context {report['context']} patches, {report.get('gpu') or report.get('device')}")
+    ax.set_title(f"context {report['context']} patches, {report.get('gpu') or report.get('cpu')}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -143,7 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="exported model directory")
     src.add_argument("--size", default="demo", choices=["demo", "small", "medium", "x"],
                      help="random weights of a published shape (default: demo's shape)")
-    p.add_argument("--backends", default="ort-cpu,torch-cached", help="comma list: ort-cpu, ort-cuda, torch-cached")
+    p.add_argument("--backends", default="ort-cpu,torch-cached",
+                   help="comma list: ort-cpu, ort-cuda, torch-cached, torch-fast (CUDA graphs on a GPU)")
     p.add_argument("--precisions", type=lambda t: [v for v in t.split(",") if v], default=["fp32"],
                    help="precisions of the PyTorch cached rows: fp32, fp16 (ONNX rows use --model's precision)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
@@ -152,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--patches-per-piece", type=int, default=400, help="for pieces per minute")
-    p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (GPU if ort-cuda), cpu, cuda")
+    p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (a GPU if any), cpu, cuda")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--json-only", action="store_true", help="do not print rows as they finish")
     p.add_argument("--plot", help="write a PNG bar chart here")
