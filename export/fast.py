@@ -84,7 +84,7 @@ class FastGenerator:
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # ---- device work -------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def _attempt(self) -> None:
         """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
         (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
@@ -125,7 +125,7 @@ class FastGenerator:
             x = _finish(block, x, F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask))
         return base.ln_f(x)[:, 0]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _prefill(self, row: int, patches: np.ndarray) -> None:
         """Load one row's context (eager): write its keys/values at 0..n-1, set its hidden."""
         decoder = self.model.patch_level_decoder
@@ -149,7 +149,8 @@ class FastGenerator:
             stream.wait_stream(torch.cuda.current_stream())
             saved = [t.clone() for t in (self.hidden, self.position)]
             with torch.cuda.stream(stream):
-                self._attempt()
+                for _ in range(2):
+                    self._attempt()
             torch.cuda.current_stream().wait_stream(stream)
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
