@@ -1,0 +1,1 @@
+"""ONNX -> precision variants (quantize.py, calibrated on real ABC by calibration.py) -> TensorRT plans."""

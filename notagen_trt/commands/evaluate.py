@@ -1,32 +1,79 @@
-"""`notagen-trt eval`: bits per character on held-out ABC (teacher forcing)."""
+"""`notagen-trt eval`: accuracy of a model of any precision on held-out ABC (teacher forcing),
+against its fp32 source, and the validity of seeded generated pieces."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from notagen_trt.demo import demo_checkpoint
+from notagen_trt.demo import demo_model_dir
+from notagen_trt.errors import NotaGenError
+
+
+def _pieces(args: argparse.Namespace) -> list[str]:
+    from notagen_trt.corpus import default_split, read_pieces
+
+    pieces = [t for _, t in read_pieces(args.data or default_split("heldout"))]
+    if args.pieces is not None:
+        if args.pieces < 1:
+            raise NotaGenError(f"--pieces must be at least 1, got {args.pieces}")
+        pieces = pieces[:: max(1, len(pieces) // args.pieces)][: args.pieces]  # spread over the sorted split
+    return pieces
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from notagen_trt.corpus import default_split, read_pieces
-    from notagen_trt.export.checkpoint import load_model
-    from notagen_trt.export.evaluate import bits_per_char, unigram_bits_per_char
+    if args.checkpoint and args.model:
+        raise NotaGenError("give --checkpoint (PyTorch) or --model (ONNX directory), not both")
+    pieces = _pieces(args)
+    if args.checkpoint:
+        result = _eval_checkpoint(args, pieces)
+    else:
+        from notagen_trt.runtime.evaluate import evaluate
 
-    model = load_model(args.checkpoint or demo_checkpoint())
-    data = [t for _, t in read_pieces(args.data or default_split("heldout"))]
-    result = {"bits_per_char": round(bits_per_char(model, data), 4)}
-    if args.baseline:
-        train = [t for _, t in read_pieces(default_split("train"))]
-        result["unigram_bits_per_char"] = round(unigram_bits_per_char(train, data, model.config.patch_length), 4)
+        if args.backend not in ("ort-cpu", "ort-cuda"):
+            raise NotaGenError(f"unknown backend {args.backend!r}; choose ort-cpu or ort-cuda")
+        model = Path(args.model) if args.model else demo_model_dir()
+        result = evaluate(model, pieces, args.num_generated, "cuda" if args.backend == "ort-cuda" else "cpu")
+        if args.baseline:
+            result["unigram_bits_per_char"] = _unigram(pieces, result)
+        if not args.json:
+            result.pop("generated", None)
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
-    return 0
+    gate = result.get("gate")
+    return 1 if gate and not gate["passed"] else 0
+
+
+def _eval_checkpoint(args: argparse.Namespace, pieces: list[str]) -> dict:
+    from notagen_trt.export.checkpoint import load_model
+    from notagen_trt.export.evaluate import bits_per_char
+
+    model = load_model(args.checkpoint)
+    result = {"model": str(args.checkpoint), "precision": "pytorch fp32",
+              "bits_per_char": round(bits_per_char(model, pieces), 4)}
+    if args.baseline:
+        result["unigram_bits_per_char"] = _unigram(pieces, {"patch_length": model.config.patch_length})
+    return result
+
+
+def _unigram(pieces: list[str], result: dict) -> float:
+    from notagen_trt.corpus import default_split, read_pieces
+    from notagen_trt.export.evaluate import unigram_bits_per_char
+    from notagen_trt.manifest import model_config, read_manifest
+
+    length = result.get("patch_length") or model_config(read_manifest(result["model"])).patch_length
+    train = [t for _, t in read_pieces(default_split("train"))]
+    return round(unigram_bits_per_char(train, pieces, length), 4)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="bits per character on held-out ABC (teacher forcing)")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the demo model)")
+    p = sub.add_parser("eval", help="accuracy vs fp32 (bits/char, top-1, logit diff) and validity of generated pieces")
+    p.add_argument("--model", help="ONNX model directory of any precision (default: the demo model, exported)")
+    p.add_argument("--checkpoint", help="evaluate a PyTorch checkpoint instead (bits/char only)")
+    p.add_argument("--backend", default="ort-cpu", help="ort-cpu or ort-cuda (default: ort-cpu)")
     p.add_argument("--data", help=".abc file or folder (default: the shipped corpus's heldout split)")
-    p.add_argument("--baseline", action="store_true", help="also report a character-unigram baseline")
+    p.add_argument("--pieces", type=int, default=None, help="score N pieces spread over the sorted data (default: all)")
+    p.add_argument("--num-generated", type=int, default=8, help="pieces generated (seeds 0..N-1) for validity")
+    p.add_argument("--baseline", action="store_true", help="also report a character-unigram baseline (needs torch)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)

@@ -1,0 +1,257 @@
+"""Precision variants of an fp32 model directory, written as ONNX (TensorRT 11 is strongly typed:
+an engine's precision is the ONNX's). ONNX Runtime runs the same files, so every variant's
+accuracy is checked on the CPU before an engine is built from it.
+
+- ``fp16``: fp16 weights and activations (ONNX Runtime's ``float16`` converter) with fp32 islands,
+  written as Cast nodes, for LayerNormalization and Softmax and for every node whose fp32
+  activations, measured on the calibration set, come near the fp16 range.
+- ``int8-wo``: int8 weights, per output channel, symmetric, stored as int8 initializers behind
+  DequantizeLinear; activations stay fp32. No calibration.
+- ``int8``: W8A8 Q/DQ from ONNX Runtime's ``quantize_static``: symmetric int8 activations with
+  ranges calibrated on real ABC (see calibration.py), per-channel symmetric int8 weights, bias in
+  float: the layout TensorRT fuses.
+
+Graph IO names and dtypes do not change (fp32 in, fp32 out), so every backend feeds a variant
+exactly as it feeds the fp32 model. The manifest records the source fp32 directory and its hash,
+the library and settings, the calibration set and what was kept in higher precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import notagen_trt
+from notagen_trt.errors import NotaGenError
+from notagen_trt.manifest import GRAPH_NAMES, MANIFEST_NAME, graph_file, read_manifest, write_manifest
+
+from . import calibration
+from .calibration import CalibrationFeeds, FeedReader
+
+PRECISIONS = ("fp16", "int8-wo", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANTIZED_OPS = ["MatMul", "Gemm"]  # the GEMMs TensorRT runs in int8; everything else stays float
+FP16_ALWAYS_FP32 = ["LayerNormalization", "Softmax"]  # GPT-2's known fp16 overflow points
+FP16_HEADROOM = 65504.0 / 16  # a node whose measured |activation| exceeds this stays fp32
+MASK_FILL = 1e38  # attention masks fill with float32 min; the fp16 converter clips it harmlessly
+
+
+def source_digest(model_dir: str | Path) -> str:
+    """sha256 of a model directory's manifest: what a variant records as its source."""
+    return hashlib.sha256((Path(model_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: str | Path | None = None,
+             calib_pieces: int = calibration.DEFAULT_PIECES, method: str = "minmax",
+             exclude: list[str] | None = None, log=lambda msg: None) -> dict[str, Any]:
+    """Write the ``precision`` variant of the fp32 ONNX model in ``model_dir`` to ``out_dir``
+    (graphs first, manifest last, nothing half-written); return its manifest.
+
+    ``exclude``: node names (int8) kept in float on top of the defaults. ``calib`` /
+    ``calib_pieces``: calibration corpus (default: the shipped ``calib`` split) and how many
+    pieces of it to run (fp16 uses it to measure activations, int8 to calibrate ranges)."""
+    if precision not in PRECISIONS:
+        raise NotaGenError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if method not in CALIBRATION_METHODS:
+        raise NotaGenError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    manifest = read_manifest(model_dir, expect_kind="onnx")
+    if manifest.get("precision") != "fp32":
+        raise NotaGenError(f"{model_dir}: variants are made from the fp32 model, this one is "
+                           f"{manifest.get('precision')!r}; pass the directory written by `notagen-trt export`")
+    if any(manifest["graphs"][g].get("external_data") for g in GRAPH_NAMES):
+        raise NotaGenError(f"{model_dir}: weights stored as external data are not supported by quantize yet; "
+                           "re-export without --external-data")
+    if out_dir.resolve() == model_dir.resolve():
+        raise NotaGenError(f"{out_dir}: the variant would overwrite its source; choose another --out")
+    feeds = None
+    if precision in ("fp16", "int8"):
+        log(f"collecting calibration inputs from {calib_pieces} pieces")
+        feeds = calibration.collect(model_dir, calib, calib_pieces)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    details: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=out_dir) as scratch:
+        for name in GRAPH_NAMES:
+            src, dst = graph_file(model_dir, manifest, name), Path(scratch) / f"{name}.onnx"
+            log(f"{precision}: {name}")
+            if precision == "fp16":
+                details[name] = _fp16(src, dst, feeds.graph(name))
+            elif precision == "int8-wo":
+                details[name] = _int8_weight_only(src, dst)
+            else:
+                details[name] = _int8(src, dst, feeds.graph(name), method, exclude or [])
+            onnx.checker.check_model(str(dst))
+            _check_io(src, dst)
+        for name in GRAPH_NAMES:
+            shutil.move(str(Path(scratch) / f"{name}.onnx"), out_dir / f"{name}.onnx")
+            os.chmod(out_dir / f"{name}.onnx", 0o644)
+    variant = {
+        **{k: v for k, v in manifest.items() if k not in ("parity",)},
+        "precision": precision,
+        "source": {
+            "model_dir": str(model_dir.resolve()),
+            "manifest_sha256": source_digest(model_dir),
+            "precision": "fp32",
+            "checkpoint": manifest.get("source", {}).get("checkpoint"),
+            "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
+        },
+        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": None} for g in GRAPH_NAMES},
+        "quantization": _recipe(precision, method, feeds, details),
+        "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                  "notagen_trt": notagen_trt.__version__},
+    }
+    write_manifest(out_dir, variant)
+    return variant
+
+
+def _recipe(precision: str, method: str, feeds: CalibrationFeeds | None, details: dict) -> dict:
+    library = f"onnxruntime {ort.__version__}"
+    if precision == "fp16":
+        return {"library": f"{library} (onnxruntime.transformers.float16.convert_float_to_float16)",
+                "weights": "float16", "activations": "float16",
+                "settings": {"keep_io_types": True, "op_block_list": FP16_ALWAYS_FP32,
+                             "fp32_above_abs": FP16_HEADROOM},
+                "calibration": {**feeds.describe(), "method": "max |activation| per tensor (fp32 graphs)"},
+                "kept_in_higher_precision": details}
+    if precision == "int8-wo":
+        return {"library": f"{library} (onnxruntime.quantization.QDQQuantizer, weights only)",
+                "weights": "int8 symmetric per-channel (QDQ)", "activations": "float32",
+                "settings": {"op_types": QUANTIZED_OPS, "per_channel": True, "weight_symmetric": True},
+                "calibration": None, "kept_in_higher_precision": details}
+    return {"library": f"{library} (onnxruntime.quantization.quantize_static, QDQ)",
+            "weights": "int8 symmetric per-channel (QDQ)", "activations": "int8 symmetric per-tensor (QDQ)",
+            "settings": {"op_types": QUANTIZED_OPS, "per_channel": True, **_INT8_OPTIONS},
+            "calibration": {**feeds.describe(), "method": method},
+            "kept_in_higher_precision": details}
+
+
+def _check_io(src: Path, dst: Path) -> None:
+    """The variant must keep the fp32 graph's IO names, dtypes and dims: the manifest promises them."""
+    def io(path: Path) -> list:
+        g = onnx.load(str(path), load_external_data=False).graph
+        return [(v.name, v.type.SerializeToString()) for v in [*g.input, *g.output]]
+
+    if io(src) != io(dst):
+        raise NotaGenError(f"{dst.name}: the quantizer changed the graph IO; this is a bug, report it with the "
+                           "ONNX Runtime version")
+
+
+# ---------------------------------------------------------------- fp16
+
+def activation_peaks(model_path: Path, feeds: list[dict]) -> dict[str, float]:
+    """Max |value| of every float tensor over the feeds (fp32 graph, ONNX Runtime's MinMax
+    calibrator), ignoring attention-mask fill values."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="ort.calib.") as tmp:
+        calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator.collect_data(FeedReader(feeds))
+        ranges = calibrator.compute_data()
+    peaks = {}
+    for name, r in ranges.data.items():
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in r.range_value)
+        values = [abs(v) for v in (lo, hi) if abs(v) < MASK_FILL]
+        peaks[name] = max(values, default=0.0)
+    return peaks
+
+
+def _fp16(src: Path, dst: Path, feeds: list[dict]) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    peaks = activation_peaks(src, feeds)
+    hot = {t for t, p in peaks.items() if p > FP16_HEADROOM}
+    # A tensor out of fp16 range must be produced *and* consumed in fp32.
+    blocked = sorted({n.name for n in model.graph.node if hot & (set(n.output) | set(n.input))})
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_ALWAYS_FP32,
+                                         node_block_list=blocked)
+    sorted_model = OnnxModel(converted)
+    sorted_model.topological_sort()  # the converter appends its IO casts; builders want sorted nodes
+    onnx.save(sorted_model.model, str(dst))
+    kept = [n.name for n in model.graph.node if n.op_type in FP16_ALWAYS_FP32]
+    return {"op_types": FP16_ALWAYS_FP32, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
+            "max_abs_activation": round(max(peaks.values(), default=0.0), 3)}
+
+
+# ---------------------------------------------------------------- int8
+
+_INT8_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "QuantizeBias": False,  # TensorRT adds the bias in float after the int8 GEMM
+    "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,  # Q/DQ on GEMM inputs only
+}
+
+
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs a pre-processing hint per call; keep the CLI output clean."""
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+
+
+def _int8_weight_only(src: Path, dst: Path) -> dict:
+    """ONNX Runtime's QDQ quantizer with activation quantization switched off: it writes the int8
+    per-channel weights and their DequantizeLinear nodes, and leaves every activation in float."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import QuantType, load_model_with_shape_infer
+
+    class WeightOnly(QDQQuantizer):
+        def quantize_activation_tensor(self, tensor_name: str) -> None:
+            return None
+
+        def quantize_output_same_as_input(self, output_name: str, input_name: str, node_name: str) -> None:
+            return None
+
+    _quiet_quantizer()
+    model = load_model_with_shape_infer(src)
+    quantizer = WeightOnly(model, True, False, QuantType.QInt8, QuantType.QInt8,
+                           TensorsData(CalibrationMethod.MinMax, {}), [], [], QUANTIZED_OPS, dict(_INT8_OPTIONS))
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(dst))
+    return _float_gemms(dst, "weights")
+
+
+def _int8(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str]) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    _quiet_quantizer()
+    names = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=[n for n in exclude if n in names],
+                    calibrate_method=methods[method],
+                    # One feed per collection pass: feeds differ in shape (batch, new and past
+                    # lengths), which the histogram collectors cannot stack, and the augmented
+                    # model's outputs for all feeds at once would not fit in memory for big models.
+                    extra_options={**_INT8_OPTIONS, "CalibStridedMinMax": 1})
+    return _float_gemms(dst, "inputs")
+
+
+def _float_gemms(path: Path, what: str) -> dict:
+    """Which MatMul / Gemm nodes of a quantized graph still take float ``what`` (and so run in
+    higher precision), from the graph itself rather than from the settings."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    initializers = {i.name for i in graph.initializer}
+    kept = []
+    for n in graph.node:
+        if n.op_type not in QUANTIZED_OPS:
+            continue
+        inputs = n.input[1:2] if what == "weights" else n.input[:2]
+        if any(producers.get(i) != "DequantizeLinear" and (what == "inputs" or i in initializers) for i in inputs):
+            kept.append(n.name)
+    return {"float_gemms": kept}

@@ -1,0 +1,42 @@
+"""`notagen-trt quantize`: an fp32 model directory -> an fp16, int8 weight-only or int8 variant (ONNX)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from notagen_trt.demo import demo_model_dir
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from notagen_trt.engines.quantize import quantize
+
+    model = Path(args.model) if args.model else demo_model_dir()
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    manifest = quantize(model, args.precision, args.out, calib=args.calib, calib_pieces=args.calib_pieces,
+                        method=args.method, exclude=args.exclude, log=log)
+    recipe = manifest["quantization"]
+    if args.json:
+        print(json.dumps({"out": str(args.out), "precision": args.precision, "quantization": recipe}))
+    else:
+        print(f"wrote {args.out}/patch_decoder.onnx, char_decoder.onnx, manifest.json ({args.precision}: "
+              f"weights {recipe['weights']}, activations {recipe['activations']}); check it with "
+              f"`notagen-trt eval --model {args.out}`")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="write an fp16 / int8 weight-only / int8 variant of an exported model")
+    p.add_argument("--model", help="fp32 model directory from `notagen-trt export` (default: the demo model)")
+    p.add_argument("--precision", required=True, choices=["fp16", "int8-wo", "int8"])
+    p.add_argument("--out", required=True, help="variant directory to write")
+    p.add_argument("--calib", help=".abc file or folder for calibration (default: the shipped calib split)")
+    p.add_argument("--calib-pieces", type=int, default=32, help="calibration pieces to run (default: 32)")
+    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="int8 activation calibration method (default: minmax)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="NODE",
+                   help="int8: node names kept in float (e.g. the lm_head MatMul)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_quantize)

@@ -1,0 +1,268 @@
+"""Accuracy of an ONNX model directory of any precision (numpy + ONNX Runtime, never torch).
+
+- Teacher-forced bits per character over ``encode_windows`` windows, scored exactly like
+  ``export/evaluate.py`` (every non-pad character of patches 1..n-1), with prefill calls on an
+  empty past: the patch graph over a window, then the char graph with one row per patch,
+  ``[bos, its 16 chars]`` as input ids and the previous patch's hidden state as ``patch_hidden``.
+- Against a reference (the fp32 directory a variant's manifest names as its source): top-1
+  agreement and max / mean |logit diff| over the same scored positions, each pipeline run end to
+  end on its own hidden states.
+- Validity of N seeded generated pieces: post-processed, they must parse with music21, convert
+  with abc2xml, and every bar but each voice's first and last must last what the meter says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import re
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from notagen_trt.config import BOS_ID, PAD_ID
+from notagen_trt.errors import NotaGenError
+from notagen_trt.manifest import MANIFEST_NAME, read_manifest
+
+from .codec import encode_windows
+from .onnx_backend import Device, OrtBackend
+
+ROWS_PER_CALL = 1024  # char-graph rows (patches) per call
+
+
+def reference_dir(model_dir: str | Path) -> Path | None:
+    """The fp32 directory a variant was made from (checked against the recorded manifest hash),
+    or None when ``model_dir`` is itself fp32."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir, expect_kind="onnx")
+    if manifest.get("precision", "fp32") == "fp32":
+        return None
+    source = manifest.get("source") or {}
+    ref = source.get("model_dir")
+    if not ref or not (Path(ref) / MANIFEST_NAME).is_file():
+        raise NotaGenError(f"{model_dir / MANIFEST_NAME}: the fp32 source {ref!r} is missing; copy it back or "
+                           "re-run `notagen-trt quantize`")
+    digest = hashlib.sha256((Path(ref) / MANIFEST_NAME).read_bytes()).hexdigest()
+    if digest != source.get("manifest_sha256"):
+        raise NotaGenError(f"{model_dir}: its fp32 source {ref} changed since it was quantized (manifest hash "
+                           "differs); re-run `notagen-trt quantize` on it")
+    return Path(ref)
+
+
+@dataclass
+class TeacherForced:
+    bits_per_char: float
+    chars: int
+    top1_agreement: float
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    reference_bits_per_char: float | None = None
+
+
+def teacher_forced(model_dir: str | Path, pieces: list[str], reference: str | Path | None = None,
+                   device: Device = "cpu", threads: int | None = None) -> TeacherForced:
+    """Bits per character of ``model_dir`` on ``pieces``; agreement with ``reference`` if given."""
+    model = OrtBackend(model_dir, device, threads)
+    ref = OrtBackend(reference, device, threads) if reference is not None else None
+    length = model.config.patch_length
+    if ref is not None and ref.config != model.config:
+        raise NotaGenError(f"{reference}: its model config differs from {model_dir}'s; pass the variant's own source")
+    windows = [w for text in pieces for w in encode_windows(text, length) if len(w) > 1]
+    if not windows:
+        raise NotaGenError("no piece is longer than one patch; nothing to score")
+    nll, ref_nll, chars, agree, max_diff, sum_diff = 0.0, 0.0, 0, 0, 0.0, 0.0
+    rows: list[tuple[np.ndarray, ...]] = []
+
+    def flush() -> None:
+        nonlocal nll, ref_nll, chars, agree, max_diff, sum_diff
+        ids, targets = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        logits = _char_logits(model, ids, np.concatenate([r[2] for r in rows]))
+        mask = targets != PAD_ID
+        nll += float(_nll(logits, targets)[mask].sum())
+        chars += int(mask.sum())
+        if ref is not None:
+            expected = _char_logits(ref, ids, np.concatenate([r[3] for r in rows]))
+            ref_nll += float(_nll(expected, targets)[mask].sum())
+            agree += int((logits.argmax(-1) == expected.argmax(-1))[mask].sum())
+            diff = np.abs(logits - expected)[mask]
+            max_diff = max(max_diff, float(diff.max(initial=0.0)))
+            sum_diff += float(diff.sum(dtype=np.float64))
+        rows.clear()
+
+    pending = 0
+    for w in windows:
+        ids = np.concatenate([np.full((len(w) - 1, 1), BOS_ID, np.int64), w[1:]], axis=1)
+        hidden = _patch_hidden(model, w)[:-1]
+        rows.append((ids, w[1:], hidden, _patch_hidden(ref, w)[:-1] if ref is not None else hidden))
+        pending += len(w) - 1
+        if pending >= ROWS_PER_CALL:
+            flush()
+            pending = 0
+    if rows:
+        flush()
+    if ref is None:
+        return TeacherForced(nll / chars / math.log(2), chars, 1.0, 0.0, 0.0)
+    bits = 1 / chars / math.log(2)
+    return TeacherForced(nll * bits, chars, agree / chars, max_diff, sum_diff / (chars * 128), ref_nll * bits)
+
+
+def _patch_hidden(backend: OrtBackend, window: np.ndarray) -> np.ndarray:
+    g = backend.patch
+    empty = np.zeros((1, backend.config.num_heads, 0, 64), np.float32)
+    feeds = {g.inputs[0]: window[None], **{n: empty for n in g.past_names}}
+    return g.session.run(g.outputs[:1], feeds)[0][0]
+
+
+def _char_logits(backend: OrtBackend, ids: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """Logits [rows, 16, 128] predicting each row's 16 characters (positions 0..15)."""
+    g = backend.char
+    out = []
+    for start in range(0, len(ids), ROWS_PER_CALL):
+        chunk = ids[start:start + ROWS_PER_CALL]
+        empty = np.zeros((len(chunk), backend.config.num_heads, 0, 64), np.float32)
+        feeds = {g.inputs[0]: chunk, g.inputs[1]: hidden[start:start + ROWS_PER_CALL].astype(np.float32),
+                 **{n: empty for n in g.past_names}}
+        out.append(g.session.run(g.outputs[:1], feeds)[0][:, :-1].astype(np.float32))
+    return np.concatenate(out)
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log p(target) in nats, computed in float64."""
+    x = logits.astype(np.float64)
+    top = x.max(-1, keepdims=True)
+    logz = top[..., 0] + np.log(np.exp(x - top).sum(-1))
+    return logz - np.take_along_axis(x, targets[..., None], -1)[..., 0]
+
+
+# ---------------------------------------------------------------- validity of generated pieces
+
+@dataclass
+class PieceCheck:
+    seed: int
+    patches: int
+    stop_reason: str
+    music21: bool
+    abc2xml: bool
+    bars_match_meter: bool
+    error: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.music21 and self.abc2xml and self.bars_match_meter
+
+
+def generated_validity(backend: OrtBackend, num_pieces: int = 8, max_patches: int | None = 2048) -> list[PieceCheck]:
+    """Generate pieces with seeds 0..num_pieces-1 (unconditional) and check each one."""
+    from .abcio import check
+    from .generate import GenerationConfig, generate_many
+    from .postprocess import postprocess
+
+    configs = [GenerationConfig(seed=s, max_patches=max_patches) for s in range(num_pieces)]
+    out = []
+    for config, piece in zip(configs, generate_many(backend, backend.config.patch_length, None, configs)):
+        abc = postprocess(piece.text)
+        parsed = check(abc)
+        bars_ok, why = bars_match_meter(abc)
+        error = "; ".join(e for e in (parsed.error, why) if e)
+        out.append(PieceCheck(config.seed, piece.patches, piece.stop_reason, parsed.music21, parsed.abc2xml,
+                              bars_ok, error))
+    return out
+
+
+_INLINE_FIELD = re.compile(r"\[([ML]):([^\]]*)\]")
+_ANNOTATION = re.compile(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!")
+
+
+def _fraction(text: str) -> Fraction | None:
+    text = text.strip()
+    if text == "C":
+        return Fraction(4, 4)
+    if text == "C|":
+        return Fraction(2, 2)
+    m = re.fullmatch(r"(\d+(?:\+\d+)*)/(\d+)", text)
+    return Fraction(sum(int(x) for x in m.group(1).split("+")), int(m.group(2))) if m else None
+
+
+def bars_match_meter(abc: str) -> tuple[bool, str]:
+    """Does every bar of every voice (except each voice's first and last: pickups and endings)
+    last one bar of the meter, in units of L, by abctoolkit's ``calculate_bartext_duration``?
+    Inline ``[M:]`` / ``[L:]`` changes are followed; a piece with no meter (``M:none``) passes."""
+    from abctoolkit.duration import calculate_bartext_duration
+    from abctoolkit.utils import extract_barline_and_bartext_dict_rotated
+
+    lines = abc.splitlines(keepends=True)
+    fields = {line[0]: line[2:].strip() for line in lines if re.match(r"^[ML]:", line)}
+    meter, unit = _fraction(fields.get("M", "")), _fraction(fields.get("L", "1/8")) or Fraction(1, 8)
+    if fields.get("M", "").lower() == "none":
+        return True, ""
+    if meter is None:
+        return False, f"bars: unreadable meter {fields.get('M')!r}"
+    body = [line for line in lines if line.startswith("[V:")]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, _, _, bars, _ = extract_barline_and_bartext_dict_rotated([ln for ln in lines if not ln.startswith("[V:")] + body)
+    except Exception as exc:  # malformed voice layout
+        return False, f"bars: cannot split voices ({type(exc).__name__})"
+    for voice, texts in bars.items():
+        m, u = meter, unit
+        for i, text in enumerate(texts):
+            for field, value in _INLINE_FIELD.findall(text):
+                if field == "M" and _fraction(value):
+                    m = _fraction(value)
+                elif field == "L" and _fraction(value):
+                    u = _fraction(value)
+            if i in (0, len(texts) - 1):
+                continue
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    duration = calculate_bartext_duration(_ANNOTATION.sub("", text))
+            except Exception:
+                duration = None
+            if duration != m / u:
+                return False, f"bars: voice {voice} bar {i + 1} lasts {duration} units of L, the meter asks {m / u}"
+    return True, ""
+
+
+def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, device: Device = "cpu",
+             threads: int | None = None) -> dict[str, Any]:
+    """The whole report of ``notagen-trt eval`` for an ONNX model directory."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir, expect_kind="onnx")
+    ref = reference_dir(model_dir)
+    tf = teacher_forced(model_dir, pieces, ref, device, threads)
+    result: dict[str, Any] = {
+        "model": str(model_dir), "precision": manifest.get("precision", "fp32"),
+        "reference": str(ref) if ref else None, "pieces": len(pieces), "chars": tf.chars,
+        "bits_per_char": round(tf.bits_per_char, 5), "top1_agreement": round(tf.top1_agreement, 5),
+        "max_abs_logit_diff": round(tf.max_abs_logit_diff, 5), "mean_abs_logit_diff": round(tf.mean_abs_logit_diff, 6),
+    }
+    if tf.reference_bits_per_char is not None:
+        result["reference_bits_per_char"] = round(tf.reference_bits_per_char, 5)
+        result["bits_per_char_change"] = round(tf.bits_per_char / tf.reference_bits_per_char - 1, 5)
+    if num_generated > 0:
+        checks = generated_validity(OrtBackend(model_dir, device, threads), num_generated)
+        result["valid_fraction"] = sum(c.valid for c in checks) / len(checks)
+        result["generated"] = [{**asdict(c), "valid": c.valid} for c in checks]
+    else:
+        result["valid_fraction"] = None
+    result["gate"] = gate(result)
+    return result
+
+
+# Gates per precision: (largest relative bits/char increase over fp32, smallest top-1 agreement).
+GATES = {"fp16": (0.005, 0.995), "int8-wo": (0.01, 0.99), "int8": (0.03, 0.97)}
+
+
+def gate(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Pass / fail of an ``evaluate`` result against its precision's gate (None for fp32)."""
+    limits = GATES.get(result.get("precision"))
+    if limits is None:
+        return None
+    max_change, min_top1 = limits
+    passed = result["bits_per_char_change"] <= max_change and result["top1_agreement"] >= min_top1
+    return {"max_bits_per_char_change": max_change, "min_top1_agreement": min_top1, "passed": passed}
