@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[export,ort,music,test]"
+	# TensorRT-RTX (rtx) is part of CI: its builder makes real plans on this CPU-only machine.
+	$(PY) -m pip install -q -e ".[export,ort,music,test,rtx,verify]"
 	touch $(STAMP)
 
 setup: $(STAMP)

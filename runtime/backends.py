@@ -8,7 +8,7 @@ from pathlib import Path
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import read_manifest
 
-CHOICES = ("auto", "ort-cuda", "ort-cpu")
+CHOICES = ("auto", "tensorrt", "ort-cuda", "ort-cpu")
 
 
 def _ort_providers() -> list[str]:
@@ -26,9 +26,11 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
         raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    if manifest.get("kind") != "onnx":
-        raise NotaGenError(f"{model_dir}: a {manifest.get('kind')!r} directory needs a TensorRT backend, which "
-                           "this build cannot run; pass an exported ONNX model directory")
+    if manifest.get("kind") == "engine":
+        return _engine_backend(model_dir, manifest, choice, threads)
+    if choice == "tensorrt":
+        raise NotaGenError(f"{model_dir}: an ONNX model directory; build engines with `notagen-trt build --model "
+                           f"{model_dir} --out DIR` and pass --model DIR")
     from .onnx_backend import OrtBackend
 
     if choice == "ort-cpu":
@@ -37,3 +39,27 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
     if choice == "ort-cuda" or has_cuda:
         return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA"
     return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (this ONNX Runtime has no CUDA provider)"
+
+
+def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | None):
+    """TensorRT when the engine matches this GPU and TensorRT version (``auto``, ``tensorrt``);
+    otherwise ONNX Runtime on the ONNX directory the engine was built from, saying why."""
+    why = "asked for ONNX Runtime"
+    if choice in ("auto", "tensorrt"):
+        from .trt_backend import TrtBackend
+
+        try:
+            backend = TrtBackend(engine_dir)
+        except (NotaGenError, RuntimeError, OSError) as exc:  # bindings raise RuntimeError on driver trouble
+            if choice == "tensorrt":
+                raise NotaGenError(str(exc)) from None
+            why = str(exc)
+        else:
+            engine = manifest["engine"]
+            return backend, f"TensorRT ({engine['flavor']} {engine['version']}, {manifest.get('precision')})"
+    onnx_dir = Path((manifest.get("onnx") or {}).get("dir") or "")
+    if not (onnx_dir / "manifest.json").is_file():
+        raise NotaGenError(f"{engine_dir}: cannot use the engine ({why}) and the ONNX model it was built from "
+                           f"({onnx_dir}) is not there for ONNX Runtime; pass the ONNX model directory")
+    backend, note = select_backend(onnx_dir, "auto" if choice == "tensorrt" else choice, threads)
+    return backend, f"{note}, not TensorRT: {why}" if choice == "auto" else note

@@ -1,0 +1,295 @@
+"""TensorRT plans: TensorRT-RTX builds of the demo model (fp32, fp16, int8-wo) on this CPU-only
+machine, their manifests, the timing cache, and the refusals of mismatched or damaged engines.
+Running a plan needs a GPU TensorRT supports: those tests are marked ``tensorrt`` / ``gpu``."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from notagen_trt.demo import demo_model_dir
+from notagen_trt.engines import build as build_mod
+from notagen_trt.engines.build import build_engines, dim_ranges
+from notagen_trt.engines.engine_manifest import (RuntimeInfo, check_engine, onnx_digest, sha256_file,
+                                                 version_accepts)
+from notagen_trt.engines.flavors import FLAVORS, local_gpu
+from notagen_trt.errors import NotaGenError
+from notagen_trt.manifest import GRAPH_NAMES, read_manifest
+
+trt = FLAVORS["rtx"].load()  # CI installs TensorRT-RTX (Makefile): a missing install fails here, loudly
+RTX_VERSION = trt.__version__
+PRECISIONS = ("fp32", "fp16", "int8-wo")
+
+
+@pytest.fixture(scope="module")
+def onnx_dirs(tmp_path_factory):
+    """The demo model's ONNX directory per precision (variants written by engines.quantize)."""
+    from notagen_trt.engines.quantize import quantize
+
+    fp32 = demo_model_dir()
+    dirs = {"fp32": fp32}
+    for precision in PRECISIONS[1:]:
+        dirs[precision] = tmp_path_factory.mktemp(precision)
+        quantize(fp32, precision, dirs[precision], calib_pieces=4)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def engines(onnx_dirs, tmp_path_factory):
+    """{precision: (engine dir, manifest, seconds)}: RTX plans built here, without a GPU."""
+    out = {}
+    for precision, src in onnx_dirs.items():
+        dst = tmp_path_factory.mktemp(f"engine-{precision}")
+        start = time.perf_counter()
+        manifest = build_engines(src, dst, flavor="rtx")
+        out[precision] = (dst, manifest, time.perf_counter() - start)
+    return out
+
+
+def _report(capsys, line: str) -> None:
+    with capsys.disabled():
+        print(f"\n[engines] {line}")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rtx_plans_match_their_manifest(engines, onnx_dirs, precision, capsys):
+    engine_dir, manifest, seconds = engines[precision]
+    assert read_manifest(engine_dir, expect_kind="engine") == manifest
+    onnx_manifest = read_manifest(onnx_dirs[precision], expect_kind="onnx")
+    engine = manifest["engine"]
+    assert (engine["flavor"], engine["version"]) == ("rtx", RTX_VERSION)
+    assert engine["compute_capabilities"] == ["8.6", "8.9", "12.0"] and engine["gpu"] is None
+    assert manifest["precision"] == onnx_manifest["precision"] == precision
+    sizes = []
+    for name in GRAPH_NAMES:
+        graph, spec = manifest["graphs"][name], onnx_manifest["graphs"][name]
+        plan = (engine_dir / graph["file"]).read_bytes()
+        assert graph["plan"] == {"bytes": len(plan), "sha256": sha256_file(engine_dir / graph["file"])}
+        assert graph["onnx_sha256"] == onnx_digest(onnx_dirs[precision], spec)
+        # IO: the parsed network's tensors are the ONNX manifest's, in order, and the plan names each.
+        names = [s["name"] for s in spec["inputs"] + spec["outputs"]]
+        assert [s["name"] for s in graph["network_io"]["inputs"] + graph["network_io"]["outputs"]] == names
+        assert all(n.encode() in plan for n in names)
+        # Profiles: prefill (empty past allowed) and decode (one new position), every input covered,
+        # each symbolic dim with the same range wherever it appears.
+        prefill, decode = graph["profiles"]
+        assert (prefill["name"], decode["name"]) == ("prefill", "decode")
+        top = spec["max_positions"]
+        assert prefill["dims"] == dim_ranges(spec, 1)["prefill"]
+        assert {n: r for n, r in prefill["dims"].items() if n.startswith("past")} == {n: [0, 0, top - 1] for n in
+                                                                                         prefill["dims"] if
+                                                                                         n.startswith("past")}
+        assert [r for n, r in decode["dims"].items() if n.startswith("new")] == [[1, 1, 1]]
+        for profile in (prefill, decode):
+            assert set(profile["shapes"]) == {s["name"] for s in spec["inputs"]}
+            for s in spec["inputs"]:
+                for k in range(3):
+                    want = [profile["dims"][d][k] if isinstance(d, str) else d for d in s["shape"]]
+                    assert profile["shapes"][s["name"]][k] == want
+        sizes.append(f"{name} {len(plan) / 1e6:.1f} MB in {graph['build_seconds']:.2f} s")
+    _report(capsys, f"rtx {precision}: {', '.join(sizes)} (whole build {seconds:.1f} s)")
+
+
+def test_rebuild_with_timing_cache_is_reported(engines, onnx_dirs, tmp_path, capsys):
+    """TensorRT-RTX ignores the timing cache (its calls are no-ops since RTX 1.2), so the build
+    records that and writes no cache; the rebuild time is reported next to the cold one. The
+    speed-up of full TensorRT's cache is checked where TensorRT runs (test_trt_timing_cache_...)."""
+    _, cold, _ = engines["fp32"]
+    cache = tmp_path / "timing.cache"
+    again = build_engines(onnx_dirs["fp32"], tmp_path / "again", flavor="rtx", timing_cache=cache)
+    assert "no-ops" in again["engine"]["timing_cache"] and not cache.exists()
+    for name in GRAPH_NAMES:  # same inputs, same plan size (RTX builds are deterministic in size)
+        assert again["graphs"][name]["plan"]["bytes"] == cold["graphs"][name]["plan"]["bytes"]
+    times = {n: (cold["graphs"][n]["build_seconds"], again["graphs"][n]["build_seconds"]) for n in GRAPH_NAMES}
+    _report(capsys, "rtx fp32 cold vs rebuild with --timing-cache (no-op in RTX): " +
+            ", ".join(f"{n} {a:.2f} s / {b:.2f} s" for n, (a, b) in times.items()))
+
+
+class _FakeCache:
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def serialize(self) -> bytes:
+        return self.blob + b"+tuned"
+
+
+class _FakeConfig:
+    """Records the timing-cache calls full TensorRT's builder config receives."""
+
+    def __init__(self) -> None:
+        self.attached = []
+
+    def create_timing_cache(self, blob: bytes) -> _FakeCache:
+        return _FakeCache(bytes(blob))
+
+    def set_timing_cache(self, cache, ignore_mismatch) -> None:
+        self.attached.append((cache, ignore_mismatch))
+
+
+def test_full_tensorrt_timing_cache_is_loaded_attached_and_saved_atomically(tmp_path):
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"old")
+    config = _FakeConfig()
+    cache = build_mod._TimingCache(FLAVORS["trt"], config, path)
+    cache.attach(config)
+    assert config.attached == [(cache.cache, False)] and cache.cache.blob == b"old"
+    assert cache.save() == {"path": str(path), "loaded_bytes": 3, "saved_bytes": 9}
+    assert path.read_bytes() == b"old+tuned" and [p.name for p in tmp_path.iterdir()] == ["timing.cache"]
+
+
+# ---------------------------------------------------------------- refusals, one line each
+
+@pytest.fixture
+def engine_copy(engines, tmp_path):
+    dst = tmp_path / "engine"
+    shutil.copytree(engines["fp32"][0], dst)
+    return dst
+
+
+def _refused(match: str, fn, *args, **kwargs) -> str:
+    with pytest.raises(NotaGenError, match=match) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_truncated_plan_is_refused(engine_copy):
+    plan = engine_copy / "char_decoder.plan"
+    plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
+    assert str(plan) in _refused("truncated", check_engine, engine_copy)
+
+
+def test_flipped_bytes_are_refused(engine_copy):
+    plan = engine_copy / "patch_decoder.plan"
+    data = bytearray(plan.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    plan.write_bytes(bytes(data))
+    assert str(plan) in _refused("corrupt", check_engine, engine_copy)
+
+
+def test_other_compute_capability_is_refused(engine_copy):
+    here = RuntimeInfo("rtx", RTX_VERSION, "NVIDIA H100 80GB HBM3", "9.0")
+    message = _refused("compute capability 8.6, 8.9, 12.0", check_engine, engine_copy, here)
+    assert str(engine_copy / "manifest.json") in message and "9.0" in message
+
+
+def test_other_tensorrt_version_is_refused(engine_copy):
+    here = RuntimeInfo("rtx", "1.6.1.120", "NVIDIA GeForce RTX 4090", "8.9")
+    _refused(f"built with rtx {RTX_VERSION}, this is 1.6.1.120", check_engine, engine_copy, here)
+    _refused("flavour 'rtx'", check_engine, engine_copy, RuntimeInfo("trt", "10.14.1", "RTX 4090", "8.9"))
+    check_engine(engine_copy, RuntimeInfo("rtx", RTX_VERSION, "NVIDIA GeForce RTX 4090", "8.9"))  # a match passes
+
+
+def test_version_compatible_engines_accept_newer_runtimes_of_the_same_major():
+    assert version_accepts("10.8.0", "10.8.0", False) and not version_accepts("10.8.0", "10.9.0", False)
+    assert version_accepts("10.8.0", "10.14.1", True) and not version_accepts("10.8.0", "11.0.0", True)
+    assert not version_accepts("10.8.0", "10.7.0", True)
+
+
+def test_engine_from_another_model_is_refused(engine_copy, onnx_dirs):
+    check_engine(engine_copy, onnx_dir=onnx_dirs["fp32"])
+    message = _refused("built from another model", check_engine, engine_copy, onnx_dir=onnx_dirs["int8-wo"])
+    assert str(engine_copy / "patch_decoder.plan") in message
+
+
+def test_no_gpu_here_falls_back_to_onnx_runtime_saying_why(engine_copy):
+    from notagen_trt.runtime.backends import select_backend
+
+    backend, note = select_backend(engine_copy, "auto")
+    assert backend.name == "onnxruntime-cpu" and "not TensorRT" in note
+    (engine_copy / "char_decoder.plan").write_bytes(b"\0" * 64)
+    backend, note = select_backend(engine_copy, "auto")
+    assert backend.name == "onnxruntime-cpu" and "char_decoder.plan: plan is truncated" in note
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "notagen_trt.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_refusals_are_one_line(engine_copy, tmp_path):
+    plan = engine_copy / "patch_decoder.plan"
+    plan.write_bytes(plan.read_bytes()[:1000])
+    r = _cli("generate", "--model", str(engine_copy), "--backend", "tensorrt", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "truncated" in r.stderr and str(plan) in r.stderr
+    r = _cli("build", "--flavor", "rtx", "--compute-capability", "9.0", "--out", str(tmp_path / "e"))
+    assert r.returncode == 2 and "cannot target compute capability 9.0" in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_build_writes_an_engine_directory(tmp_path):
+    r = _cli("build", "--flavor", "rtx", "--compute-capability", "8.9", "--out", str(tmp_path / "e"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["engine"]["compute_capabilities"] == ["8.9"]
+    check_engine(tmp_path / "e", RuntimeInfo("rtx", RTX_VERSION, "NVIDIA GeForce RTX 4090", "8.9"))
+
+
+# ---------------------------------------------------------------- needs a GPU TensorRT runs on
+
+def _runnable_gpu(flavor: str) -> str | None:
+    """Why TensorRT ``flavor`` cannot run here, or None."""
+    gpu = local_gpu()
+    if gpu is None:
+        return "no CUDA GPU here (cuda-python sees none)"
+    try:
+        FLAVORS[flavor].load()
+    except NotaGenError as exc:
+        return str(exc)
+    if flavor == "rtx" and gpu["compute_capability"] not in ("8.0", "8.6", "8.9", "12.0", "12.1"):
+        return f"TensorRT-RTX does not run on compute capability {gpu['compute_capability']} ({gpu['name']})"
+    return None
+
+
+needs_rtx_gpu = pytest.mark.skipif(_runnable_gpu("rtx") is not None, reason=f"{_runnable_gpu('rtx')}")
+needs_trt_gpu = pytest.mark.skipif(_runnable_gpu("trt") is not None, reason=f"{_runnable_gpu('trt')}")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_rtx_gpu
+def test_rtx_engine_runs_and_matches_onnx_runtime(onnx_dirs, tmp_path):
+    from notagen_trt.runtime.onnx_backend import OrtBackend
+    from notagen_trt.runtime.trt_backend import TrtBackend
+
+    engine_dir = tmp_path / "engine"
+    build_engines(onnx_dirs["fp32"], engine_dir, flavor="rtx")  # for this GPU
+    _decode_matches_onnx_runtime(TrtBackend(engine_dir, onnx_dir=onnx_dirs["fp32"]), OrtBackend(onnx_dirs["fp32"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_trt_gpu
+def test_trt_engine_runs_and_timing_cache_speeds_up_rebuilds(onnx_dirs, tmp_path, capsys):
+    from notagen_trt.runtime.onnx_backend import OrtBackend
+    from notagen_trt.runtime.trt_backend import TrtBackend
+
+    cache = tmp_path / "timing.cache"
+    cold = build_engines(onnx_dirs["fp32"], tmp_path / "cold", flavor="trt", timing_cache=cache)
+    warm = build_engines(onnx_dirs["fp32"], tmp_path / "warm", flavor="trt", timing_cache=cache)
+    assert warm["engine"]["timing_cache"]["loaded_bytes"] > 0
+    a = sum(g["build_seconds"] for g in cold["graphs"].values())
+    b = sum(g["build_seconds"] for g in warm["graphs"].values())
+    _report(capsys, f"trt fp32 cold {a:.1f} s, with timing cache {b:.1f} s")
+    assert b < a
+    _decode_matches_onnx_runtime(TrtBackend(tmp_path / "warm"), OrtBackend(onnx_dirs["fp32"]))
+
+
+def _decode_matches_onnx_runtime(trt_backend, ort_backend) -> None:
+    """Prefill, patch steps and two full patches of char steps (the second replays CUDA graphs)."""
+    rng = np.random.default_rng(0)
+    t, o = trt_backend.new_session(), ort_backend.new_session()
+    patches = rng.integers(3, 127, size=(6, 16))
+    assert np.allclose(t.extend(patches), o.extend(patches), atol=1e-3)
+    for p in patches[:3]:
+        hidden_t, hidden_o = t.extend(p[None]), o.extend(p[None])
+        assert np.allclose(hidden_t, hidden_o, atol=1e-3)
+    for _ in range(3):  # first patch uncaptured, second captures, third replays
+        assert np.allclose(t.char_start(hidden_o, [1, 65]), o.char_start(hidden_o, [1, 65]), atol=1e-3)
+        for token in rng.integers(3, 127, size=14):
+            assert np.allclose(t.char_step(int(token)), o.char_step(int(token)), atol=1e-3)
