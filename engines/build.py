@@ -79,7 +79,8 @@ def _parse(trt: Any, flavor: Flavor, builder: Any, logger: Any, path: Path) -> t
     return network, parser
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+def _write_staged(path: Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` beside ``path`` under a temporary name; the caller renames it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -87,10 +88,14 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _write_atomic(path: Path, data: bytes | memoryview) -> None:
+    os.replace(_write_staged(path, data), path)
 
 
 class _TimingCache:
@@ -142,79 +147,89 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
     out_dir.mkdir(parents=True, exist_ok=True)
 
     graphs: dict[str, dict] = {}
-    for name in GRAPH_NAMES:
-        spec = onnx_manifest["graphs"][name]
-        onnx_path = graph_file(model_dir, onnx_manifest, name)
-        network, _parser = _parse(trt, fl, builder, logger, onnx_path)
-        io = network_io(trt, network)
-        want = [s["name"] for s in spec["inputs"]], [s["name"] for s in spec["outputs"]]
-        if ([s["name"] for s in io["inputs"]], [s["name"] for s in io["outputs"]]) != want:
-            raise NotaGenError(f"{onnx_path}: the parsed network's IO differs from the manifest's {want}; re-export")
-        profiles = profiles_for(spec, max_batch)
-        # Profiles belong to one builder config, so each graph gets its own; the cache is shared.
-        graph_config = builder.create_builder_config()
-        targets = fl.set_targets(trt, graph_config, compute_capabilities, gpu)
-        if version_compatible:
-            graph_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        if optimization_level is not None:
-            graph_config.builder_optimization_level = optimization_level
-        if cache is None:
-            cache = _TimingCache(fl, graph_config, Path(timing_cache) if timing_cache else None)
-        cache.attach(graph_config)
-        for profile in profiles:
-            p = builder.create_optimization_profile()
-            for tensor, (lo, opt, hi) in profile["shapes"].items():
-                p.set_shape(tensor, lo, opt, hi)
-            if graph_config.add_optimization_profile(p) < 0:
-                raise NotaGenError(f"{onnx_path}: {fl.title} rejected the {profile['name']} profile {profile['dims']}")
-        log(f"building {name} ({fl.title} {fl.version(trt)}, targets {', '.join(targets['compute_capabilities'])})")
-        start = time.perf_counter()
-        plan = builder.build_serialized_network(network, graph_config)
-        seconds = time.perf_counter() - start
-        if plan is None:
-            raise NotaGenError(f"{onnx_path}: {fl.title} failed to build a plan (see the messages above); check the "
-                               f"profiles {[p['dims'] for p in profiles]} and the ONNX")
-        path = out_dir / f"{name}{PLAN_SUFFIX}"
-        _write_atomic(path, memoryview(plan))
-        graphs[name] = {
-            "file": path.name,
-            "external_data": None,
-            "num_layers": spec["num_layers"],
-            "max_positions": spec["max_positions"],
-            "kv_layout": spec.get("kv_layout"),
-            "inputs": spec["inputs"],
-            "outputs": spec["outputs"],
-            "network_io": io,
-            "profiles": profiles,
-            "plan": {"bytes": path.stat().st_size, "sha256": sha256_file(path)},
-            "onnx_file": onnx_spec_file(model_dir, spec),
-            "onnx_sha256": onnx_digest(model_dir, spec),
-            "build_seconds": round(seconds, 3),
+    staged: dict[Path, Path] = {}  # final plan path -> its temporary file
+    try:
+        for name in GRAPH_NAMES:
+            spec = onnx_manifest["graphs"][name]
+            onnx_path = graph_file(model_dir, onnx_manifest, name)
+            network, _parser = _parse(trt, fl, builder, logger, onnx_path)
+            io = network_io(trt, network)
+            want = [s["name"] for s in spec["inputs"]], [s["name"] for s in spec["outputs"]]
+            if ([s["name"] for s in io["inputs"]], [s["name"] for s in io["outputs"]]) != want:
+                raise NotaGenError(f"{onnx_path}: the parsed network's IO differs from the manifest's {want}; re-export")
+            profiles = profiles_for(spec, max_batch)
+            # Profiles belong to one builder config, so each graph gets its own; the cache is shared.
+            graph_config = builder.create_builder_config()
+            targets = fl.set_targets(trt, graph_config, compute_capabilities, gpu)
+            if version_compatible:
+                graph_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+            if optimization_level is not None:
+                graph_config.builder_optimization_level = optimization_level
+            if cache is None:
+                cache = _TimingCache(fl, graph_config, Path(timing_cache) if timing_cache else None)
+            cache.attach(graph_config)
+            for profile in profiles:
+                p = builder.create_optimization_profile()
+                for tensor, (lo, opt, hi) in profile["shapes"].items():
+                    p.set_shape(tensor, lo, opt, hi)
+                if graph_config.add_optimization_profile(p) < 0:
+                    raise NotaGenError(f"{onnx_path}: {fl.title} rejected the {profile['name']} profile {profile['dims']}")
+            log(f"building {name} ({fl.title} {fl.version(trt)}, targets {', '.join(targets['compute_capabilities'])})")
+            start = time.perf_counter()
+            plan = builder.build_serialized_network(network, graph_config)
+            seconds = time.perf_counter() - start
+            if plan is None:
+                raise NotaGenError(f"{onnx_path}: {fl.title} failed to build a plan (see the messages above); check the "
+                                   f"profiles {[p['dims'] for p in profiles]} and the ONNX")
+            path = out_dir / f"{name}{PLAN_SUFFIX}"
+            # Plans wait under temporary names until every graph is built: an interrupted build
+            # leaves the previous engine (plans + manifest) exactly as it was.
+            staged[path] = _write_staged(path, memoryview(plan))
+            graphs[name] = {
+                "file": path.name,
+                "external_data": None,
+                "num_layers": spec["num_layers"],
+                "max_positions": spec["max_positions"],
+                "kv_layout": spec.get("kv_layout"),
+                "inputs": spec["inputs"],
+                "outputs": spec["outputs"],
+                "network_io": io,
+                "profiles": profiles,
+                "plan": {"bytes": staged[path].stat().st_size, "sha256": sha256_file(staged[path])},
+                "onnx_file": onnx_spec_file(model_dir, spec),
+                "onnx_sha256": onnx_digest(model_dir, spec),
+                "build_seconds": round(seconds, 3),
+            }
+            log(f"built {path.name} ({graphs[name]['plan']['bytes']:,} bytes, {seconds:.2f} s)")
+        cache_info = cache.save()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "engine",
+            "model": onnx_manifest["model"],
+            "source": onnx_manifest.get("source"),
+            "precision": onnx_manifest.get("precision", "fp32"),
+            "onnx": {"dir": str(model_dir.resolve()), "tools": onnx_manifest.get("tools")},
+            "engine": {
+                "flavor": fl.name,
+                "version": fl.version(trt),
+                **targets,
+                "gpu": gpu,
+                "version_compatible": version_compatible,
+                "max_batch": max_batch,
+                "builder_optimization_level": graph_config.builder_optimization_level,
+                "timing_cache": cache_info if fl.timing_cache else
+                f"not used: {fl.title}'s timing cache calls are no-ops",
+                "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            },
+            "graphs": graphs,
         }
-        log(f"wrote {path} ({graphs[name]['plan']['bytes']:,} bytes, {seconds:.2f} s)")
-    cache_info = cache.save()
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "kind": "engine",
-        "model": onnx_manifest["model"],
-        "source": onnx_manifest.get("source"),
-        "precision": onnx_manifest.get("precision", "fp32"),
-        "onnx": {"dir": str(model_dir.resolve()), "tools": onnx_manifest.get("tools")},
-        "engine": {
-            "flavor": fl.name,
-            "version": fl.version(trt),
-            **targets,
-            "gpu": gpu,
-            "version_compatible": version_compatible,
-            "max_batch": max_batch,
-            "builder_optimization_level": graph_config.builder_optimization_level,
-            "timing_cache": cache_info if fl.timing_cache else
-            f"not used: {fl.title}'s timing cache calls are no-ops",
-            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        },
-        "graphs": graphs,
-    }
-    write_manifest(out_dir, manifest)
+        for final, tmp in staged.items():
+            os.replace(tmp, final)
+        write_manifest(out_dir, manifest)
+    except BaseException:  # a failed build leaves no temporary plans behind
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
     return manifest
 
 

@@ -275,3 +275,33 @@ def test_fuzz_postprocess(text):
     out = postprocess(text)
     assert out.startswith("X:1\n")
     assert "[r:" not in "".join(line[:3] for line in out.splitlines())
+
+
+def test_killed_build_leaves_the_previous_engine_intact(tiny_dir, tmp_path):
+    """SIGKILL while the second graph builds: the first plan waits under a temporary name, so the
+    previous engine's plans and manifest stay as they were and stay consistent."""
+    import json
+
+    from notagen_trt.engines.build import build_engines
+    from notagen_trt.engines.engine_manifest import sha256_file
+    from notagen_trt.engines.flavors import FLAVORS
+
+    FLAVORS["rtx"].load()  # CI installs TensorRT-RTX; a missing install fails here, loudly
+
+    out = tmp_path / "engine"
+    build_engines(tiny_dir / "onnx", out, flavor="rtx")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    proc = subprocess.Popen([sys.executable, "-m", "notagen_trt.cli", "build", "--model", str(tiny_dir / "onnx"),
+                             "--flavor", "rtx", "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".patch_decoder.plan-*.tmp")):
+        time.sleep(0.005)
+    assert list(out.glob(".patch_decoder.plan-*.tmp")), "the first plan was never staged"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert after == before
+    manifest = json.loads((out / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():  # the surviving engine is still self-consistent
+        assert sha256_file(out / graph["file"]) == graph["plan"]["sha256"]

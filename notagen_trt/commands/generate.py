@@ -99,7 +99,7 @@ def _with_progress(run, total: int, quiet: bool):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate pieces with the lean runtime (ABC, MusicXML, MIDI, SVG)")
     p.add_argument("--model", help="exported model directory (default: the demo model)")
-    p.add_argument("--backend", default="auto", help="auto, ort-cuda or ort-cpu (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-cuda or ort-cpu (default: auto)")
     p.add_argument("--period")
     p.add_argument("--composer")
     p.add_argument("--instrumentation")
