@@ -45,6 +45,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.context + args.warmup + args.patches >= config.patch_length:
             raise NotaGenError(f"--context {args.context} + {args.warmup + args.patches} timed patches must stay "
                                f"below the model's PATCH_LENGTH {config.patch_length}")
+        # ONNX rows of each asked precision: the fp32 directory, or a variant quantized from it.
+        onnx_dirs = {"fp32": model_dir}
+        for precision in args.precisions:
+            if precision != "fp32" and any(b.startswith("ort") for b in backends):
+                from notagen_trt.engines.quantize import quantize
+
+                onnx_dirs[precision] = Path(tmp) / precision
+                quantize(model_dir, precision, onnx_dirs[precision], calib_pieces=4)
         torch_device = args.torch_device
         if torch_device == "auto":
             import torch
@@ -56,12 +64,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         specs = [{**common, "backend": "torch-published", "precision": "fp32", "batch": 1,
                   "patches": args.published_patches, "warmup": 1}]
         for backend in backends:
-            precisions = args.precisions if backend.startswith("torch") else ["fp32"]  # ONNX: the model dir's
-            for precision in precisions:
+            for precision in args.precisions:
+                if backend.startswith("torch") and precision not in ("fp32", "fp16"):
+                    continue  # the PyTorch rows run fp32 / fp16 only
                 for batch in args.batch:
                     if backend == "torch-cached" and batch > 1:
                         continue  # the PyTorch reference is batch 1, like the published code
-                    specs.append({**common, "backend": backend, "precision": precision, "batch": batch})
+                    specs.append({**common, "backend": backend, "precision": precision, "batch": batch,
+                                  "model_dir": str(onnx_dirs.get(precision, model_dir))})
         rows = []
         for spec in specs:
             row = bench.run_subprocess(spec)
@@ -150,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", default="ort-cpu,torch-cached",
                    help="comma list: ort-cpu, ort-cuda, torch-cached, torch-fast (CUDA graphs on a GPU)")
     p.add_argument("--precisions", type=lambda t: [v for v in t.split(",") if v], default=["fp32"],
-                   help="precisions of the PyTorch cached rows: fp32, fp16 (ONNX rows use --model's precision)")
+                   help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, fp16)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
     p.add_argument("--context", type=int, default=256, help="context length in patches (default 256)")
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
