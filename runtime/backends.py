@@ -24,7 +24,7 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
     """(backend, note): the backend object and a one-line note on why it was chosen."""
     if choice not in CHOICES:
         raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
-    model_dir = Path(model_dir)
+    model_dir = _directory_of(Path(model_dir))
     manifest = read_manifest(model_dir)
     if manifest.get("kind") == "engine":
         return _engine_backend(model_dir, manifest, choice, threads)
@@ -39,6 +39,17 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
     if choice == "ort-cuda" or has_cuda:
         return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA"
     return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (this ONNX Runtime has no CUDA provider)"
+
+
+def _directory_of(path: Path) -> Path:
+    """A model is a directory (two graphs + manifest); a single plan or ONNX file stands for the
+    directory whose manifest lists it."""
+    if not path.is_file():
+        return path
+    manifest = read_manifest(path.parent)
+    if path.name not in {g.get("file") for g in manifest.get("graphs", {}).values()}:
+        raise NotaGenError(f"{path}: not a graph listed in {path.parent / 'manifest.json'}; pass the model directory")
+    return path.parent
 
 
 def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | None):

@@ -305,3 +305,16 @@ def test_killed_build_leaves_the_previous_engine_intact(tiny_dir, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     for graph in manifest["graphs"].values():  # the surviving engine is still self-consistent
         assert sha256_file(out / graph["file"]) == graph["plan"]["sha256"]
+
+
+def test_a_single_graph_file_stands_for_its_model_directory(capsys, tiny_dir, tmp_path):
+    rc = main(["generate", "--model", str(tiny_dir / "onnx" / "char_decoder.onnx"), "--max-patches", "2",
+               "--out", str(tmp_path), "--json"])
+    assert rc == 0 and (tmp_path / "piece_seed0.abc").is_file()
+    import shutil
+
+    shutil.copytree(tiny_dir / "onnx", tmp_path / "model")
+    stray = tmp_path / "model" / "stray.onnx"
+    stray.write_bytes(b"")
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(stray), "--out", str(tmp_path / "g")),
+                          "stray.onnx", "not a graph listed")
