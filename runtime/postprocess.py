@@ -9,7 +9,7 @@ from fractions import Fraction
 
 _VOICE_DEF = re.compile(r"^V:\s*(\S+)")
 _VOICE_TAG = re.compile(r"\[V:([^\]]+)\]")
-_STREAM = re.compile(r"\[r:[^\]]*\]")
+_STREAM = re.compile(r"^(\[r:[^\]]*\])+")  # a line's stream prefix (repeated ones too)
 _BARLINE = r"(\|\]|\|\||:\||::|\|:|\[\||\|)"
 _BAR_END = re.compile(_BARLINE + r"\s*$")
 _BAR_START = re.compile(r"^\s*" + _BARLINE)

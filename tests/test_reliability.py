@@ -240,7 +240,7 @@ abc_like = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(ascii_text, abc_like))
 def test_fuzz_codec(text):
     patches = codec.encode_train(text)
@@ -257,7 +257,7 @@ def test_fuzz_codec(text):
         codec.encode_windows(text, 64)
 
 
-@settings(max_examples=FUZZ_CASES, deadline=None)
+@settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True)
 @given(st.one_of(st.none(), st.text(max_size=40)), st.one_of(st.none(), st.text(max_size=40)),
        st.one_of(st.none(), st.text(max_size=40)))
 def test_fuzz_prompt_parser(period, composer, instrumentation):
@@ -269,12 +269,12 @@ def test_fuzz_prompt_parser(period, composer, instrumentation):
         assert prompt is None or len(prompt.lines()) == 3
 
 
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(abc_like, ascii_text))
 def test_fuzz_postprocess(text):
     out = postprocess(text)
     assert out.startswith("X:1\n")
-    assert "[r:" not in "".join(line[:3] for line in out.splitlines())
+    assert not any(line.startswith("[r:") for line in out.splitlines())
 
 
 def test_killed_build_leaves_the_previous_engine_intact(tiny_dir, tmp_path):
