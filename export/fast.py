@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from notagen_trt.config import EOS_ID, PATCH_SIZE
 from notagen_trt.runtime import codec
-from notagen_trt.runtime.generate import GenerationConfig, Piece
+from notagen_trt.runtime.generate import GenerationConfig, Piece, halved_context, limit_reached
 from notagen_trt.runtime.prompts import Prompt
 from notagen_trt.runtime.sampling import SamplingParams
 
@@ -214,23 +214,18 @@ class FastGenerator:
             return False
         piece.text += codec.decode_patch(patch)[already:]
         row.context += 1
-        if len(piece.text) > cfg.max_chars:
-            row.stop("max_chars")
-        elif time.perf_counter() - row.start > cfg.max_seconds:
-            row.stop("max_seconds")
-        elif cfg.max_patches is not None and piece.patches >= cfg.max_patches:
-            row.stop("max_patches")
+        if reason := limit_reached(piece, cfg, row.start):
+            row.stop(reason)
         elif row.context >= self.patch_length:
             row.needs_rebuild = True
         return True
 
     def _rebuild(self, i: int, row: "_Row") -> None:
-        header, body = codec.split_lines(row.piece.text)
-        keep = len(body) // 2
-        if keep == 0:
+        text = halved_context(row.piece.text)
+        if text is None:
             row.stop("context_full")
             return
-        self._load(i, row, "".join(header + body[-keep:]))
+        self._load(i, row, text)
         if row.context >= self.patch_length:
             row.stop("context_full")
         row.piece.rebuilds += 1

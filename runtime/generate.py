@@ -59,6 +59,25 @@ class Piece:
         return self.stop_reason == "eos"
 
 
+def limit_reached(piece: Piece, config: GenerationConfig, started: float) -> str:
+    """The stop reason of the first limit a piece has reached after a patch, or ''."""
+    if len(piece.text) > config.max_chars:
+        return "max_chars"
+    if time.perf_counter() - started > config.max_seconds:
+        return "max_seconds"
+    if config.max_patches is not None and piece.patches >= config.max_patches:
+        return "max_patches"
+    return ""
+
+
+def halved_context(text: str) -> str | None:
+    """The published context rebuild: the header plus the last half of the body lines (the
+    last bar left open), or None when there is no body to halve."""
+    header, body = codec.split_lines(text)
+    keep = len(body) // 2
+    return "".join(header + body[-keep:]) if keep else None
+
+
 class PieceGenerator:
     """Steps one piece patch by patch; iterate it to stream the generated text."""
 
@@ -111,24 +130,19 @@ class PieceGenerator:
         piece.text += added
         self._hidden = self.session.extend(codec.clean_patch(patch)[None])
         self._context += 1
-        if len(piece.text) > cfg.max_chars:
-            self._stop("max_chars")
-        elif time.perf_counter() - self._start > cfg.max_seconds:
-            self._stop("max_seconds")
-        elif cfg.max_patches is not None and piece.patches >= cfg.max_patches:
-            self._stop("max_patches")
+        if reason := limit_reached(piece, cfg, self._start):
+            self._stop(reason)
         elif self._context >= self.patch_length:
             self._rebuild()
         return added
 
     def _rebuild(self) -> None:
         """Context full: continue from the header plus the last half of the body lines."""
-        header, body = codec.split_lines(self.piece.text)
-        keep = len(body) // 2
-        if keep == 0:
+        text = halved_context(self.piece.text)
+        if text is None:
             self._stop("context_full")
             return
-        self._load_context("".join(header + body[-keep:]))
+        self._load_context(text)
         if self._context >= self.patch_length:
             self._stop("context_full")
         self.piece.rebuilds += 1
