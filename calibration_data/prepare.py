@@ -597,12 +597,16 @@ def task_from_entry(entry: dict) -> Task:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="output folder (default: this package's folder)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: this package's folder, the shipped corpus)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="prepare only N evenly spaced pieces (for development)")
+                        help="prepare only N evenly spaced pieces (for development; needs --out)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.out is None:
+        parser.error("--limit needs --out: a partial run must not replace the shipped corpus")
+    args.out = args.out or Path(__file__).resolve().parent
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,12 @@ def demo_checkpoint() -> Path:
 def demo_model_dir() -> Path:
     """The demo checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
     checkpoint = demo_checkpoint()
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    # Keyed by the weights and the toolkit version, so an upgrade re-exports instead of failing.
+    from notagen_trt import __version__
+    from notagen_trt.manifest import FORMAT_VERSION
+
+    key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"demo-{digest}"
     if not (cache / "manifest.json").is_file():
         try:

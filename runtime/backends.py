@@ -35,10 +35,14 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
 
     if choice == "ort-cpu":
         return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (asked for)"
-    has_cuda = "CUDAExecutionProvider" in _ort_providers()
-    if choice == "ort-cuda" or has_cuda:
+    if choice == "ort-cuda":
+        return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA (asked for)"
+    if "CUDAExecutionProvider" not in _ort_providers():
+        return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (this ONNX Runtime has no CUDA provider)"
+    try:  # onnxruntime-gpu lists CUDA even where no GPU or library lets it run
         return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA"
-    return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (this ONNX Runtime has no CUDA provider)"
+    except NotaGenError as exc:
+        return OrtBackend(model_dir, "cpu", threads), f"ONNX Runtime on the CPU, not CUDA: {exc}"
 
 
 def _directory_of(path: Path) -> Path:

@@ -58,9 +58,9 @@ def reference_dir(model_dir: str | Path) -> Path | None:
 class TeacherForced:
     bits_per_char: float
     chars: int
-    top1_agreement: float
-    max_abs_logit_diff: float
-    mean_abs_logit_diff: float
+    top1_agreement: float | None  # None without a reference (fp32 is its own reference)
+    max_abs_logit_diff: float | None
+    mean_abs_logit_diff: float | None
     reference_bits_per_char: float | None = None
 
 
@@ -106,7 +106,7 @@ def teacher_forced(model_dir: str | Path, pieces: list[str], reference: str | Pa
     if rows:
         flush()
     if ref is None:
-        return TeacherForced(nll / chars / math.log(2), chars, 1.0, 0.0, 0.0)
+        return TeacherForced(nll / chars / math.log(2), chars, None, None, None)
     bits = 1 / chars / math.log(2)
     return TeacherForced(nll * bits, chars, agree / chars, max_diff, sum_diff / (chars * 128), ref_nll * bits)
 
@@ -228,6 +228,10 @@ def bars_match_meter(abc: str) -> tuple[bool, str]:
     return True, ""
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, device: Device = "cpu",
              threads: int | None = None) -> dict[str, Any]:
     """The whole report of ``notagen-trt eval`` for an ONNX model directory."""
@@ -238,8 +242,8 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
     result: dict[str, Any] = {
         "model": str(model_dir), "precision": manifest.get("precision", "fp32"),
         "reference": str(ref) if ref else None, "pieces": len(pieces), "chars": tf.chars,
-        "bits_per_char": round(tf.bits_per_char, 5), "top1_agreement": round(tf.top1_agreement, 5),
-        "max_abs_logit_diff": round(tf.max_abs_logit_diff, 5), "mean_abs_logit_diff": round(tf.mean_abs_logit_diff, 6),
+        "bits_per_char": round(tf.bits_per_char, 5), "top1_agreement": _round(tf.top1_agreement, 5),
+        "max_abs_logit_diff": _round(tf.max_abs_logit_diff, 5), "mean_abs_logit_diff": _round(tf.mean_abs_logit_diff, 6),
     }
     if tf.reference_bits_per_char is not None:
         result["reference_bits_per_char"] = round(tf.reference_bits_per_char, 5)

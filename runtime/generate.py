@@ -197,10 +197,14 @@ def generate_many(backend: Backend, patch_length: int, prompt: Prompt | None, co
     ``on_piece(index, piece)`` as soon as a piece ends (so it can be saved at once)."""
 
     def one(i: int) -> Piece:
-        gen = PieceGenerator(backend.new_session(), patch_length, prompt, configs[i])
-        for added in gen:
-            if on_patch:
-                on_patch(i, added)
+        session = backend.new_session()
+        try:
+            gen = PieceGenerator(session, patch_length, prompt, configs[i])
+            for added in gen:
+                if on_patch:
+                    on_patch(i, added)
+        finally:  # device-side sessions (TensorRT) hold streams and buffers
+            getattr(session, "close", lambda: None)()
         if on_piece:
             on_piece(i, gen.piece)
         return gen.piece

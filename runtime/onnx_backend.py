@@ -45,7 +45,7 @@ class _Graph:
             raise NotaGenError(f"{path}: ONNX Runtime could not load the graph ({exc}); re-export the model") from None
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise NotaGenError(f"{path}: ONNX Runtime fell back to the CPU (CUDA or cuDNN libraries missing?); "
-                               "install onnxruntime-gpu matching your CUDA version, or use --device cpu")
+                               "install onnxruntime-gpu matching your CUDA version, or use --backend ort-cpu")
 
 
 class OrtBackend:
@@ -57,7 +57,7 @@ class OrtBackend:
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise NotaGenError("ONNX Runtime has no CUDAExecutionProvider in this install (available: "
                                f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu, or use "
-                               "--device cpu")
+                               "--backend ort-cpu")
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir, expect_kind="onnx")
         self.manifest = manifest

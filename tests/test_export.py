@@ -156,6 +156,10 @@ def test_runtime_generates_without_torch(trained):
                     raise ImportError("torch is blocked in this test")
 
         sys.meta_path.insert(0, NoTorch())
+        import importlib, pkgutil
+        import notagen_trt.runtime
+        for module in pkgutil.iter_modules(notagen_trt.runtime.__path__):  # every runtime module imports
+            importlib.import_module("notagen_trt.runtime." + module.name)
         from notagen_trt.runtime.generate import GenerationConfig, generate
         from notagen_trt.runtime.onnx_backend import OrtBackend
         from notagen_trt.runtime.prompts import resolve_prompt

@@ -63,7 +63,7 @@ def test_fp32_ort_bits_per_char_matches_pytorch(heldout):
     pieces = heldout[:6]
     torch_bits = bits_per_char(load_model(demo_checkpoint()), pieces)
     ort = teacher_forced(demo_model_dir(), pieces)
-    assert ort.top1_agreement == 1.0 and ort.max_abs_logit_diff == 0.0
+    assert ort.top1_agreement is None and ort.max_abs_logit_diff is None  # fp32 is its own reference
     assert abs(ort.bits_per_char - torch_bits) < 1e-4
 
 

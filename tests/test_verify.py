@@ -71,3 +71,17 @@ def test_tensorrt_matches_onnx_runtime(tmp_path):
     build_engines(demo_model_dir(), tmp_path / "engine", flavor="rtx")
     r = _verify("--model", str(tmp_path / "engine"), "--against", str(demo_model_dir()), "--atol", "1e-3")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_model_without_a_source_checkpoint_is_not_compared_with_the_demo(tmp_path):
+    """A random-weight export records no checkpoint: verify must say so, not pick the demo model."""
+    import torch
+
+    from notagen_trt.config import ModelConfig
+    from notagen_trt.export.model import NotaGenModel
+    from notagen_trt.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(NotaGenModel(ModelConfig(64, 2, 1, 32)), tmp_path / "m", parity=False)
+    r = _verify("--model", str(tmp_path / "m"), "--pieces", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "records no source checkpoint" in r.stderr

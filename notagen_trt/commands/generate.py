@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 import json
 import sys
 from pathlib import Path
@@ -32,13 +33,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"backend: {backend.name} ({why})", file=sys.stderr)
     rows: list[dict] = [{} for _ in configs]
+    # The converters (abc2xml, music21, verovio) keep global state and redirect stdout: one at a time.
+    convert_lock = threading.Lock()
 
     def save(i: int, piece) -> None:
         """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
         abc = postprocess(piece.text)
         if not piece.complete:  # a piece cut short by a limit is kept, and says so
             abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
-        files, errors = write_piece(args.out, f"piece_seed{configs[i].seed}", abc)
+        with convert_lock:
+            files, errors = write_piece(args.out, f"piece_seed{configs[i].seed}", abc)
         rows[i] = {
             "seed": configs[i].seed,
             "patches": piece.patches,

@@ -80,8 +80,12 @@ def _checkpoint_for(manifest: dict, given: str | None) -> Path:
     from notagen_trt.demo import demo_checkpoint
     from notagen_trt.engines.engine_manifest import sha256_file
 
+    digest = source.get("sha256") or source.get("checkpoint_sha256")  # export / precision variant
+    if digest is None:
+        raise NotaGenError("this model records no source checkpoint (random weights?); pass --checkpoint to "
+                           "compare against PyTorch")
     demo = demo_checkpoint()
-    if source.get("sha256") in (None, sha256_file(demo)):
+    if digest == sha256_file(demo):
         return demo
     raise NotaGenError(f"the checkpoint this model came from ({source.get('checkpoint')}) is not here; pass --checkpoint")
 
