@@ -44,17 +44,32 @@ def sample_torch(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) 
     return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=p.shape[-1] - 1)
 
 
-def _qkv(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _attention_inputs(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, t, H] -> q [B, heads, t, 64] and the new keys and values together, [B, 2, heads, t, 64]
+    (one cache write per layer instead of two)."""
     b, t, h = x.shape
     heads = block.attn.heads
-    q, k, v = block.attn.c_attn(block.ln_1(x)).split(h, dim=2)
-    return tuple(z.view(b, t, heads, h // heads).transpose(1, 2) for z in (q, k, v))
+    qkv = block.attn.c_attn(block.ln_1(x)).view(b, t, 3, heads, h // heads).permute(0, 2, 3, 1, 4)
+    return qkv[:, 0], qkv[:, 1:]
 
 
 def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Attention output projection, residual, and the MLP with its bias-GELU fused into the GEMM
+    (cuBLASLt epilogue on CUDA; the tanh GELU, as GPT-2's gelu_new)."""
     b, _, t, _ = y.shape
     x = x + block.attn.c_proj(y.transpose(1, 2).reshape(b, t, -1))
-    return x + block.mlp(block.ln_2(x))
+    mlp = block.mlp
+    h = torch._addmm_activation(mlp.c_fc.bias, block.ln_2(x).reshape(b * t, -1), mlp.c_fc.weight, use_gelu=True)
+    return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(b, t, -1)
+
+
+def _device_sampler():
+    """The one-kernel Triton sampler where it can run, else None (CPU: sample_torch)."""
+    try:
+        from .sampler_kernel import sample_into
+    except ImportError:  # no triton (CPU-only installs)
+        return None
+    return sample_into
 
 
 class FastGenerator:
@@ -70,10 +85,9 @@ class FastGenerator:
         self.graph_enabled = self.device.type == "cuda" if graph is None else graph
         cfg, heads = self.config, self.config.num_heads
         zeros = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt, device=device)  # noqa: E731
-        self.patch_kv = [(zeros(batch, heads, cfg.patch_length, 64), zeros(batch, heads, cfg.patch_length, 64))
-                         for _ in range(cfg.patch_num_layers)]
-        self.char_kv = [(zeros(batch, heads, PATCH_SIZE, 64), zeros(batch, heads, PATCH_SIZE, 64))
-                        for _ in range(cfg.char_num_layers)]
+        # Per layer, keys and values side by side: [B, 2, heads, positions, 64].
+        self.patch_kv = [zeros(batch, 2, heads, cfg.patch_length, 64) for _ in range(cfg.patch_num_layers)]
+        self.char_kv = [zeros(batch, 2, heads, PATCH_SIZE, 64) for _ in range(cfg.char_num_layers)]
         self.position = zeros(batch, dt=torch.long)  # next patch position per row
         self.hidden = zeros(batch, cfg.hidden_size)  # hidden state of each row's last accepted patch
         self.hidden_next = zeros(batch, cfg.hidden_size)
@@ -82,6 +96,7 @@ class FastGenerator:
         self.forced_mask = zeros(batch, PATCH_SIZE, dt=torch.bool)
         self.tokens = zeros(batch, PATCH_SIZE, dt=torch.long)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._sample_into = _device_sampler() if self.device.type == "cuda" else None
 
     # ---- device work -------------------------------------------------------------------------
     @torch.no_grad()
@@ -90,19 +105,20 @@ class FastGenerator:
         (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
         char = self.model.char_level_decoder.base
         tf = char.transformer
-        token = None
         for c in range(PATCH_SIZE):
-            x = self.hidden[:, None] if c == 0 else tf.wte(token)[:, None]
+            x = self.hidden[:, None] if c == 0 else tf.wte(self.tokens[:, c - 1])[:, None]
             x = x + tf.wpe.weight[c]
-            for block, (kc, vc) in zip(tf.h, self.char_kv):
-                q, k, v = _qkv(block, x)
-                kc[:, :, c : c + 1] = k
-                vc[:, :, c : c + 1] = v
-                x = _finish(block, x, F.scaled_dot_product_attention(q, kc[:, :, : c + 1], vc[:, :, : c + 1]))
+            for block, kv in zip(tf.h, self.char_kv):
+                q, new = _attention_inputs(block, x)
+                kv[:, :, :, c] = new[:, :, :, 0]
+                x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0, :, : c + 1], kv[:, 1, :, : c + 1]))
             logits = char.lm_head(tf.ln_f(x))[:, 0]
-            sampled = sample_torch(logits, self.uniforms[:, c], self.params)
-            token = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
-            self.tokens[:, c] = token
+            if self._sample_into is not None:  # one kernel: draw (or take the forced id) into tokens[:, c]
+                self._sample_into(logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
+                                  self.tokens[:, c], self.params)
+            else:
+                sampled = sample_torch(logits, self.uniforms[:, c], self.params)
+                self.tokens[:, c] = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
         # Everything after a patch's first eos enters the context as pad.
         is_eos = self.tokens == EOS_ID
         patch = torch.where(torch.cumsum(is_eos, 1) - is_eos.long() > 0, 0, self.tokens)
@@ -115,14 +131,13 @@ class FastGenerator:
         position = self.position.clamp(max=self.config.patch_length - 1)
         x = decoder.embed(patch[:, None]) + base.wpe(position)[:, None]
         b, heads = self.batch, self.config.num_heads
-        index = position.view(b, 1, 1, 1).expand(b, heads, 1, 64)
+        index = position.view(b, 1, 1, 1, 1).expand(b, 2, heads, 1, 64)
         visible = (torch.arange(self.config.patch_length, device=self.device)[None] <= position[:, None])
         mask = visible[:, None, None]  # [B, 1, 1, capacity]
-        for block, (kc, vc) in zip(base.h, self.patch_kv):
-            q, k, v = _qkv(block, x)
-            kc.scatter_(2, index, k)
-            vc.scatter_(2, index, v)
-            x = _finish(block, x, F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask))
+        for block, kv in zip(base.h, self.patch_kv):
+            q, new = _attention_inputs(block, x)
+            kv.scatter_(3, index, new)
+            x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], attn_mask=mask))
         return base.ln_f(x)[:, 0]
 
     @torch.no_grad()
@@ -132,11 +147,10 @@ class FastGenerator:
         ids = torch.as_tensor(patches, device=self.device)[None]
         n = ids.shape[1]
         x = decoder.embed(ids) + decoder.base.wpe.weight[:n]
-        for block, (kc, vc) in zip(decoder.base.h, self.patch_kv):
-            q, k, v = _qkv(block, x)
-            kc[row : row + 1, :, :n] = k
-            vc[row : row + 1, :, :n] = v
-            x = _finish(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        for block, kv in zip(decoder.base.h, self.patch_kv):
+            q, new = _attention_inputs(block, x)
+            kv[row : row + 1, :, :, :n] = new
+            x = _finish(block, x, F.scaled_dot_product_attention(q, new[:, 0], new[:, 1], is_causal=True))
         self.hidden[row] = decoder.base.ln_f(x)[0, -1]
         self.position[row] = n
 

@@ -58,3 +58,23 @@ def test_cuda_graph_replay_equals_eager(trained):
     eager = FastGenerator(copy.deepcopy(trained), 3, "cuda", torch.float32, graph=False).generate(None, configs)
     graphed = FastGenerator(copy.deepcopy(trained), 3, "cuda", torch.float32, graph=True).generate(None, configs)
     assert [p.text for p in eager] == [p.text for p in graphed]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the Triton sampler")
+def test_triton_sampler_matches_numpy_sampler():
+    from notagen_trt.export.sampler_kernel import sample_into
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(256, 128)).astype(np.float32) * 4
+    logits[:30, :5] = 3.0  # ties
+    u = rng.random(256)
+    for params in (SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7)):
+        tokens = torch.zeros(256, 4, dtype=torch.long, device="cuda")
+        forced = torch.full((256, 4), 42, dtype=torch.long, device="cuda")
+        mask = torch.zeros(256, 4, dtype=torch.bool, device="cuda")
+        mask[::9, 2] = True
+        sample_into(torch.from_numpy(logits).cuda(), torch.from_numpy(u).cuda(), forced[:, 2], mask[:, 2],
+                    tokens[:, 2], params)
+        want = np.where(mask[:, 2].cpu().numpy(), 42, sample(logits, u, params))
+        assert np.array_equal(tokens[:, 2].cpu().numpy(), want)

@@ -1,0 +1,52 @@
+"""The published sampling rule as one Triton kernel per character (CUDA only).
+
+`export.fast.sample_torch` takes ~25 small kernels per character; in a CUDA graph each costs a
+launch, and 16 characters per patch make the sampler a large share of a patch. This kernel does
+softmax -> top-k -> top-p -> temperature -> inverse-CDF draw for one row per program, in float64,
+with the same stable tie order as the numpy sampler (rank = how many ids come before an id), and
+writes the chosen (or forced) id straight into the patch's token buffer."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from notagen_trt.runtime.sampling import SamplingParams
+
+
+@triton.jit
+def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr, fm_stride, out_ptr, out_stride,
+                top_k, top_p, inv_temperature, V: tl.constexpr):
+    row = tl.program_id(0)
+    i = tl.arange(0, V)
+    z = tl.load(logits_ptr + row * logits_stride + i).to(tl.float64)
+    e = tl.exp(z - tl.max(z, 0))
+    p = e / tl.sum(e, 0)
+    # j comes before i in the stable descending order: higher probability, or equal and a lower id.
+    pi, pj = p[:, None], p[None, :]
+    before = (pj > pi) | ((pj == pi) & (i[None, :] < i[:, None]))
+    rank = tl.sum(before.to(tl.int32), 1)
+    keep = (rank < top_k) | (top_k == 0)
+    q = tl.where(keep, p, 0.0)
+    q = q / tl.sum(q, 0)
+    mass_before = tl.sum(tl.where(before, q[None, :], 0.0), 1)
+    keep = keep & ((mass_before <= top_p) | (rank == 0))
+    r = tl.where(keep, tl.exp(tl.log(tl.where(keep, q, 1.0)) * inv_temperature), 0.0)
+    r = r / tl.sum(r, 0)
+    cdf = tl.cumsum(r, 0)
+    u = tl.load(u_ptr + row * u_stride).to(tl.float64) * tl.max(cdf, 0)
+    drawn = tl.minimum(tl.sum((cdf <= u).to(tl.int32), 0), V - 1)
+    forced = tl.load(forced_ptr + row * fm_stride)
+    use_forced = tl.load(mask_ptr + row * fm_stride) != 0
+    tl.store(out_ptr + row * out_stride, tl.where(use_forced, forced, drawn.to(tl.int64)))
+
+
+def sample_into(logits: torch.Tensor, u: torch.Tensor, forced: torch.Tensor, forced_mask: torch.Tensor,
+                out: torch.Tensor, params: SamplingParams) -> None:
+    """out[b] = forced[b] if forced_mask[b] else the sampled id of logits[b] (u[b] its uniform).
+    All arguments are 1-D per row (columns of larger buffers are fine: strides are honoured)."""
+    rows, vocab = logits.shape
+    _sample_row[(rows,)](logits, logits.stride(0), u, u.stride(0), forced, forced_mask.view(torch.uint8),
+                         forced.stride(0), out, out.stride(0), params.top_k, params.top_p,
+                         1.0 / params.temperature, V=vocab)
