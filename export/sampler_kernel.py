@@ -20,17 +20,25 @@ def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr
                 top_k, top_p, inv_temperature, V: tl.constexpr):
     row = tl.program_id(0)
     i = tl.arange(0, V)
-    z = tl.load(logits_ptr + row * logits_stride + i).to(tl.float64)
+    logit = tl.load(logits_ptr + row * logits_stride + i).to(tl.float32)
+    z = logit.to(tl.float64)
     e = tl.exp(z - tl.max(z, 0))
     p = e / tl.sum(e, 0)
-    # j comes before i in the stable descending order: higher probability, or equal and a lower id.
-    pi, pj = p[:, None], p[None, :]
-    before = (pj > pi) | ((pj == pi) & (i[None, :] < i[:, None]))
+    # rank: how many ids come before an id in the stable descending order (higher probability, or
+    # equal and a lower id). Softmax keeps the order of the logits, and float32 logits make the
+    # [V, V] comparison half the registers of float64 probabilities (ids whose probabilities
+    # underflow to 0 may rank differently, but they carry no mass and are never drawn).
+    before = (logit[None, :] > logit[:, None]) | ((logit[None, :] == logit[:, None]) & (i[None, :] < i[:, None]))
     rank = tl.sum(before.to(tl.int32), 1)
-    keep = (rank < top_k) | (top_k == 0)
+    kept = tl.where(top_k == 0, V, top_k)
+    keep = rank < kept
     q = tl.where(keep, p, 0.0)
     q = q / tl.sum(q, 0)
-    mass_before = tl.sum(tl.where(before, q[None, :], 0.0), 1)
+    # Mass ranked strictly before each id, walking the kept ranks in order (top_k of them).
+    mass_before = tl.zeros([V], dtype=tl.float64)
+    for r in range(0, kept):
+        q_r = tl.sum(tl.where(rank == r, q, 0.0), 0)
+        mass_before += tl.where(rank > r, q_r, 0.0)
     keep = keep & ((mass_before <= top_p) | (rank == 0))
     r = tl.where(keep, tl.exp(tl.log(tl.where(keep, q, 1.0)) * inv_temperature), 0.0)
     r = r / tl.sum(r, 0)
@@ -49,4 +57,4 @@ def sample_into(logits: torch.Tensor, u: torch.Tensor, forced: torch.Tensor, for
     rows, vocab = logits.shape
     _sample_row[(rows,)](logits, logits.stride(0), u, u.stride(0), forced, forced_mask.view(torch.uint8),
                          forced.stride(0), out, out.stride(0), params.top_k, params.top_p,
-                         1.0 / params.temperature, V=vocab)
+                         1.0 / params.temperature, V=vocab, num_warps=16)  # the [V, V] rank tile

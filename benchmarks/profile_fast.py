@@ -1,0 +1,35 @@
+"""Where a fast-path patch spends its GPU time: the top kernels of a few eager patches of a
+published shape (random weights), by total CUDA time. ``python benchmarks/profile_fast.py --size x``."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from notagen_trt.bench import context_patches
+from notagen_trt.config import PRESETS
+from notagen_trt.export.fast import FastGenerator
+from notagen_trt.export.model import NotaGenModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="x", choices=sorted(PRESETS))
+    parser.add_argument("--patches", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    gen = FastGenerator(NotaGenModel(PRESETS[args.size]), 1, "cuda", torch.float16, graph=False)
+    gen._prefill(0, context_patches(256))
+    gen._attempt()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.patches):
+            gen._attempt()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
