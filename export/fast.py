@@ -13,9 +13,11 @@ published rules (forced ``[r:0/`` prefix, EOS patch, limits, halving a full cont
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from notagen_trt.config import EOS_ID, PATCH_SIZE
@@ -24,7 +26,7 @@ from notagen_trt.runtime.generate import GenerationConfig, Piece, halved_context
 from notagen_trt.runtime.prompts import Prompt
 from notagen_trt.runtime.sampling import SamplingParams
 
-from .model import Block, NotaGenModel
+from .model import Block, Conv1D, NotaGenModel
 
 
 def sample_torch(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -44,23 +46,33 @@ def sample_torch(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) 
     return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=p.shape[-1] - 1)
 
 
-def _attention_inputs(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+Linear = Callable[[Conv1D, torch.Tensor, bool], torch.Tensor]
+
+
+def dense(layer: Conv1D, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """x [..., in] @ weight + bias, with the MLP's bias-GELU fused into the GEMM (cuBLASLt
+    epilogue on CUDA; the tanh GELU, as GPT-2's gelu_new)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch._addmm_activation(layer.bias, x2, layer.weight, use_gelu=True) if gelu else torch.addmm(
+        layer.bias, x2, layer.weight)
+    return y.view(*x.shape[:-1], -1)
+
+
+def _attention_inputs(block: Block, x: torch.Tensor, linear: Linear = dense) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, t, H] -> q [B, heads, t, 64] and the new keys and values together, [B, 2, heads, t, 64]
     (one cache write per layer instead of two)."""
     b, t, h = x.shape
     heads = block.attn.heads
-    qkv = block.attn.c_attn(block.ln_1(x)).view(b, t, 3, heads, h // heads).permute(0, 2, 3, 1, 4)
+    qkv = linear(block.attn.c_attn, block.ln_1(x), False).view(b, t, 3, heads, h // heads).permute(0, 2, 3, 1, 4)
     return qkv[:, 0], qkv[:, 1:]
 
 
-def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Attention output projection, residual, and the MLP with its bias-GELU fused into the GEMM
-    (cuBLASLt epilogue on CUDA; the tanh GELU, as GPT-2's gelu_new)."""
+def _finish(block: Block, x: torch.Tensor, y: torch.Tensor, linear: Linear = dense) -> torch.Tensor:
+    """Attention output projection, residual, MLP, residual."""
     b, _, t, _ = y.shape
-    x = x + block.attn.c_proj(y.transpose(1, 2).reshape(b, t, -1))
+    x = x + linear(block.attn.c_proj, y.transpose(1, 2).reshape(b, t, -1), False)
     mlp = block.mlp
-    h = torch._addmm_activation(mlp.c_fc.bias, block.ln_2(x).reshape(b * t, -1), mlp.c_fc.weight, use_gelu=True)
-    return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(b, t, -1)
+    return x + linear(mlp.c_proj, linear(mlp.c_fc, block.ln_2(x), True), False)
 
 
 def _device_sampler():
@@ -77,7 +89,21 @@ class FastGenerator:
 
     def __init__(self, model: NotaGenModel, batch: int = 1, device: str = "cuda", dtype: torch.dtype = torch.float16,
                  graph: bool | None = None, params: SamplingParams = SamplingParams(),
-                 patch_length: int | None = None) -> None:
+                 patch_length: int | None = None, weights: str = "float") -> None:
+        if weights not in ("float", "int8"):
+            raise ValueError(f"weights must be 'float' or 'int8', got {weights!r}")
+        # int8 weight-only (CUDA + Triton): quantize on the host, so the GPU never holds both copies.
+        self._int8: dict[nn.Module, object] = {}
+        if weights == "int8":
+            from .int8_gemv import Int8Linear
+
+            model = model.eval().float()
+            for module in model.modules():
+                if isinstance(module, Conv1D):
+                    self._int8[module] = Int8Linear(module.weight.data, module.bias.data).to(device)
+                    module.weight = nn.Parameter(torch.empty(0))  # the float copy is not needed
+            lm_head = model.char_level_decoder.base.lm_head  # tied to wte, which stays float
+            self._int8[lm_head] = Int8Linear(lm_head.weight.data.t(), None).to(device)
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config, self.batch, self.device, self.params = model.config, batch, torch.device(device), params
         # The loop's PATCH_LENGTH: the model's, or less (tests use less to exercise halving).
@@ -99,6 +125,15 @@ class FastGenerator:
         self._sample_into = _device_sampler() if self.device.type == "cuda" else None
 
     # ---- device work -------------------------------------------------------------------------
+    def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        int8 = self._int8.get(layer)
+        return int8(x, gelu=gelu) if int8 is not None else dense(layer, x, gelu)
+
+    def _lm_head(self, x: torch.Tensor) -> torch.Tensor:
+        head = self.model.char_level_decoder.base.lm_head
+        int8 = self._int8.get(head)
+        return int8(x) if int8 is not None else head(x)
+
     @torch.no_grad()
     def _attempt(self) -> None:
         """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
@@ -109,10 +144,11 @@ class FastGenerator:
             x = self.hidden[:, None] if c == 0 else tf.wte(self.tokens[:, c - 1])[:, None]
             x = x + tf.wpe.weight[c]
             for block, kv in zip(tf.h, self.char_kv):
-                q, new = _attention_inputs(block, x)
+                q, new = _attention_inputs(block, x, self._linear)
                 kv[:, :, :, c] = new[:, :, :, 0]
-                x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0, :, : c + 1], kv[:, 1, :, : c + 1]))
-            logits = char.lm_head(tf.ln_f(x))[:, 0]
+                attn = F.scaled_dot_product_attention(q, kv[:, 0, :, : c + 1], kv[:, 1, :, : c + 1])
+                x = _finish(block, x, attn, self._linear)
+            logits = self._lm_head(tf.ln_f(x))[:, 0]
             if self._sample_into is not None:  # one kernel: draw (or take the forced id) into tokens[:, c]
                 self._sample_into(logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
                                   self.tokens[:, c], self.params)
@@ -135,9 +171,9 @@ class FastGenerator:
         visible = (torch.arange(self.config.patch_length, device=self.device)[None] <= position[:, None])
         mask = visible[:, None, None]  # [B, 1, 1, capacity]
         for block, kv in zip(base.h, self.patch_kv):
-            q, new = _attention_inputs(block, x)
+            q, new = _attention_inputs(block, x, self._linear)
             kv.scatter_(3, index, new)
-            x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], attn_mask=mask))
+            x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], attn_mask=mask), self._linear)
         return base.ln_f(x)[:, 0]
 
     @torch.no_grad()
@@ -148,9 +184,9 @@ class FastGenerator:
         n = ids.shape[1]
         x = decoder.embed(ids) + decoder.base.wpe.weight[:n]
         for block, kv in zip(decoder.base.h, self.patch_kv):
-            q, new = _attention_inputs(block, x)
+            q, new = _attention_inputs(block, x, self._linear)
             kv[row : row + 1, :, :, :n] = new
-            x = _finish(block, x, F.scaled_dot_product_attention(q, new[:, 0], new[:, 1], is_causal=True))
+            x = _finish(block, x, F.scaled_dot_product_attention(q, new[:, 0], new[:, 1], is_causal=True), self._linear)
         self.hidden[row] = decoder.base.ln_f(x)[0, -1]
         self.position[row] = n
 

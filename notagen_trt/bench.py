@@ -164,11 +164,12 @@ def measure_one(spec: dict) -> dict:
         torch.manual_seed(0)
         device = spec.get("torch_device", "cpu")
         model = NotaGenModel(config).eval()
-        dtype = torch.float16 if spec["precision"] == "fp16" else torch.float32
+        dtype = torch.float16 if spec["precision"] in ("fp16", "int8-wo") else torch.float32
         if backend == "torch-fast":
             from notagen_trt.export.fast import FastGenerator
 
-            runner = FastGenerator(model, batch, device, dtype)
+            weights = "int8" if spec["precision"] == "int8-wo" else "float"
+            runner = FastGenerator(model, batch, device, dtype, weights=weights)
         else:
             runner = ReferenceBackend(model.to(dtype), backend.split("-")[1], device)
             session = runner.new_session()

@@ -48,7 +48,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         # ONNX rows of each asked precision: the fp32 directory, or a variant quantized from it.
         onnx_dirs = {"fp32": model_dir}
         for precision in args.precisions:
-            if precision != "fp32" and any(b.startswith("ort") for b in backends):
+            if precision != "fp32" and any(b.startswith("ort") for b in backends) and precision in (
+                    "fp16", "int8-wo", "int8"):
                 from notagen_trt.engines.quantize import quantize
 
                 onnx_dirs[precision] = Path(tmp) / precision
@@ -65,8 +66,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                   "patches": args.published_patches, "warmup": 1}]
         for backend in backends:
             for precision in args.precisions:
-                if backend.startswith("torch") and precision not in ("fp32", "fp16"):
-                    continue  # the PyTorch rows run fp32 / fp16 only
+                if backend.startswith("torch") and precision not in ("fp32", "fp16", "int8-wo"):
+                    continue  # PyTorch rows: fp32 / fp16, and int8-wo on the fast path (CUDA)
+                if precision == "int8-wo" and backend == "torch-cached":
+                    continue
                 for batch in args.batch:
                     if backend == "torch-cached" and batch > 1:
                         continue  # the PyTorch reference is batch 1, like the published code
