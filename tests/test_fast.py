@@ -16,12 +16,20 @@ from notagen_trt.runtime.sampling import SamplingParams, sample
 BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
 
 
+SAMPLER_PARAMS = (SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7))
+
+
+def sampler_case(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random logits with tied rows, and one uniform per row."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(rows, 128)).astype(np.float32) * 4
+    logits[: rows // 10, :5] = 3.0  # ties
+    return logits, rng.random(rows)
+
+
 def test_device_sampler_matches_numpy_sampler():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(200, 128)).astype(np.float32) * 4
-    logits[:20, :5] = 3.0  # ties
-    u = rng.random(200)
-    for params in (SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7)):
+    logits, u = sampler_case(200, 0)
+    for params in SAMPLER_PARAMS:
         want = sample(logits, u, params)
         got = sample_torch(torch.from_numpy(logits), torch.from_numpy(u), params).numpy()
         assert np.array_equal(want, got)
@@ -65,11 +73,8 @@ def test_cuda_graph_replay_equals_eager(trained):
 def test_triton_sampler_matches_numpy_sampler():
     from notagen_trt.export.sampler_kernel import sample_into
 
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(256, 128)).astype(np.float32) * 4
-    logits[:30, :5] = 3.0  # ties
-    u = rng.random(256)
-    for params in (SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7)):
+    logits, u = sampler_case(256, 1)
+    for params in SAMPLER_PARAMS:
         tokens = torch.zeros(256, 4, dtype=torch.long, device="cuda")
         forced = torch.full((256, 4), 42, dtype=torch.long, device="cuda")
         mask = torch.zeros(256, 4, dtype=torch.bool, device="cuda")
