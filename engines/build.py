@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from typing import Any
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import FORMAT_VERSION, GRAPH_NAMES, graph_file, read_manifest, write_manifest
 
-from .engine_manifest import onnx_digest, sha256_file
+from notagen_trt.files import sha256_file, stage, write_atomic
+
+from .engine_manifest import onnx_digest
 from .flavors import Flavor, get_flavor, local_gpu
 
 PLAN_SUFFIX = ".plan"
@@ -79,25 +80,6 @@ def _parse(trt: Any, flavor: Flavor, builder: Any, logger: Any, path: Path) -> t
     return network, parser
 
 
-def _write_staged(path: Path, data: bytes | memoryview) -> Path:
-    """Write ``data`` beside ``path`` under a temporary name; the caller renames it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    os.replace(_write_staged(path, data), path)
-
-
 class _TimingCache:
     """The builder's timing cache, read from and saved to ``path`` (shared by both graphs)."""
 
@@ -122,7 +104,7 @@ class _TimingCache:
         if self.cache is None:
             return None
         data = self.cache.serialize()
-        _write_atomic(self.path, memoryview(data))
+        write_atomic(self.path, memoryview(data))
         return {"path": str(self.path), "loaded_bytes": self.loaded_bytes, "saved_bytes": len(memoryview(data))}
 
 
@@ -184,7 +166,7 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
             path = out_dir / f"{name}{PLAN_SUFFIX}"
             # Plans wait under temporary names until every graph is built: an interrupted build
             # leaves the previous engine (plans + manifest) exactly as it was.
-            staged[path] = _write_staged(path, memoryview(plan))
+            staged[path] = stage(path, memoryview(plan))
             graphs[name] = {
                 "file": path.name,
                 "external_data": None,

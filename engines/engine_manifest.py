@@ -16,15 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import sha256_file  # noqa: F401  (part of this module's API)
 from notagen_trt.manifest import GRAPH_NAMES, graph_file, read_manifest
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def onnx_digest(model_dir: str | Path, graph: dict[str, Any]) -> str:

@@ -34,7 +34,6 @@ class Flavor:
     modules: tuple[str, ...]  # import names, first found wins
     install: str  # the pip line that provides it
     timing_cache: bool  # the builder's timing cache is honoured
-    needs_gpu_to_build: bool
 
     def load(self) -> ModuleType:
         """The flavour's Python module, or a NotaGenError with the install line."""
@@ -96,9 +95,9 @@ def _trt_targets(trt: ModuleType, config: Any, requested: list[str] | None, gpu:
 
 FLAVORS: dict[str, Flavor] = {
     "trt": Flavor("trt", "TensorRT", ("tensorrt",), "pip install 'notagen-trt[trt]' (NVIDIA's index) or use "
-                  "Dockerfile.trt", timing_cache=True, needs_gpu_to_build=True),
+                  "Dockerfile.trt", timing_cache=True),
     "rtx": Flavor("rtx", "TensorRT-RTX", ("tensorrt_rtx", "tensorrt_rtx_bindings"),
-                  "pip install 'notagen-trt[rtx]'", timing_cache=False, needs_gpu_to_build=False),
+                  "pip install 'notagen-trt[rtx]'", timing_cache=False),
 }
 
 

@@ -18,7 +18,6 @@ the library and settings, the calibration set and what was kept in higher precis
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ import onnxruntime as ort
 
 import notagen_trt
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import GRAPH_NAMES, MANIFEST_NAME, graph_file, read_manifest, write_manifest
+from notagen_trt.manifest import GRAPH_NAMES, graph_file, manifest_digest, read_manifest, write_manifest
 
 from . import calibration
 from .calibration import CalibrationFeeds, FeedReader
@@ -44,10 +43,6 @@ FP16_ALWAYS_FP32 = ["LayerNormalization", "Softmax"]  # GPT-2's known fp16 overf
 FP16_HEADROOM = 65504.0 / 16  # a node whose measured |activation| exceeds this stays fp32
 MASK_FILL = 1e38  # attention masks fill with float32 min; the fp16 converter clips it harmlessly
 
-
-def source_digest(model_dir: str | Path) -> str:
-    """sha256 of a model directory's manifest: what a variant records as its source."""
-    return hashlib.sha256((Path(model_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
 def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: str | Path | None = None,
@@ -99,7 +94,7 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
         "precision": precision,
         "source": {
             "model_dir": str(model_dir.resolve()),
-            "manifest_sha256": source_digest(model_dir),
+            "manifest_sha256": manifest_digest(model_dir),
             "precision": "fp32",
             "checkpoint": manifest.get("source", {}).get("checkpoint"),
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),

@@ -9,7 +9,6 @@ position 0 with ``patch_hidden`` through a ``Where``, so the first call and late
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 import notagen_trt
+from notagen_trt.files import sha256_file
 from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import FORMAT_VERSION, write_manifest
@@ -222,11 +222,7 @@ _KV_LAYOUT = {
 def _source(checkpoint_path: str | Path | None) -> dict[str, str | None]:
     if checkpoint_path is None:
         return {"checkpoint": None, "sha256": None}
-    digest = hashlib.sha256()
-    with open(checkpoint_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"checkpoint": str(Path(checkpoint_path).resolve()), "sha256": digest.hexdigest()}
+    return {"checkpoint": str(Path(checkpoint_path).resolve()), "sha256": sha256_file(checkpoint_path)}
 
 
 def _tool_versions() -> dict[str, str]:

@@ -9,13 +9,12 @@ which refuses with a one-line reason what it cannot use. No torch or onnx here: 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from notagen_trt.config import ModelConfig
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -26,21 +25,14 @@ _FILE_KEYS = ("file", "external_data")  # graph entries' keys that name files in
 
 def write_manifest(directory: str | Path, data: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically: readers see the old manifest or the new one, never half."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is as readable as the graphs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(directory) / MANIFEST_NAME
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
     return path
+
+
+def manifest_digest(directory: str | Path) -> str:
+    """sha256 of a model directory's manifest (what a precision variant records as its source)."""
+    return sha256_file(Path(directory) / MANIFEST_NAME)
 
 
 def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict[str, Any]:

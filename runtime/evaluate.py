@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import re
@@ -27,7 +26,7 @@ import numpy as np
 
 from notagen_trt.config import BOS_ID, PAD_ID
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import MANIFEST_NAME, read_manifest
+from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
 from .codec import encode_windows
 from .onnx_backend import Device, OrtBackend
@@ -47,8 +46,7 @@ def reference_dir(model_dir: str | Path) -> Path | None:
     if not ref or not (Path(ref) / MANIFEST_NAME).is_file():
         raise NotaGenError(f"{model_dir / MANIFEST_NAME}: the fp32 source {ref!r} is missing; copy it back or "
                            "re-run `notagen-trt quantize`")
-    digest = hashlib.sha256((Path(ref) / MANIFEST_NAME).read_bytes()).hexdigest()
-    if digest != source.get("manifest_sha256"):
+    if manifest_digest(ref) != source.get("manifest_sha256"):
         raise NotaGenError(f"{model_dir}: its fp32 source {ref} changed since it was quantized (manifest hash "
                            "differs); re-run `notagen-trt quantize` on it")
     return Path(ref)

@@ -5,24 +5,11 @@ failure is reported, never raised), and every file is written atomically (temp n
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from notagen_trt.files import write_atomic
+
 from . import abcio
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _midi(musicxml: str) -> bytes:
