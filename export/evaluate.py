@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
 import torch
 
-from notagen_trt.config import PAD_ID, VOCAB_SIZE
 from notagen_trt.runtime.codec import encode_windows
 
 from .model import NotaGenModel
@@ -28,19 +26,6 @@ def bits_per_char(model: NotaGenModel, pieces: list[str], device: str = "cpu", b
         n, c = model.char_nll(torch.as_tensor(pad_batch(batch), device=device))
         nll, count = nll + n.item(), count + int(c.item())
     return nll / count / math.log(2)
-
-
-def unigram_bits_per_char(train: list[str], heldout: list[str], patch_length: int) -> float:
-    """The same positions scored by a character unigram (add-one smoothed) fitted on ``train``."""
-
-    def targets(pieces: list[str]) -> np.ndarray:
-        ids = np.concatenate([w[1:].ravel() for w in windows_for(pieces, patch_length)])
-        return ids[ids != PAD_ID]
-
-    counts = Counter(targets(train).tolist())
-    total = sum(counts.values()) + VOCAB_SIZE
-    held = targets(heldout)
-    return float(-np.mean([math.log2((counts.get(int(i), 0) + 1) / total) for i in held]))
 
 
 def pad_batch(windows: list[np.ndarray]) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, PAD_ID
+from notagen_trt.config import BOS_ID, PAD_ID, VOCAB_SIZE
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
@@ -224,6 +224,18 @@ def bars_match_meter(abc: str) -> tuple[bool, str]:
             if duration != m / u:
                 return False, f"bars: voice {voice} bar {i + 1} lasts {duration} units of L, the meter asks {m / u}"
     return True, ""
+
+
+def unigram_bits_per_char(train: list[str], heldout: list[str], patch_length: int) -> float:
+    """The teacher-forced positions of ``heldout`` scored by a character unigram (add-one
+    smoothed) fitted on ``train``: the baseline beside a model's bits per character."""
+
+    def targets(pieces: list[str]) -> np.ndarray:
+        ids = np.concatenate([w[1:].ravel() for text in pieces for w in encode_windows(text, patch_length)])
+        return ids[ids != PAD_ID]
+
+    counts = np.bincount(targets(train), minlength=VOCAB_SIZE) + 1
+    return float(-np.mean(np.log2(counts / counts.sum())[targets(heldout)]))
 
 
 def _round(value: float | None, digits: int) -> float | None:

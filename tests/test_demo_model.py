@@ -57,3 +57,13 @@ def test_generate_on_ort_cpu_equals_cached_reference(demo, demo_onnx, tmp_path, 
         assert Path(tmp_path / f"piece_seed{seed}.abc").read_text() == postprocess(piece.text)
     assert {r["seed"] for r in summary["pieces"]} == set(range(5))
     assert all("abc" in r["files"] for r in summary["pieces"])
+
+
+def test_unigram_baseline_is_far_above_the_model(demo):
+    from notagen_trt.runtime.evaluate import unigram_bits_per_char
+
+    train = [t for _, t in read_pieces(default_split("train"))][::20]
+    heldout = [t for _, t in read_pieces(default_split("heldout"))][::8]
+    unigram = unigram_bits_per_char(train, heldout, demo.config.patch_length)
+    assert 4.0 < unigram < 7.0  # ~5.2 bits: ABC characters are far from uniform (7 bits)
+    assert unigram > bits_per_char(demo, heldout) + 3.0

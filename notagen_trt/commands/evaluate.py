@@ -58,7 +58,7 @@ def _eval_checkpoint(args: argparse.Namespace, pieces: list[str]) -> dict:
 
 def _unigram(pieces: list[str], result: dict) -> float:
     from notagen_trt.corpus import default_split, read_pieces
-    from notagen_trt.export.evaluate import unigram_bits_per_char
+    from notagen_trt.runtime.evaluate import unigram_bits_per_char
     from notagen_trt.manifest import model_config, read_manifest
 
     length = result.get("patch_length") or model_config(read_manifest(result["model"])).patch_length
@@ -74,6 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help=".abc file or folder (default: the shipped corpus's heldout split)")
     p.add_argument("--pieces", type=int, default=None, help="score N pieces spread over the sorted data (default: all)")
     p.add_argument("--num-generated", type=int, default=8, help="pieces generated (seeds 0..N-1) for validity")
-    p.add_argument("--baseline", action="store_true", help="also report a character-unigram baseline (needs torch)")
+    p.add_argument("--baseline", action="store_true", help="also report a character-unigram baseline fitted on the train split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
