@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from notagen_trt.config import BOS_ID, HEAD_DIM
 from notagen_trt.corpus import default_split, read_pieces
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import graph_file, model_config, read_manifest
+from notagen_trt.runtime.onnx_backend import OrtBackend
+from notagen_trt.manifest import model_config, read_manifest
 from notagen_trt.runtime.codec import encode_windows
 
 DEFAULT_PIECES = 32  # calibration pieces used by `notagen-trt quantize` unless told otherwise
@@ -107,10 +107,8 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
         raise NotaGenError(f"{model_dir}: calibration runs the fp32 model, this one is {manifest['precision']}; "
                            "pass the directory written by `notagen-trt export`")
     config = model_config(manifest)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sessions = {g: ort.InferenceSession(str(graph_file(model_dir, manifest, g)), opts,
-                                        providers=["CPUExecutionProvider"]) for g in ("patch_decoder", "char_decoder")}
+    backend = OrtBackend(model_dir, "cpu")
+    sessions = {"patch_decoder": backend.patch.session, "char_decoder": backend.char.session}
     names = {g: [i.name for i in s.get_inputs()] for g, s in sessions.items()}
     pieces, source = calibration_pieces(calib, count)
     rng = np.random.default_rng(seed)

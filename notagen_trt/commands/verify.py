@@ -24,18 +24,16 @@ import numpy as np
 
 from notagen_trt.config import BOS_ID, HEAD_DIM
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import GRAPH_NAMES, graph_file, model_config, read_manifest
+from notagen_trt.manifest import GRAPH_NAMES, model_config, read_manifest
 
 Infer = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (graph, feeds) -> outputs
 
 
 def _ort_infer(model_dir: Path, manifest: dict) -> Infer:
-    import onnxruntime as ort
+    from notagen_trt.runtime.onnx_backend import OrtBackend
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sessions = {g: ort.InferenceSession(str(graph_file(model_dir, manifest, g)), opts,
-                                        providers=["CPUExecutionProvider"]) for g in GRAPH_NAMES}
+    backend = OrtBackend(model_dir, "cpu")  # its sessions, loaded and checked the runtime's way
+    sessions = {"patch_decoder": backend.patch.session, "char_decoder": backend.char.session}
     dtypes = {g: {i.name: np.float16 if "float16" in i.type else (np.int64 if "int64" in i.type else np.float32)
                   for i in s.get_inputs()} for g, s in sessions.items()}
     outputs = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
