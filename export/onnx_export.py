@@ -9,6 +9,7 @@ position 0 with ``patch_hidden`` through a ``Where``, so the first call and late
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import notagen_trt
 from notagen_trt.files import sha256_file
@@ -40,20 +42,76 @@ def _flat(past: tuple[torch.Tensor, ...]) -> list[KV]:
     return [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
 
 
+class _Reshape(torch.autograd.Function):
+    """``x.reshape(shape)`` where a 0 keeps x's size on that axis (ONNX Reshape semantics; the
+    exporter's shape inference also wants one -1), exported as one Reshape of a constant.
+    Sizes read from ``x.shape`` trace as a Shape/Gather/Unsqueeze/Concat chain per reshape;
+    those chains were most of the nodes ONNX Runtime runs per call, and per-node overhead is
+    most of a small model's step. ``shape`` must hold plain ints (not traced sizes)."""
+
+    @staticmethod
+    def forward(ctx, x, shape):  # no annotations: the tracer chokes on them
+        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
+
+    @staticmethod
+    def symbolic(g, x, shape):
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64)))
+
+
+def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    return x @ conv.weight + conv.bias  # MatMul + Add: Conv1D's flattening reshapes are not needed
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # GPT-2's gelu_new written out in the form ONNX Runtime fuses into one FastGelu node (the
+    # tracer's own expansion of F.gelu(approximate="tanh") is left as eight elementwise nodes).
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gpt2_step(gpt2: nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
+               past: list[KV]) -> tuple[torch.Tensor, list[KV]]:
+    """model.GPT2.forward with a past, in trace-friendly ops (same math; the parity check proves
+    it): constant-shape reshapes, and the causal mask built once instead of once per layer."""
+    x = embeds + gpt2.wpe(positions)
+    # Query i (absolute position positions[i]) sees keys 0 .. positions[i].
+    keys = torch.arange(positions[-1] + 1, device=embeds.device)
+    masked = keys[None, :] > positions[:, None]
+    presents = []
+    for block, (past_k, past_v) in zip(gpt2.h, past):
+        attn = block.attn
+        heads = attn.heads
+        h = heads * HEAD_DIM  # plain ints: traced sizes cannot go into a _Reshape constant
+        q, k, v = _linear(block.ln_1(x), attn.c_attn).split(h, dim=2)
+        q, k, v = (_Reshape.apply(z, [0, -1, heads, HEAD_DIM]).transpose(1, 2) for z in (q, k, v))
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(HEAD_DIM)
+        scores = scores.masked_fill(masked, torch.finfo(scores.dtype).min)
+        y = _Reshape.apply((F.softmax(scores, dim=-1) @ v).transpose(1, 2), [0, -1, h])
+        x = x + _linear(y, attn.c_proj)
+        x = x + _linear(_gelu_tanh(_linear(block.ln_2(x), block.mlp.c_fc)), block.mlp.c_proj)
+        presents.append((k, v))
+    return gpt2.ln_f(x), presents
+
+
+def _positions(past: tuple[torch.Tensor, ...], new: int | torch.Tensor, device: torch.device) -> torch.Tensor:
+    return past[0].shape[2] + torch.arange(new, device=device)
+
+
 class PatchStep(nn.Module):
-    """(patches, *past) -> (last_hidden_state, *present) over the unchanged PatchLevelDecoder."""
+    """(patches, *past) -> (last_hidden_state, *present): the PatchLevelDecoder traced through _gpt2_step."""
 
     def __init__(self, decoder: PatchLevelDecoder) -> None:
         super().__init__()
         self.decoder = decoder
 
     def forward(self, patches: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden, presents = self.decoder(patches, _flat(past))
+        positions = _positions(past, patches.shape[1], patches.device)
+        hidden, presents = _gpt2_step(self.decoder.base, self.decoder.embed(patches), positions, _flat(past))
         return (hidden, *[t for kv in presents for t in kv])
 
 
 class CharStep(nn.Module):
-    """(input_ids, patch_hidden, *past) -> (logits, *present) over the unchanged CharLevelDecoder."""
+    """(input_ids, patch_hidden, *past) -> (logits, *present): the CharLevelDecoder traced through _gpt2_step."""
 
     def __init__(self, decoder: CharLevelDecoder) -> None:
         super().__init__()
@@ -64,9 +122,9 @@ class CharStep(nn.Module):
         embeds = lm.transformer.wte(input_ids)
         # Absolute position 0 takes the patch hidden state; once past_chars > 0 no position is 0,
         # so the same graph ignores patch_hidden on later steps.
-        positions = past[0].shape[2] + torch.arange(input_ids.shape[1], device=input_ids.device)
+        positions = _positions(past, input_ids.shape[1], input_ids.device)
         embeds = torch.where((positions == 0)[None, :, None], patch_hidden[:, None, :].to(embeds.dtype), embeds)
-        x, presents = lm.transformer(embeds, _flat(past))
+        x, presents = _gpt2_step(lm.transformer, embeds, positions, _flat(past))
         return (lm.lm_head(x), *[t for kv in presents for t in kv])
 
 

@@ -139,6 +139,18 @@ class CpuSession(_Session):
         out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
         return out, present
 
+    def char_step(self, token: int) -> np.ndarray:
+        # The per-character hot path at batch 1 (15 calls a patch): the feeds are built directly,
+        # with the ignored patch_hidden allocated once, instead of through the batch helpers.
+        g = self.backend.char
+        if not hasattr(self, "_zero_hidden"):
+            self._zero_hidden = np.zeros((1, self.backend.config.hidden_size), dtype=np.float32)
+        feeds = dict(zip(g.past_names, self._char_past))
+        feeds[g.inputs[0]] = np.array([[token]], dtype=np.int64)
+        feeds[g.inputs[1]] = self._zero_hidden
+        logits, *self._char_past = g.session.run(g.outputs, feeds)
+        return logits[0, -1]
+
 
 class CudaSession(_Session):
     """KV caches stay on the GPU: each call's ``present`` outputs are bound to device memory and

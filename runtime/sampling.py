@@ -65,4 +65,33 @@ def draw(probs: np.ndarray, u: np.ndarray | float) -> np.ndarray:
 
 def sample(logits: np.ndarray, u: np.ndarray | float, params: SamplingParams = SamplingParams()) -> np.ndarray:
     """Token ids for logits [..., 128] and one uniform per row."""
+    if np.ndim(logits) == 1 and np.ndim(u) == 0:
+        return _sample_row(logits, u, params)
     return draw(transform_probs(softmax(logits), params), u)
+
+
+def _sample_row(logits: np.ndarray, u: float, params: SamplingParams) -> np.int64:
+    """``sample`` for one row: the per-character hot path of batch-1 generation. The same float64
+    operations as softmax -> transform_probs -> draw on arrays of the same length and order (so
+    the same reductions and the same ids, ties included), without the axis-generic helpers
+    (take/put_along_axis, keepdims) that cost several times the arithmetic at this size."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max())
+    p = z / z.sum()
+    order = np.argsort(-p, kind="stable")
+    k = params.top_k or len(p)
+    # Everything past the top k is an exact 0.0 in the published order of operations, so only
+    # the head is computed; sums still run over full-length zero-padded arrays, because numpy's
+    # pairwise summation groups terms by length and a shorter sum could round differently.
+    ranked = np.zeros_like(p)
+    ranked[:k] = p[order[:k]]
+    ranked /= ranked.sum()
+    head = ranked[:k]
+    keep = np.cumsum(head) - head <= params.top_p  # mass ranked strictly before <= top_p
+    keep[0] = True
+    ranked[:k] = np.where(keep, head, 0.0) ** (1.0 / params.temperature)
+    ranked /= ranked.sum()
+    probs = np.zeros_like(p)
+    probs[order[:k]] = ranked[:k]
+    cdf = np.cumsum(probs)
+    return np.int64(min((cdf <= float(u) * cdf[-1]).sum(), len(cdf) - 1))

@@ -48,3 +48,21 @@ def test_draw_frequencies_follow_the_distribution():
 def test_invalid_params_are_rejected(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7),
+                                    SamplingParams(top_k=1), SamplingParams(top_k=128, top_p=1.0)])
+def test_one_row_fast_path_equals_the_array_rule(params):
+    """sample() on one row takes a shortcut (the batch-1 hot path); it must pick exactly the ids
+    of softmax -> transform_probs -> draw, ties and the top-p boundary included."""
+    rng = np.random.default_rng(7)
+    for i in range(3000):
+        logits = (rng.normal(size=128) * rng.choice([0.1, 2.0, 8.0])).astype(np.float32)
+        if i % 3 == 0:
+            logits[rng.integers(0, 128, 6)] = logits.max()  # ties at the top
+        if i % 5 == 0:
+            logits = np.round(logits, 1)  # many ties everywhere
+        u = rng.random()
+        want = draw(transform_probs(softmax(logits), params), u)
+        got = sample(logits, u, params)
+        assert got == want and np.ndim(got) == 0
