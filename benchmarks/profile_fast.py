@@ -29,6 +29,12 @@ def main() -> None:
             gen._attempt()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    # The kernels of one patch in launch order (names repeat, so order tells which call is which).
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    per_patch = len(kernels) // args.patches
+    print(f"{per_patch} kernels per patch; one patch's, in order (us):")
+    for e in kernels[:per_patch]:
+        print(f"{e.device_time:8.2f}  {e.name[:90]}")
 
 
 if __name__ == "__main__":

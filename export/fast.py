@@ -5,6 +5,10 @@ steps, each sampling its character on the device from a host-drawn uniform (the 
 rule, in float64), then the patch-level step that writes the patch's keys and values in place
 at each row's own position. The host syncs once per patch, to read 16 characters per row.
 
+On CUDA with Triton, fp16 and int8 weight-only steps run on the fused kernels of
+``decode_kernels`` (five a layer, float32 residual stream); fp32 and the CPU run PyTorch ops,
+which reproduce the reference exactly.
+
 Rows are independent pieces: each has its own seed, position, stopping and context rebuild, so
 a batch gives exactly the pieces the one-at-a-time loop gives (``runtime.generate``), and the
 published rules (forced ``[r:0/`` prefix, EOS patch, limits, halving a full context) hold.
@@ -75,6 +79,15 @@ def _finish(block: Block, x: torch.Tensor, y: torch.Tensor, linear: Linear = den
     return x + linear(mlp.c_proj, linear(mlp.c_fc, block.ln_2(x), True), False)
 
 
+def _decode_kernels():
+    """export.decode_kernels where Triton is installed, else None."""
+    try:
+        from . import decode_kernels
+    except ImportError:  # no triton (CPU-only installs)
+        return None
+    return decode_kernels
+
+
 def _device_sampler():
     """The one-kernel Triton sampler where it can run, else None (CPU: sample_torch)."""
     try:
@@ -92,18 +105,24 @@ class FastGenerator:
                  patch_length: int | None = None, weights: str = "float") -> None:
         if weights not in ("float", "int8"):
             raise ValueError(f"weights must be 'float' or 'int8', got {weights!r}")
-        # int8 weight-only (CUDA + Triton): quantize on the host, so the GPU never holds both copies.
-        self._int8: dict[nn.Module, object] = {}
-        if weights == "int8":
-            from .int8_gemv import Int8Linear
-
+        # fp16 (or int8 weight-only) on CUDA with Triton: the fused decode kernels, weights
+        # repacked [out, in] on the host so the GPU never holds two copies. fp32 stays on the
+        # PyTorch ops: it is the path that reproduces the reference exactly.
+        kernels = _decode_kernels() if torch.device(device).type == "cuda" else None
+        self.fused = kernels is not None and (dtype == torch.float16 or weights == "int8")
+        if weights == "int8" and not self.fused:
+            raise ValueError("int8 weights need a CUDA GPU and Triton (the fused decode kernels)")
+        self._packed: dict[nn.Module, object] = {}
+        if self.fused:
             model = model.eval().float()
             for module in model.modules():
                 if isinstance(module, Conv1D):
-                    self._int8[module] = Int8Linear(module.weight.data, module.bias.data).to(device)
-                    module.weight = nn.Parameter(torch.empty(0))  # the float copy is not needed
-            lm_head = model.char_level_decoder.base.lm_head  # tied to wte, which stays float
-            self._int8[lm_head] = Int8Linear(lm_head.weight.data.t(), None).to(device)
+                    self._packed[module] = kernels.PackedLinear(module.weight.data, module.bias.data,
+                                                                int8=weights == "int8").to(device)
+                    module.weight = nn.Parameter(torch.empty(0))  # the [in, out] copy is not needed
+            lm_head = model.char_level_decoder.base.lm_head  # tied to wte, which stays for embedding
+            self._packed[lm_head] = kernels.PackedLinear(lm_head.weight.data.t(), None,
+                                                         int8=weights == "int8").to(device)
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config, self.batch, self.device, self.params = model.config, batch, torch.device(device), params
         # The loop's PATCH_LENGTH: the model's, or less (tests use less to exercise halving).
@@ -123,21 +142,26 @@ class FastGenerator:
         self.tokens = zeros(batch, PATCH_SIZE, dt=torch.long)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._sample_into = _device_sampler() if self.device.type == "cuda" else None
+        if self.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
+            h = cfg.hidden_size
+            self.x = zeros(batch, h, dt=torch.float32)
+            self.qkv, self.attn, self.mlp = zeros(batch, 3 * h), zeros(batch, h), zeros(batch, 4 * h)
+            self.logits = zeros(batch, self.model.char_level_decoder.base.lm_head.weight.shape[0], dt=torch.float32)
+            ln_f = self.model.patch_level_decoder.base.ln_f
+            self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
 
     # ---- device work -------------------------------------------------------------------------
     def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
-        int8 = self._int8.get(layer)
-        return int8(x, gelu=gelu) if int8 is not None else dense(layer, x, gelu)
-
-    def _lm_head(self, x: torch.Tensor) -> torch.Tensor:
-        head = self.model.char_level_decoder.base.lm_head
-        int8 = self._int8.get(head)
-        return int8(x) if int8 is not None else head(x)
+        packed = self._packed.get(layer)
+        return packed(x, gelu=gelu) if packed is not None else dense(layer, x, gelu)
 
     @torch.no_grad()
     def _attempt(self) -> None:
         """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
         (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
+        if self.fused:
+            self._attempt_fused()
+            return
         char = self.model.char_level_decoder.base
         tf = char.transformer
         for c in range(PATCH_SIZE):
@@ -148,17 +172,51 @@ class FastGenerator:
                 kv[:, :, :, c] = new[:, :, :, 0]
                 attn = F.scaled_dot_product_attention(q, kv[:, 0, :, : c + 1], kv[:, 1, :, : c + 1])
                 x = _finish(block, x, attn, self._linear)
-            logits = self._lm_head(tf.ln_f(x))[:, 0]
+            logits = char.lm_head(tf.ln_f(x))[:, 0]
             if self._sample_into is not None:  # one kernel: draw (or take the forced id) into tokens[:, c]
                 self._sample_into(logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
                                   self.tokens[:, c], self.params)
             else:
                 sampled = sample_torch(logits, self.uniforms[:, c], self.params)
                 self.tokens[:, c] = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
-        # Everything after a patch's first eos enters the context as pad.
+        self.hidden_next.copy_(self._patch_step(self._patch_tokens()))
+
+    def _patch_tokens(self) -> torch.Tensor:
+        """The sampled patches as they enter the context: everything after the first eos is pad."""
         is_eos = self.tokens == EOS_ID
-        patch = torch.where(torch.cumsum(is_eos, 1) - is_eos.long() > 0, 0, self.tokens)
-        self.hidden_next.copy_(self._patch_step(patch))
+        return torch.where(torch.cumsum(is_eos, 1) - is_eos.long() > 0, 0, self.tokens)
+
+    def _fused_layer(self, block: Block, kv: torch.Tensor, position: torch.Tensor | int) -> None:
+        """One block on the residual stream ``self.x`` in five kernels (export/decode_kernels.py)."""
+        from .decode_kernels import decode_attention
+
+        packed = self._packed
+        packed[block.attn.c_attn](self.x, ln=block.ln_1, out=self.qkv)
+        decode_attention(self.qkv, kv, self.attn, position)
+        packed[block.attn.c_proj](self.attn, residual=self.x)
+        packed[block.mlp.c_fc](self.x, ln=block.ln_2, gelu=True, out=self.mlp)
+        packed[block.mlp.c_proj](self.mlp, residual=self.x)
+
+    def _attempt_fused(self) -> None:
+        char = self.model.char_level_decoder.base
+        tf = char.transformer
+        self.x.copy_(self.hidden + tf.wpe.weight[0])
+        for c in range(PATCH_SIZE):
+            for block, kv in zip(tf.h, self.char_kv):
+                self._fused_layer(block, kv, c)
+            self._packed[char.lm_head](self.x, ln=tf.ln_f, out=self.logits)
+            # The sampler also writes the next step's input embedding into x.
+            embed = (tf.wte.weight, tf.wpe.weight[c + 1], self.x) if c < PATCH_SIZE - 1 else None
+            self._sample_into(self.logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
+                              self.tokens[:, c], self.params, embed)
+        patch = self._patch_tokens()
+        decoder = self.model.patch_level_decoder
+        position = self.position.clamp(max=self.config.patch_length - 1)
+        self.x.copy_(decoder.embed(patch[:, None])[:, 0] + decoder.base.wpe(position))
+        for block, kv in zip(decoder.base.h, self.patch_kv):
+            self._fused_layer(block, kv, position)
+        weight, bias, eps = self._patch_ln_f
+        self.hidden_next.copy_(F.layer_norm(self.x, (self.x.shape[-1],), weight, bias, eps))
 
     def _patch_step(self, patch: torch.Tensor) -> torch.Tensor:
         decoder = self.model.patch_level_decoder

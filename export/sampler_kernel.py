@@ -14,12 +14,16 @@ import triton.language as tl
 
 from notagen_trt.runtime.sampling import SamplingParams
 
+from .decode_kernels import _after_producer, pdl_enabled
+
 
 @triton.jit
 def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr, fm_stride, out_ptr, out_stride,
-                top_k, top_p, inv_temperature, V: tl.constexpr):
+                top_k, top_p, inv_temperature, wte_ptr, wpe_ptr, x_ptr, x_stride, H,
+                V: tl.constexpr, EMBED: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0)
     i = tl.arange(0, V)
+    _after_producer(USE_PDL)
     logit = tl.load(logits_ptr + row * logits_stride + i).to(tl.float32)
     z = logit.to(tl.float64)
     e = tl.exp(z - tl.max(z, 0))
@@ -47,14 +51,26 @@ def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr
     drawn = tl.minimum(tl.sum((cdf <= u).to(tl.int32), 0), V - 1)
     forced = tl.load(forced_ptr + row * fm_stride)
     use_forced = tl.load(mask_ptr + row * fm_stride) != 0
-    tl.store(out_ptr + row * out_stride, tl.where(use_forced, forced, drawn.to(tl.int64)))
+    token = tl.where(use_forced, forced, drawn.to(tl.int64))
+    tl.store(out_ptr + row * out_stride, token)
+    if EMBED:  # the next char step's input, wte[token] + wpe[next position], saves a launch
+        h = tl.arange(0, BLOCK_H)
+        emb = tl.load(wte_ptr + token * H + h, mask=h < H, other=0.0).to(tl.float32)
+        emb += tl.load(wpe_ptr + h, mask=h < H, other=0.0).to(tl.float32)
+        tl.store(x_ptr + row * x_stride + h, emb.to(x_ptr.dtype.element_ty), mask=h < H)
 
 
 def sample_into(logits: torch.Tensor, u: torch.Tensor, forced: torch.Tensor, forced_mask: torch.Tensor,
-                out: torch.Tensor, params: SamplingParams) -> None:
+                out: torch.Tensor, params: SamplingParams,
+                embed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """out[b] = forced[b] if forced_mask[b] else the sampled id of logits[b] (u[b] its uniform).
-    All arguments are 1-D per row (columns of larger buffers are fine: strides are honoured)."""
+    All arguments are 1-D per row (columns of larger buffers are fine: strides are honoured).
+    With ``embed`` = (wte [V, H], wpe_row [H], x [B, H]): also x[b] = wte[out[b]] + wpe_row."""
     rows, vocab = logits.shape
+    wte, wpe_row, x = embed if embed is not None else (logits, logits, logits)
+    h = wte.shape[1] if embed is not None else 1
     _sample_row[(rows,)](logits, logits.stride(0), u, u.stride(0), forced, forced_mask.view(torch.uint8),
                          forced.stride(0), out, out.stride(0), params.top_k, params.top_p,
-                         1.0 / params.temperature, V=vocab, num_warps=16)  # the [V, V] rank tile
+                         1.0 / params.temperature, wte, wpe_row, x, x.stride(0), h, V=vocab,
+                         EMBED=embed is not None, BLOCK_H=triton.next_power_of_2(h), USE_PDL=pdl_enabled(),
+                         num_warps=16, launch_pdl=pdl_enabled())  # 16 warps: the [V, V] rank tile

@@ -83,22 +83,3 @@ def test_triton_sampler_matches_numpy_sampler():
                     tokens[:, 2], params)
         want = np.where(mask[:, 2].cpu().numpy(), 42, sample(logits, u, params))
         assert np.array_equal(tokens[:, 2].cpu().numpy(), want)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the int8 Triton kernel")
-def test_int8_weights_on_the_fast_path():
-    from notagen_trt.demo import DEMO_CHECKPOINT
-    from notagen_trt.export.checkpoint import load_model
-    from notagen_trt.export.int8_gemv import Int8Linear
-
-    torch.manual_seed(0)
-    w, b, x = torch.randn(192, 576) * 0.05, torch.randn(576) * 0.1, torch.randn(3, 192).half().cuda()
-    lin = Int8Linear(w, b).to("cuda")
-    ref = x.float() @ (lin.weight.float() * lin.scale.float()) + lin.bias.float()
-    assert (lin(x).float() - ref).abs().max().item() < 1e-2
-    ref = torch.nn.functional.gelu(ref, approximate="tanh")
-    assert (lin(x, gelu=True).float() - ref).abs().max().item() < 1e-2
-    configs = [GenerationConfig(seed=s, max_patches=60) for s in range(2)]
-    pieces = FastGenerator(load_model(DEMO_CHECKPOINT), 2, "cuda", torch.float16, weights="int8").generate(None, configs)
-    assert all(p.patches > 5 and "[r:" in p.text for p in pieces)

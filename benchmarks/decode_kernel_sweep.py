@@ -1,0 +1,101 @@
+"""The fused decode kernels (export/decode_kernels.py) against cuBLAS on NotaGen-X's matrix
+shapes, one activation row (with a sweep of _gemv's tiles) and 16 rows, fp16 and int8 weights;
+and decode attention against PyTorch's (``--attention-only``). Times are per call inside a CUDA
+graph of back-to-back calls (launch gaps included, as in the fast path), cycling over weight
+copies larger than the L2 cache, with the LayerNorm prologue where the fast path has one (qkv,
+fc, lm_head). ``python benchmarks/decode_kernel_sweep.py``."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from notagen_trt.export import decode_kernels
+from notagen_trt.export.decode_kernels import PackedLinear, decode_attention
+
+# (in, out) of one layer's qkv, proj, fc, fc2, and the char lm_head.
+SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280), (1280, 128)]
+
+
+def time_us(fn, reps: int = 100) -> float:
+    for _ in range(3):
+        fn()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    g.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--attention-only", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    report = {"gpu": torch.cuda.get_device_name(), "linear": {}, "attention": {}}
+    for rows in () if args.attention_only else (1, 16):
+        x = torch.randn(rows, 5120, device="cuda", dtype=torch.float16)
+        totals: dict[str, float] = {}
+        shapes: dict[str, list[float]] = {}  # per shape, in SHAPES order
+        for k, n in SHAPES:
+            # Enough copies of the weights that every call reads them from memory, not the 50 MB L2.
+            copies = max(2, 256 * 2**20 // (2 * k * n))
+            ws = [torch.randn(k, n, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+            b = torch.zeros(n, device="cuda", dtype=torch.float16)
+            xs = x[:, :k].contiguous()
+            ln = torch.nn.LayerNorm(k, device="cuda", dtype=torch.float16) if n != 1280 else None  # qkv, fc, lm_head
+            turn = iter(range(10**9))
+            t = time_us(lambda: torch.addmm(b, xs, ws[next(turn) % copies]))
+            totals["cublas fp16"] = totals.get("cublas fp16", 0.0) + t
+            shapes.setdefault("cublas fp16", []).append(round(t, 2))
+            for int8 in (False, True):
+                lins = [PackedLinear(w, b, int8=int8) for w in ws]
+                # One row: _gemv's tiles. 16 rows: what
+                # PackedLinear picks (cuBLAS for fp16, _linear's tiles for int8).
+                for tile in itertools.product((8192, 16384, 32768), (4, 8)) if rows == 1 else [None]:
+                    if tile:  # weight elements a program, warps
+                        PackedLinear.GEMV_ELEMENTS, PackedLinear.GEMV_WARPS = tile
+                    key = f"{'int8' if int8 else 'fp16'} {tile or 'PackedLinear'}"
+                    t = time_us(lambda: lins[next(turn) % copies](xs, ln=ln))
+                    totals[key] = totals.get(key, 0.0) + t
+                    shapes.setdefault(key, []).append(round(t, 2))
+        best = sorted(totals.items(), key=lambda kv: kv[1])
+        report["linear"][f"rows={rows}"] = {"cublas fp16": (round(totals["cublas fp16"], 2), shapes["cublas fp16"]),
+                                            "best": [(k, round(v, 2), shapes[k]) for k, v in best[:6]],
+                                            "best int8": [(k, round(v, 2), shapes[k])
+                                                          for k, v in best if "int8" in k][:3]}
+        print(json.dumps(report["linear"][f"rows={rows}"]), flush=True)
+    for rows, capacity, pos in ((1, 16, 15), (16, 16, 15), (1, 1024, 255), (16, 1024, 255)):
+        cache = torch.randn(rows, 2, 20, capacity, 64, device="cuda", dtype=torch.float16)
+        qkv = torch.randn(rows, 3840, device="cuda", dtype=torch.float16)
+        out = torch.empty(rows, 1280, device="cuda", dtype=torch.float16)
+        position = torch.full((rows,), pos, device="cuda")
+
+        def torch_attention():
+            q, k, v = qkv.view(rows, 3, 20, 1, 64).unbind(1)
+            cache[:, 0, :, pos] = k[:, :, 0]
+            cache[:, 1, :, pos] = v[:, :, 0]
+            F.scaled_dot_product_attention(q, cache[:, 0, :, : pos + 1], cache[:, 1, :, : pos + 1])
+
+        timings = {"torch us": round(time_us(torch_attention), 2)}
+        for warps in (1, 2, 4, 8):
+            decode_kernels.ATTENTION_WARPS[capacity <= 32] = warps
+            timings[f"fused {warps} warps us"] = round(time_us(lambda: decode_attention(qkv, cache, out, position)), 2)
+        report["attention"][f"rows={rows} keys={pos + 1}"] = timings
+        print(json.dumps({f"rows={rows} keys={pos + 1}": timings}), flush=True)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Fused decode kernels for the fast path (CUDA, Triton): few launches, each overlapping the last.
+
+At one activation row every matrix product is bound by fetching its weights and by the latency
+of a kernel launch (~2 us each, even in a CUDA graph). PyTorch ops spent ~11 kernels a layer
+(cuBLAS, LayerNorms, residual adds, cache writes, attention); here a layer is five:
+
+    qkv  = LayerNorm_1(x) @ Wqkv + b          _gemv (LayerNorm prologue)
+    attn = attention(q, cache + new k, v)     _decode_attention (writes k, v into the cache)
+    x   += attn @ Wproj + b                   _gemv (residual epilogue, in place)
+    h    = GELU(LayerNorm_2(x) @ Wfc + b)     _gemv (LayerNorm prologue, GELU epilogue)
+    x   += h @ Wfc2 + b                       _gemv (residual epilogue, in place)
+
+Every kernel is launched with programmatic dependent launch where the GPU has it (Hopper and
+later): it starts while its predecessor runs, loads its constant weights whole, and only then
+waits for its input, so weight fetches overlap the chain instead of following it.
+
+The residual stream x stays float32 (more exact than the fp16 reference, never less). Weights
+are stored [out, in], fp16 or int8 with one scale per output channel (the int8-wo recipe of
+engines/quantize.py). 2-16 rows (batched decoding) go through cuBLAS, longer inputs (prefill)
+through a tensor-core tile (_linear). Every program reduces over the whole input dimension in a
+fixed order (no atomics): the same inputs give the same bits on every run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _gelu_tanh(x):
+    inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * inner)) - 1.0))
+
+
+@triton.jit
+def _after_producer(USE_PDL: tl.constexpr):
+    """With programmatic dependent launch (Hopper and later) a kernel starts while the ones before
+    it still run: let the next kernel start its own constant-only prologue (its weight loads),
+    then wait until the previous kernel has finished and its writes are visible. Nothing before
+    this call may read activations or write anything; as every kernel waits for its
+    predecessor, each also follows all earlier ones."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+
+
+def pdl_enabled() -> bool:
+    """Programmatic dependent launch needs compute capability 9.0+ (not the Triton interpreter)."""
+    global _PDL
+    if _PDL is None:
+        _PDL = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
+                and torch.cuda.get_device_capability()[0] >= 9)
+    return _PDL
+
+
+_PDL: bool | None = None
+
+
+@triton.jit
+def _linear(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, M, N, stride_x, stride_out, eps,
+            K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+            W_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            USE_PDL: tl.constexpr):
+    # K is a compile-time constant and the loops over it are unrolled, so a program issues all
+    # its weight loads at once instead of waiting out one memory latency per step of K.
+    pid_n = tl.program_id(0)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    rows = rm < M
+    cols = rn < N
+    x_rows = x_ptr + rm[:, None] * stride_x
+    _after_producer(USE_PDL)
+    if LN:  # one pass: sums about the row's first value (a shift that keeps the variance exact)
+        shift = tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)
+        s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k in tl.static_range(0, K, BLOCK_K):
+            d = tl.load(x_rows + (k + rk)[None, :], mask=rows[:, None], other=0.0).to(tl.float32) - shift[:, None]
+            s1 += tl.sum(d, 1)
+            s2 += tl.sum(d * d, 1)
+        mean = s1 / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+        mean += shift
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    w_rows = w_ptr + rn[:, None] * K
+    for k in tl.static_range(0, K, BLOCK_K):
+        x = tl.load(x_rows + (k + rk)[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
+        if LN:
+            x = (x - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k + rk).to(tl.float32)[None, :] \
+                + tl.load(lnb_ptr + k + rk).to(tl.float32)[None, :]
+        w = tl.load(w_rows + (k + rk)[None, :], mask=cols[:, None], other=0.0)  # [BLOCK_N, BLOCK_K]
+        if BLOCK_M == 1:  # one row: a plain dot product per output, no tensor-core padding
+            acc += tl.sum(w.to(tl.float32) * x, 1)[None, :]
+        else:
+            acc += tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))
+    if W_INT8:
+        acc = acc * tl.load(scale_ptr + rn, mask=cols, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=cols, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = _gelu_tanh(acc)
+    out = out_ptr + rm[:, None] * stride_out + rn[None, :]
+    both = rows[:, None] & cols[None, :]
+    if RESIDUAL:  # out holds the residual stream; each program owns its columns, so in place is safe
+        acc += tl.load(out, mask=both, other=0.0).to(tl.float32)
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=both)
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, N, eps, K: tl.constexpr,
+          LN: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+          W_INT8: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
+    """One activation row (batch-1 decoding): each program reads its BLOCK_N weight rows whole, in
+    one load issued before it waits for its input (BLOCK_K >= K), so the fetch overlaps the end
+    of the previous kernel instead of following it."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    cols = rn < N
+    inside = rk < K
+    # Everything constant is loaded before the wait, off the critical path.
+    w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=cols[:, None] & inside[None, :], other=0.0)
+    if W_INT8:
+        scale = tl.load(scale_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    if LN:
+        ln_w = tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)
+        ln_b = tl.load(lnb_ptr + rk, mask=inside, other=0.0).to(tl.float32)
+    _after_producer(USE_PDL)
+    x = tl.load(x_ptr + rk, mask=inside, other=0.0).to(tl.float32)
+    if LN:  # one round of reductions, both sums at once, taken about the row's first value (the
+        # shift keeps E[d^2] - E[d]^2 from cancelling when the row's mean is large)
+        d = tl.where(inside, x - tl.load(x_ptr).to(tl.float32), 0.0)
+        s1 = tl.sum(d, 0) / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(d * d, 0) / K - s1 * s1, 0.0) + eps)
+        x = (d - s1) * rstd * ln_w + ln_b
+    acc = tl.sum(w.to(tl.float32) * x[None, :], 1)
+    if W_INT8:
+        acc = acc * scale
+    if HAS_BIAS:
+        acc += bias
+    if GELU:
+        acc = _gelu_tanh(acc)
+    if RESIDUAL:  # out holds the residual stream; each program owns its columns, so in place is safe
+        acc += tl.load(out_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=cols)
+
+
+@triton.jit
+def _decode_attention(qkv_ptr, stride_qkv, cache_ptr, stride_cb, stride_ckv, stride_ch, stride_ct, out_ptr,
+                      stride_out, pos_ptr, pos_const, scale, HIDDEN: tl.constexpr, D: tl.constexpr,
+                      PER_ROW: tl.constexpr, BLOCK_T: tl.constexpr, USE_PDL: tl.constexpr):
+    """One query per (row, head): write the new key and value at the row's position, attend
+    over positions 0..pos (the new key from registers, earlier ones from the cache)."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, D)
+    _after_producer(USE_PDL)
+    src = qkv_ptr + row * stride_qkv + head * D + d
+    q = tl.load(src).to(tl.float32)
+    k_new = tl.load(src + HIDDEN)
+    v_new = tl.load(src + 2 * HIDDEN)
+    pos = tl.load(pos_ptr + row) if PER_ROW else pos_const
+    keys = cache_ptr + row * stride_cb + head * stride_ch
+    values = keys + stride_ckv
+    # Online softmax, starting from the new key (it is always visible).
+    m = tl.sum(q * k_new.to(cache_ptr.dtype.element_ty).to(tl.float32), 0) * scale
+    l = m * 0.0 + 1.0
+    acc = v_new.to(cache_ptr.dtype.element_ty).to(tl.float32)
+    for start in range(0, pos, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        seen = t < pos
+        k = tl.load(keys + t[:, None] * stride_ct + d[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+        v = tl.load(values + t[:, None] * stride_ct + d[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+        s = tl.where(seen, tl.sum(k * q[None, :], 1) * scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new)
+        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+        l = l * alpha + tl.sum(p, 0)
+        m = m_new
+    tl.store(out_ptr + row * stride_out + head * D + d, (acc / l).to(out_ptr.dtype.element_ty))
+    # The cache writes come last: stores before the loop would hold its loads back (the compiler
+    # cannot tell that position pos is never read).
+    tl.store(keys + pos * stride_ct + d, k_new.to(cache_ptr.dtype.element_ty))
+    tl.store(values + pos * stride_ct + d, v_new.to(cache_ptr.dtype.element_ty))
+
+
+def _float_params(ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LayerNorm's weight and bias in float32, converted once (the residual stream is float32)."""
+    cached = _LN_FLOAT.get(ln)
+    if cached is None:
+        cached = _LN_FLOAT[ln] = (ln.weight.detach().float(), ln.bias.detach().float())
+    return cached
+
+
+_LN_FLOAT: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _divisor(n: int, choices: tuple[int, ...]) -> int | None:
+    return next((c for c in choices if n % c == 0), None)
+
+
+class PackedLinear:
+    """A GPT-2 Conv1D (weight [in, out]) repacked [out, in] for the fused kernel, as fp16 or
+    int8 with a per-output-channel scale."""
+
+    # One row: _gemv, a program per BLOCK_N weight rows held whole (BLOCK_N * next_pow2(in) <=
+    # GEMV_ELEMENTS). Up to CUBLAS_ROWS rows: cuBLAS. More rows (prefill) or int8: _linear,
+    # tiles (BLOCK_N, BLOCK_K, warps). From a sweep on an H200 (benchmarks/decode_kernel_sweep.py).
+    GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
+    CUBLAS_ROWS = 16  # 2..16 rows of fp16 weights: cuBLAS (see _cublas)
+    TILES = (32, 256, 4)
+
+    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False) -> None:
+        w = weight_in_out.detach().float().t().contiguous()  # [out, in]
+        self.n, self.k = w.shape
+        if self.k % 16:
+            raise ValueError(f"fused kernels need an input size divisible by 16, got {self.k}")
+        if int8:
+            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0  # symmetric, per output channel
+            self.weight = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+            self.scale = scale.to(torch.float16)
+        else:
+            self.weight, self.scale = w.to(torch.float16), None
+        self.bias = None if bias is None else bias.detach().to(torch.float16)
+
+    def to(self, device: torch.device | str) -> "PackedLinear":
+        self.weight = self.weight.to(device)
+        self.scale = None if self.scale is None else self.scale.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+        return self
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale, self.bias) if t is not None)
+
+    def _cublas(self, x: torch.Tensor, ln: torch.nn.LayerNorm | None, gelu: bool, residual: torch.Tensor | None,
+                out: torch.Tensor) -> torch.Tensor:
+        """A few rows (batched decoding) on cuBLAS. At 16 rows _gemv's per-row reductions took 5x
+        cuBLAS's time and _linear's tensor-core tiles 2x (benchmarks/decode_kernel_sweep.py)."""
+        if ln is not None:
+            x = F.layer_norm(x.float(), (self.k,), *_float_params(ln), ln.eps)
+        x = x.to(self.weight.dtype)
+        bias = self.bias if self.bias is not None else torch.zeros(self.n, dtype=x.dtype, device=x.device)
+        if residual is not None:
+            out += torch.addmm(bias, x, self.weight.t())
+            return out
+        same = out.dtype == x.dtype  # cuBLAS writes its own dtype (logits are float32)
+        target = out if same else torch.empty(out.shape, dtype=x.dtype, device=x.device)
+        if gelu:
+            torch._addmm_activation(bias, x, self.weight.t(), use_gelu=True, out=target)
+        else:
+            torch.addmm(bias, x, self.weight.t(), out=target)
+        if not same:
+            out.copy_(target)
+        return out
+
+    def __call__(self, x: torch.Tensor, *, ln: torch.nn.LayerNorm | None = None, gelu: bool = False,
+                 residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                 out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        """act(LN(x) @ W + b) [+ residual, accumulated in place into ``residual``]."""
+        x2 = x.reshape(-1, self.k)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        m = x2.shape[0]
+        if residual is not None:
+            out = residual.view(m, self.n)
+        elif out is None:
+            out = torch.empty((m, self.n), dtype=out_dtype, device=x.device)
+        dummy = self.weight
+        if m == 1:
+            block_k = triton.next_power_of_2(self.k)
+            block_n = max(1, self.GEMV_ELEMENTS // block_k)
+            _gemv[(triton.cdiv(self.n, block_n),)](
+                x2, self.weight, self.scale if self.scale is not None else dummy,
+                self.bias if self.bias is not None else dummy, ln.weight if ln is not None else dummy,
+                ln.bias if ln is not None else dummy, out, self.n, ln.eps if ln is not None else 0.0, K=self.k,
+                LN=ln is not None, GELU=gelu, RESIDUAL=residual is not None, HAS_BIAS=self.bias is not None,
+                W_INT8=self.scale is not None,
+                BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=self.GEMV_WARPS,
+                launch_pdl=pdl_enabled())
+            return out.view(*x.shape[:-1], self.n)
+        if m <= self.CUBLAS_ROWS and self.scale is None:
+            return self._cublas(x2, ln, gelu, residual, out).view(*x.shape[:-1], self.n)
+        block_m = min(64, max(16, triton.next_power_of_2(m)))
+        block_n, block_k, warps = self.TILES
+        block_k = _divisor(self.k, tuple(b for b in (1024, 512, 256, 128, 64, 32, 16) if b <= block_k))
+        grid = (triton.cdiv(self.n, block_n), triton.cdiv(m, block_m))
+        _linear[grid](x2, self.weight, self.scale if self.scale is not None else dummy,
+                      self.bias if self.bias is not None else dummy, ln.weight if ln is not None else dummy,
+                      ln.bias if ln is not None else dummy, out, m, self.n, x2.stride(0), out.stride(0),
+                      ln.eps if ln is not None else 0.0, K=self.k, LN=ln is not None, GELU=gelu,
+                      RESIDUAL=residual is not None, HAS_BIAS=self.bias is not None,
+                      W_INT8=self.scale is not None, BLOCK_M=block_m,
+                      BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=warps,
+                      launch_pdl=pdl_enabled())
+        return out.view(*x.shape[:-1], self.n)
+
+
+# Warps of decode_attention for (patch level, char level: at most 32 positions), from
+# benchmarks/decode_kernel_sweep.py on an H200.
+ATTENTION_WARPS = {False: 8, True: 1}
+
+
+def decode_attention(qkv: torch.Tensor, cache: torch.Tensor, out: torch.Tensor, position: torch.Tensor | int) -> None:
+    """qkv [B, 3H] (one new position per row) -> out [B, H]; writes k, v into cache
+    [B, 2, heads, capacity, 64] at ``position`` (an int for every row, or a [B] tensor)."""
+    b, _, heads, capacity, d = cache.shape
+    per_row = isinstance(position, torch.Tensor)
+    _decode_attention[(b, heads)](
+        qkv, qkv.stride(0), cache, cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3), out,
+        out.stride(0), position if per_row else qkv, 0 if per_row else int(position), d ** -0.5,
+        HIDDEN=heads * d, D=d, PER_ROW=per_row, BLOCK_T=min(128, triton.next_power_of_2(capacity)),
+        USE_PDL=pdl_enabled(), num_warps=ATTENTION_WARPS[capacity <= 32], launch_pdl=pdl_enabled())
