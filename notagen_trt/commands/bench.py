@@ -32,16 +32,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.model:
             model_dir = Path(args.model)
             config = model_config(read_manifest(model_dir))
-        else:  # random weights are fine for speed; export them once for the ONNX Runtime rows
-            import torch
-
-            from notagen_trt.export.model import NotaGenModel
-            from notagen_trt.export.onnx_export import export_onnx
-
+        else:  # random weights are fine for speed; export them once if ONNX Runtime rows need them
             config = bench.config_for(args.size)
-            torch.manual_seed(0)
             model_dir = Path(tmp) / "model"
-            export_onnx(NotaGenModel(config), model_dir, parity=False)
+            if any(b.startswith("ort") for b in backends):
+                import torch
+
+                from notagen_trt.export.model import NotaGenModel
+                from notagen_trt.export.onnx_export import export_onnx
+
+                torch.manual_seed(0)
+                export_onnx(NotaGenModel(config), model_dir, parity=False)
         if args.context + args.warmup + args.patches >= config.patch_length:
             raise NotaGenError(f"--context {args.context} + {args.warmup + args.patches} timed patches must stay "
                                f"below the model's PATCH_LENGTH {config.patch_length}")
@@ -163,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", default="ort-cpu,torch-cached",
                    help="comma list: ort-cpu, ort-cuda, torch-cached, torch-fast (CUDA graphs on a GPU)")
     p.add_argument("--precisions", type=lambda t: [v for v in t.split(",") if v], default=["fp32"],
-                   help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, fp16)")
+                   help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, fp16, and int8-wo on torch-fast)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
     p.add_argument("--context", type=int, default=256, help="context length in patches (default 256)")
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
