@@ -50,12 +50,18 @@ def _after_producer(USE_PDL: tl.constexpr):
 
 
 def pdl_enabled() -> bool:
-    """Programmatic dependent launch needs compute capability 9.0+ (not the Triton interpreter)."""
+    """Programmatic dependent launch needs compute capability 9.0+ and a Triton that has it
+    (3.4+); never under the Triton interpreter."""
     global _PDL
     if _PDL is None:
-        _PDL = (os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available()
-                and torch.cuda.get_device_capability()[0] >= 9)
+        _PDL = (os.environ.get("TRITON_INTERPRET") != "1" and hasattr(tl.extra.cuda, "gdc_wait")
+                and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9)
     return _PDL
+
+
+def pdl_launch() -> dict[str, bool]:
+    """The launch option, only where it is on (older Triton does not know the keyword)."""
+    return {"launch_pdl": True} if pdl_enabled() else {}
 
 
 _PDL: bool | None = None
@@ -284,7 +290,7 @@ class PackedLinear:
                 LN=ln is not None, GELU=gelu, RESIDUAL=residual is not None, HAS_BIAS=self.bias is not None,
                 W_INT8=self.scale is not None,
                 BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=self.GEMV_WARPS,
-                launch_pdl=pdl_enabled())
+                **pdl_launch())
             return out.view(*x.shape[:-1], self.n)
         if m <= self.CUBLAS_ROWS and self.scale is None:
             return self._cublas(x2, ln, gelu, residual, out).view(*x.shape[:-1], self.n)
@@ -299,7 +305,7 @@ class PackedLinear:
                       RESIDUAL=residual is not None, HAS_BIAS=self.bias is not None,
                       W_INT8=self.scale is not None, BLOCK_M=block_m,
                       BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=warps,
-                      launch_pdl=pdl_enabled())
+                      **pdl_launch())
         return out.view(*x.shape[:-1], self.n)
 
 
@@ -317,4 +323,4 @@ def decode_attention(qkv: torch.Tensor, cache: torch.Tensor, out: torch.Tensor, 
         qkv, qkv.stride(0), cache, cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3), out,
         out.stride(0), position if per_row else qkv, 0 if per_row else int(position), d ** -0.5,
         HIDDEN=heads * d, D=d, PER_ROW=per_row, BLOCK_T=min(128, triton.next_power_of_2(capacity)),
-        USE_PDL=pdl_enabled(), num_warps=ATTENTION_WARPS[capacity <= 32], launch_pdl=pdl_enabled())
+        USE_PDL=pdl_enabled(), num_warps=ATTENTION_WARPS[capacity <= 32], **pdl_launch())

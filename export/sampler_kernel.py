@@ -14,7 +14,7 @@ import triton.language as tl
 
 from notagen_trt.runtime.sampling import SamplingParams
 
-from .decode_kernels import _after_producer, pdl_enabled
+from .decode_kernels import _after_producer, pdl_enabled, pdl_launch
 
 
 @triton.jit
@@ -73,4 +73,4 @@ def sample_into(logits: torch.Tensor, u: torch.Tensor, forced: torch.Tensor, for
                          forced.stride(0), out, out.stride(0), params.top_k, params.top_p,
                          1.0 / params.temperature, wte, wpe_row, x, x.stride(0), h, V=vocab,
                          EMBED=embed is not None, BLOCK_H=triton.next_power_of_2(h), USE_PDL=pdl_enabled(),
-                         num_warps=16, launch_pdl=pdl_enabled())  # 16 warps: the [V, V] rank tile
+                         num_warps=16, **pdl_launch())  # 16 warps: the [V, V] rank tile
