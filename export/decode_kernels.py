@@ -72,8 +72,8 @@ def _linear(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, M, N, 
             K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
             W_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             USE_PDL: tl.constexpr):
-    # K is a compile-time constant and the loops over it are unrolled, so a program issues all
-    # its weight loads at once instead of waiting out one memory latency per step of K.
+    # 16+ rows (prefill, int8 batches) on tensor cores. K is a compile-time constant and the
+    # loops over it are unrolled, so a program can issue its weight loads ahead of use.
     pid_n = tl.program_id(0)
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -82,7 +82,7 @@ def _linear(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, M, N, 
     cols = rn < N
     x_rows = x_ptr + rm[:, None] * stride_x
     _after_producer(USE_PDL)
-    if LN:  # one pass: sums about the row's first value (a shift that keeps the variance exact)
+    if LN:  # one pass: sums about the row's first value (the shift keeps them from cancelling)
         shift = tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)
         s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
         s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -101,10 +101,7 @@ def _linear(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, M, N, 
             x = (x - mean[:, None]) * rstd[:, None] * tl.load(lnw_ptr + k + rk).to(tl.float32)[None, :] \
                 + tl.load(lnb_ptr + k + rk).to(tl.float32)[None, :]
         w = tl.load(w_rows + (k + rk)[None, :], mask=cols[:, None], other=0.0)  # [BLOCK_N, BLOCK_K]
-        if BLOCK_M == 1:  # one row: a plain dot product per output, no tensor-core padding
-            acc += tl.sum(w.to(tl.float32) * x, 1)[None, :]
-        else:
-            acc += tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))
+        acc += tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))
     if W_INT8:
         acc = acc * tl.load(scale_ptr + rn, mask=cols, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
@@ -243,26 +240,24 @@ class PackedLinear:
         self.bias = None if self.bias is None else self.bias.to(device)
         return self
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.weight, self.scale, self.bias) if t is not None)
-
     def _cublas(self, x: torch.Tensor, ln: torch.nn.LayerNorm | None, gelu: bool, residual: torch.Tensor | None,
                 out: torch.Tensor) -> torch.Tensor:
         """A few rows (batched decoding) on cuBLAS. At 16 rows _gemv's per-row reductions took 5x
         cuBLAS's time and _linear's tensor-core tiles 2x (benchmarks/decode_kernel_sweep.py)."""
         if ln is not None:
             x = F.layer_norm(x.float(), (self.k,), *_float_params(ln), ln.eps)
-        x = x.to(self.weight.dtype)
-        bias = self.bias if self.bias is not None else torch.zeros(self.n, dtype=x.dtype, device=x.device)
+        x, w = x.to(self.weight.dtype), self.weight.t()
         if residual is not None:
-            out += torch.addmm(bias, x, self.weight.t())
+            out += torch.addmm(self.bias, x, w)
             return out
         same = out.dtype == x.dtype  # cuBLAS writes its own dtype (logits are float32)
         target = out if same else torch.empty(out.shape, dtype=x.dtype, device=x.device)
-        if gelu:
-            torch._addmm_activation(bias, x, self.weight.t(), use_gelu=True, out=target)
+        if self.bias is None:  # the lm_head
+            torch.mm(x, w, out=target)
+        elif gelu:
+            torch._addmm_activation(self.bias, x, w, use_gelu=True, out=target)
         else:
-            torch.addmm(bias, x, self.weight.t(), out=target)
+            torch.addmm(self.bias, x, w, out=target)
         if not same:
             out.copy_(target)
         return out

@@ -79,22 +79,13 @@ def _finish(block: Block, x: torch.Tensor, y: torch.Tensor, linear: Linear = den
     return x + linear(mlp.c_proj, linear(mlp.c_fc, block.ln_2(x), True), False)
 
 
-def _decode_kernels():
-    """export.decode_kernels where Triton is installed, else None."""
+def _triton_kernels():
+    """(export.decode_kernels, export.sampler_kernel) where Triton is installed, else None."""
     try:
-        from . import decode_kernels
+        from . import decode_kernels, sampler_kernel
     except ImportError:  # no triton (CPU-only installs)
         return None
-    return decode_kernels
-
-
-def _device_sampler():
-    """The one-kernel Triton sampler where it can run, else None (CPU: sample_torch)."""
-    try:
-        from .sampler_kernel import sample_into
-    except ImportError:  # no triton (CPU-only installs)
-        return None
-    return sample_into
+    return decode_kernels, sampler_kernel
 
 
 class FastGenerator:
@@ -108,7 +99,9 @@ class FastGenerator:
         # fp16 (or int8 weight-only) on CUDA with Triton: the fused decode kernels, weights
         # repacked [out, in] on the host so the GPU never holds two copies. fp32 stays on the
         # PyTorch ops: it is the path that reproduces the reference exactly.
-        kernels = _decode_kernels() if torch.device(device).type == "cuda" else None
+        triton_kernels = _triton_kernels() if torch.device(device).type == "cuda" else None
+        kernels = triton_kernels[0] if triton_kernels else None
+        self._kernels = kernels
         self.fused = kernels is not None and (dtype == torch.float16 or weights == "int8")
         if weights == "int8" and not self.fused:
             raise ValueError("int8 weights need a CUDA GPU and Triton (the fused decode kernels)")
@@ -141,7 +134,8 @@ class FastGenerator:
         self.forced_mask = zeros(batch, PATCH_SIZE, dt=torch.bool)
         self.tokens = zeros(batch, PATCH_SIZE, dt=torch.long)
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._sample_into = _device_sampler() if self.device.type == "cuda" else None
+        # One Triton kernel per character where it can run, else sample_torch (CPU).
+        self._sample_into = triton_kernels[1].sample_into if triton_kernels else None
         if self.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
             h = cfg.hidden_size
             self.x = zeros(batch, h, dt=torch.float32)
@@ -188,11 +182,9 @@ class FastGenerator:
 
     def _fused_layer(self, block: Block, kv: torch.Tensor, position: torch.Tensor | int) -> None:
         """One block on the residual stream ``self.x`` in five kernels (export/decode_kernels.py)."""
-        from .decode_kernels import decode_attention
-
         packed = self._packed
         packed[block.attn.c_attn](self.x, ln=block.ln_1, out=self.qkv)
-        decode_attention(self.qkv, kv, self.attn, position)
+        self._kernels.decode_attention(self.qkv, kv, self.attn, position)
         packed[block.attn.c_proj](self.attn, residual=self.x)
         packed[block.mlp.c_fc](self.x, ln=block.ln_2, gelu=True, out=self.mlp)
         packed[block.mlp.c_proj](self.mlp, residual=self.x)
