@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, HEAD_DIM
+from notagen_trt.config import BOS_ID
 from notagen_trt.corpus import default_split, read_pieces
 from notagen_trt.errors import NotaGenError
-from notagen_trt.runtime.onnx_backend import OrtBackend
+from notagen_trt.runtime.onnx_backend import OrtBackend, empty_past
 from notagen_trt.manifest import model_config, read_manifest
 from notagen_trt.runtime.codec import encode_windows
 
@@ -113,7 +113,7 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
     pieces, source = calibration_pieces(calib, count)
     rng = np.random.default_rng(seed)
     feeds = CalibrationFeeds(pieces=[name for name, _ in pieces], source=source)
-    empty = np.zeros((1, config.num_heads, 0, HEAD_DIM), np.float32)
+    empty = empty_past(config, 1)
 
     def run(graph: str, head: list[np.ndarray], past: list[np.ndarray]) -> list[np.ndarray]:
         feed = dict(zip(names[graph], [*head, *past]))
@@ -138,7 +138,7 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
         # Char level, teacher forcing: a batch of patches, each [bos, its 16 chars].
         rows = rng.choice(np.arange(1, n), size=min(CHAR_ROWS, n - 1), replace=False)
         ids = np.concatenate([np.full((len(rows), 1), BOS_ID, np.int64), window[rows]], axis=1)
-        empty_char = np.zeros((len(rows), config.num_heads, 0, HEAD_DIM), np.float32)
+        empty_char = empty_past(config, len(rows))
         run("char_decoder", [ids, hidden[rows - 1]], [empty_char] * (2 * config.char_num_layers))
 
         # Char level, generation style: bos + forced prefix, then single characters on the cache.

@@ -11,13 +11,14 @@ from notagen_trt.manifest import read_manifest
 CHOICES = ("auto", "tensorrt", "ort-cuda", "ort-cpu")
 
 
-def _ort_providers() -> list[str]:
+def _ort_backend():
+    """The OrtBackend class; a missing onnxruntime is one line that says what to install."""
     try:
-        import onnxruntime as ort
+        from .onnx_backend import OrtBackend
     except ImportError:
         raise NotaGenError("ONNX Runtime is not installed: pip install 'notagen-trt[ort]' (CPU) or "
                            "'notagen-trt[ort-gpu]' (CUDA)") from None
-    return ort.get_available_providers()
+    return OrtBackend
 
 
 def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | None = None):
@@ -31,13 +32,14 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
     if choice == "tensorrt":
         raise NotaGenError(f"{model_dir}: an ONNX model directory; build engines with `notagen-trt build --model "
                            f"{model_dir} --out DIR` and pass --model DIR")
-    from .onnx_backend import OrtBackend
-
+    OrtBackend = _ort_backend()
     if choice == "ort-cpu":
         return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (asked for)"
     if choice == "ort-cuda":
         return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA (asked for)"
-    if "CUDAExecutionProvider" not in _ort_providers():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
         return OrtBackend(model_dir, "cpu", threads), "ONNX Runtime on the CPU (this ONNX Runtime has no CUDA provider)"
     try:  # onnxruntime-gpu lists CUDA even where no GPU or library lets it run
         return OrtBackend(model_dir, "cuda", threads), "ONNX Runtime with CUDA"

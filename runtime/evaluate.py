@@ -29,7 +29,7 @@ from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
 from .codec import encode_windows
-from .onnx_backend import Device, OrtBackend
+from .onnx_backend import Device, OrtBackend, empty_past
 
 ROWS_PER_CALL = 1024  # char-graph rows (patches) per call
 
@@ -62,10 +62,11 @@ class TeacherForced:
     reference_bits_per_char: float | None = None
 
 
-def teacher_forced(model_dir: str | Path, pieces: list[str], reference: str | Path | None = None,
+def teacher_forced(model_dir: str | Path | OrtBackend, pieces: list[str], reference: str | Path | None = None,
                    device: Device = "cpu", threads: int | None = None) -> TeacherForced:
-    """Bits per character of ``model_dir`` on ``pieces``; agreement with ``reference`` if given."""
-    model = OrtBackend(model_dir, device, threads)
+    """Bits per character of ``model_dir`` (or a loaded backend) on ``pieces``; agreement with
+    ``reference`` if given."""
+    model = model_dir if isinstance(model_dir, OrtBackend) else OrtBackend(model_dir, device, threads)
     ref = OrtBackend(reference, device, threads) if reference is not None else None
     length = model.config.patch_length
     if ref is not None and ref.config != model.config:
@@ -111,7 +112,7 @@ def teacher_forced(model_dir: str | Path, pieces: list[str], reference: str | Pa
 
 def _patch_hidden(backend: OrtBackend, window: np.ndarray) -> np.ndarray:
     g = backend.patch
-    empty = np.zeros((1, backend.config.num_heads, 0, 64), np.float32)
+    empty = empty_past(backend.config, 1)
     feeds = {g.inputs[0]: window[None], **{n: empty for n in g.past_names}}
     return g.session.run(g.outputs[:1], feeds)[0][0]
 
@@ -122,7 +123,7 @@ def _char_logits(backend: OrtBackend, ids: np.ndarray, hidden: np.ndarray) -> np
     out = []
     for start in range(0, len(ids), ROWS_PER_CALL):
         chunk = ids[start:start + ROWS_PER_CALL]
-        empty = np.zeros((len(chunk), backend.config.num_heads, 0, 64), np.float32)
+        empty = empty_past(backend.config, len(chunk))
         feeds = {g.inputs[0]: chunk, g.inputs[1]: hidden[start:start + ROWS_PER_CALL].astype(np.float32),
                  **{n: empty for n in g.past_names}}
         out.append(g.session.run(g.outputs[:1], feeds)[0][:, :-1].astype(np.float32))
@@ -246,11 +247,11 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
              threads: int | None = None) -> dict[str, Any]:
     """The whole report of ``notagen-trt eval`` for an ONNX model directory."""
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir, expect_kind="onnx")
     ref = reference_dir(model_dir)
-    tf = teacher_forced(model_dir, pieces, ref, device, threads)
+    backend = OrtBackend(model_dir, device, threads)  # loaded once, for both halves of the report
+    tf = teacher_forced(backend, pieces, ref, device, threads)
     result: dict[str, Any] = {
-        "model": str(model_dir), "precision": manifest.get("precision", "fp32"),
+        "model": str(model_dir), "precision": backend.manifest.get("precision", "fp32"),
         "reference": str(ref) if ref else None, "pieces": len(pieces), "chars": tf.chars,
         "bits_per_char": round(tf.bits_per_char, 5), "top1_agreement": _round(tf.top1_agreement, 5),
         "max_abs_logit_diff": _round(tf.max_abs_logit_diff, 5), "mean_abs_logit_diff": _round(tf.mean_abs_logit_diff, 6),
@@ -259,7 +260,7 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
         result["reference_bits_per_char"] = round(tf.reference_bits_per_char, 5)
         result["bits_per_char_change"] = round(tf.bits_per_char / tf.reference_bits_per_char - 1, 5)
     if num_generated > 0:
-        checks = generated_validity(OrtBackend(model_dir, device, threads), num_generated)
+        checks = generated_validity(backend, num_generated)
         result["valid_fraction"] = sum(c.valid for c in checks) / len(checks)
         result["generated"] = [{**asdict(c), "valid": c.valid} for c in checks]
     else:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from notagen_trt.config import HEAD_DIM
+from notagen_trt.config import HEAD_DIM, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_file, model_config, read_manifest
 
@@ -81,12 +81,10 @@ class _Session:
         self.backend = backend
         self.reset()
 
-    def _empty(self, batch: int) -> np.ndarray:
-        return np.zeros((batch, self.backend.config.num_heads, 0, HEAD_DIM), dtype=np.float32)
-
     def reset(self) -> None:
         self._patch_past: Past | None = None
         self._char_past: Past = []
+        self._zero_hidden: np.ndarray | None = None  # set by char_start_batch
 
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
         raise NotImplementedError
@@ -96,7 +94,7 @@ class _Session:
         """patches [B, k, 16] -> the last patch's hidden state per row, [B, H]."""
         g = self.backend.patch
         patches = _ids(patches)
-        past = self._patch_past or [self._empty(len(patches))] * len(g.past_names)
+        past = self._patch_past or [empty_past(self.backend.config, len(patches))] * len(g.past_names)
         hidden, self._patch_past = self._run(g, {g.inputs[0]: patches}, past)
         return hidden[:, -1]
 
@@ -105,16 +103,18 @@ class _Session:
         g = self.backend.char
         tokens = _ids(tokens)
         head = {g.inputs[0]: tokens, g.inputs[1]: np.asarray(hidden, dtype=np.float32)}
-        logits, self._char_past = self._run(g, head, [self._empty(len(tokens))] * len(g.past_names))
+        past = [empty_past(self.backend.config, len(tokens))] * len(g.past_names)
+        logits, self._char_past = self._run(g, head, past)
+        # patch_hidden is ignored after position 0: the patch's char steps share one zero [B, H].
+        self._zero_hidden = np.zeros_like(head[g.inputs[1]])
         return logits[:, -1]
 
     def char_step_batch(self, tokens: np.ndarray) -> np.ndarray:
         """One more character per row, [B] -> next logits [B, 128]."""
         g = self.backend.char
         tokens = _ids(tokens)[:, None]
-        # patch_hidden is ignored after position 0; any [B, H] tensor will do for char steps.
-        zero = np.zeros((len(tokens), self.backend.config.hidden_size), dtype=np.float32)
-        logits, self._char_past = self._run(g, {g.inputs[0]: tokens, g.inputs[1]: zero}, self._char_past)
+        logits, self._char_past = self._run(g, {g.inputs[0]: tokens, g.inputs[1]: self._zero_hidden},
+                                            self._char_past)
         return logits[:, -1]
 
     # The runtime's DecoderSession protocol: one piece, batch 1.
@@ -128,6 +128,11 @@ class _Session:
         return self.char_step_batch(_ids([token]))[0]
 
 
+def empty_past(config: ModelConfig, batch: int) -> np.ndarray:
+    """A zero-length KV cache, [batch, heads, 0, 64]: the ``past`` of a first call."""
+    return np.zeros((batch, config.num_heads, 0, HEAD_DIM), dtype=np.float32)
+
+
 def _ids(values: np.ndarray | list[int] | list[list[int]]) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
@@ -138,18 +143,6 @@ class CpuSession(_Session):
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
         out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
         return out, present
-
-    def char_step(self, token: int) -> np.ndarray:
-        # The per-character hot path at batch 1 (15 calls a patch): the feeds are built directly,
-        # with the ignored patch_hidden allocated once, instead of through the batch helpers.
-        g = self.backend.char
-        if not hasattr(self, "_zero_hidden"):
-            self._zero_hidden = np.zeros((1, self.backend.config.hidden_size), dtype=np.float32)
-        feeds = dict(zip(g.past_names, self._char_past))
-        feeds[g.inputs[0]] = np.array([[token]], dtype=np.int64)
-        feeds[g.inputs[1]] = self._zero_hidden
-        logits, *self._char_past = g.session.run(g.outputs, feeds)
-        return logits[0, -1]
 
 
 class CudaSession(_Session):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, HEAD_DIM
+from notagen_trt.config import BOS_ID
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import GRAPH_NAMES, model_config, read_manifest
 
@@ -76,7 +76,7 @@ def _checkpoint_for(manifest: dict, given: str | None) -> Path:
     if source.get("checkpoint") and Path(source["checkpoint"]).is_file():
         return Path(source["checkpoint"])
     from notagen_trt.demo import demo_checkpoint
-    from notagen_trt.engines.engine_manifest import sha256_file
+    from notagen_trt.files import sha256_file
 
     digest = source.get("sha256") or source.get("checkpoint_sha256")  # export / precision variant
     if digest is None:
@@ -105,11 +105,11 @@ def real_feeds(manifest: dict, infer: Infer, data: Path, pieces: int, prefill: i
     """Per graph, the feeds of four phases per piece, KV caches computed by ``infer``."""
     from notagen_trt.corpus import read_pieces
     from notagen_trt.runtime import codec
+    from notagen_trt.runtime.onnx_backend import empty_past
 
     config = model_config(manifest)
     texts = read_pieces(data)
     chosen = [texts[i] for i in np.linspace(0, len(texts) - 1, min(pieces, len(texts))).astype(int)]
-    heads = config.num_heads
     feeds: dict[str, list] = {g: [] for g in GRAPH_NAMES}
     names = {g: [s["name"] for s in manifest["graphs"][g]["inputs"]] for g in GRAPH_NAMES}
     for _, text in chosen:
@@ -118,7 +118,7 @@ def real_feeds(manifest: dict, infer: Infer, data: Path, pieces: int, prefill: i
         p_names, c_names = names["patch_decoder"], names["char_decoder"]
 
         def empty(layers: int) -> list[np.ndarray]:
-            return [np.zeros((1, heads, 0, HEAD_DIM), np.float32)] * (2 * layers)
+            return [empty_past(config, 1)] * (2 * layers)
 
         first = dict(zip(p_names, [patches[None, :k], *empty(config.patch_num_layers)]))
         out = infer("patch_decoder", first)
