@@ -61,7 +61,7 @@ def profiles_for(spec: dict[str, Any], max_batch: int) -> list[dict[str, Any]]:
     return out
 
 
-def network_io(trt: Any, network: Any) -> dict[str, list[dict]]:
+def network_io(network: Any) -> dict[str, list[dict]]:
     """The parsed network's IO as manifest specs (dynamic dims as -1)."""
     def spec(t: Any) -> dict:
         return {"name": t.name, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}
@@ -135,7 +135,7 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
             spec = onnx_manifest["graphs"][name]
             onnx_path = graph_file(model_dir, onnx_manifest, name)
             network, _parser = _parse(trt, fl, builder, logger, onnx_path)
-            io = network_io(trt, network)
+            io = network_io(network)
             want = [s["name"] for s in spec["inputs"]], [s["name"] for s in spec["outputs"]]
             if ([s["name"] for s in io["inputs"]], [s["name"] for s in io["outputs"]]) != want:
                 raise NotaGenError(f"{onnx_path}: the parsed network's IO differs from the manifest's {want}; re-export")
@@ -178,7 +178,7 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
                 "network_io": io,
                 "profiles": profiles,
                 "plan": {"bytes": staged[path].stat().st_size, "sha256": sha256_file(staged[path])},
-                "onnx_file": onnx_spec_file(model_dir, spec),
+                "onnx_file": str(onnx_path.resolve()),
                 "onnx_sha256": onnx_digest(model_dir, spec),
                 "build_seconds": round(seconds, 3),
             }
@@ -213,7 +213,3 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
             tmp.unlink(missing_ok=True)
         raise
     return manifest
-
-
-def onnx_spec_file(model_dir: Path, spec: dict[str, Any]) -> str:
-    return str((model_dir / spec["file"]).resolve())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import sha256_file  # noqa: F401  (part of this module's API)
+from notagen_trt.files import sha256_file
 from notagen_trt.manifest import GRAPH_NAMES, graph_file, read_manifest
 
 

@@ -282,7 +282,7 @@ def test_killed_build_leaves_the_previous_engine_intact(tiny_dir, tmp_path):
     import json
 
     from notagen_trt.engines.build import build_engines
-    from notagen_trt.engines.engine_manifest import sha256_file
+    from notagen_trt.files import sha256_file
     from notagen_trt.engines.flavors import FLAVORS
 
     FLAVORS["rtx"].load()  # CI installs TensorRT-RTX; a missing install fails here, loudly
