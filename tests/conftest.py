@@ -4,7 +4,6 @@ import os
 # a 2-core machine can make each small op 100x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from notagen_trt.config import ModelConfig  # noqa: E402
@@ -39,21 +38,14 @@ V:1 treble
 TUNES = [CHORALE, FOLK]
 
 
-@pytest.fixture
-def tiny_config() -> ModelConfig:
-    return ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=2, patch_length=64)
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1234)
+# A prompt the tests generate under (one of the 112 valid ones).
+BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
+def trained_checkpoint(tmp_path_factory):
     """A tiny model trained for seconds on the test tunes, so it writes real body lines.
     PATCH_LENGTH 32 is shorter than a piece, so generation has to rebuild its context."""
-    from notagen_trt.export.checkpoint import load_model
     from notagen_trt.export.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("tunes")
@@ -61,6 +53,39 @@ def trained(tmp_path_factory):
         (d / f"{i}.abc").write_text(tune)
     cfg = ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32)
     train(cfg, d, d, d / "m.pth", TrainConfig(steps=200, eval_every=200, warmup=10, lr=3e-3, dropout=0.0), log=lambda *_: None)
-    return load_model(d / "m.pth")
+    return d / "m.pth"
 
 
+@pytest.fixture(scope="session")
+def trained(trained_checkpoint):
+    from notagen_trt.export.checkpoint import load_model
+
+    return load_model(trained_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(trained, trained_checkpoint, tmp_path_factory):
+    """The trained model exported to ONNX (with its checkpoint recorded in the manifest)."""
+    from notagen_trt.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("trained-onnx")
+    export_onnx(trained, out, checkpoint_path=trained_checkpoint)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_variant(tmp_path_factory):
+    """demo_variant(precision): the demo model quantized once per session, on first request
+    (16 calibration pieces: tests/test_precision.py gates on them)."""
+    from notagen_trt.demo import demo_model_dir
+    from notagen_trt.engines.quantize import quantize
+
+    made = {}
+
+    def get(precision: str):
+        if precision not in made:
+            made[precision] = tmp_path_factory.mktemp(precision)
+            quantize(demo_model_dir(), precision, made[precision], calib_pieces=16)
+        return made[precision]
+
+    return get

@@ -24,8 +24,18 @@ def demo():
 @pytest.fixture(scope="module")
 def demo_onnx(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-onnx")
-    export_onnx(load_model(DEMO_CHECKPOINT), out, checkpoint_path=DEMO_CHECKPOINT)
+    export_onnx(demo, out, checkpoint_path=DEMO_CHECKPOINT)
     return out
+
+
+@pytest.fixture(scope="module")
+def heldout_sample():
+    return [t for _, t in read_pieces(default_split("heldout"))][::8]  # every 8th piece: seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def demo_bits(demo, heldout_sample):
+    return bits_per_char(demo, heldout_sample)
 
 
 def test_demo_checkpoint_is_small_and_loads(demo):
@@ -33,9 +43,8 @@ def test_demo_checkpoint_is_small_and_loads(demo):
     assert demo.config.patch_length >= 256
 
 
-def test_demo_model_bits_per_char_on_heldout_sample(demo):
-    pieces = [t for _, t in read_pieces(default_split("heldout"))][::8]  # every 8th piece: seconds, not minutes
-    assert bits_per_char(demo, pieces) <= 1.6
+def test_demo_model_bits_per_char_on_heldout_sample(demo_bits):
+    assert demo_bits <= 1.6
 
 
 def test_onnx_export_of_demo_model_meets_parity(demo_onnx):
@@ -59,11 +68,10 @@ def test_generate_on_ort_cpu_equals_cached_reference(demo, demo_onnx, tmp_path, 
     assert all("abc" in r["files"] for r in summary["pieces"])
 
 
-def test_unigram_baseline_is_far_above_the_model(demo):
+def test_unigram_baseline_is_far_above_the_model(demo, heldout_sample, demo_bits):
     from notagen_trt.runtime.evaluate import unigram_bits_per_char
 
     train = [t for _, t in read_pieces(default_split("train"))][::20]
-    heldout = [t for _, t in read_pieces(default_split("heldout"))][::8]
-    unigram = unigram_bits_per_char(train, heldout, demo.config.patch_length)
+    unigram = unigram_bits_per_char(train, heldout_sample, demo.config.patch_length)
     assert 4.0 < unigram < 7.0  # ~5.2 bits: ABC characters are far from uniform (7 bits)
-    assert unigram > bits_per_char(demo, heldout) + 3.0
+    assert unigram > demo_bits + 3.0

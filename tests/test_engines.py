@@ -14,10 +14,10 @@ import pytest
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.engines import build as build_mod
 from notagen_trt.engines.build import build_engines, dim_ranges
-from notagen_trt.engines.engine_manifest import (RuntimeInfo, check_engine, onnx_digest, sha256_file,
-                                                 version_accepts)
+from notagen_trt.engines.engine_manifest import RuntimeInfo, check_engine, onnx_digest, version_accepts
 from notagen_trt.engines.flavors import FLAVORS, local_gpu
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import sha256_file
 from notagen_trt.manifest import GRAPH_NAMES, read_manifest
 
 trt = FLAVORS["rtx"].load()  # CI installs TensorRT-RTX (Makefile): a missing install fails here, loudly
@@ -26,16 +26,9 @@ PRECISIONS = ("fp32", "fp16", "int8-wo")
 
 
 @pytest.fixture(scope="module")
-def onnx_dirs(tmp_path_factory):
+def onnx_dirs(demo_variant):
     """The demo model's ONNX directory per precision (variants written by engines.quantize)."""
-    from notagen_trt.engines.quantize import quantize
-
-    fp32 = demo_model_dir()
-    dirs = {"fp32": fp32}
-    for precision in PRECISIONS[1:]:
-        dirs[precision] = tmp_path_factory.mktemp(precision)
-        quantize(fp32, precision, dirs[precision], calib_pieces=4)
-    return dirs
+    return {"fp32": demo_model_dir(), **{precision: demo_variant(precision) for precision in PRECISIONS[1:]}}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import TUNES
+from conftest import BACH
 
 from notagen_trt.config import PRESETS, ModelConfig
 from notagen_trt.errors import NotaGenError
@@ -24,7 +24,6 @@ from notagen_trt.runtime.generate import GenerationConfig, generate
 from notagen_trt.runtime.onnx_backend import OrtBackend
 from notagen_trt.runtime.prompts import resolve_prompt
 
-BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
 TINY = ModelConfig(hidden_size=128, patch_num_layers=2, char_num_layers=2, patch_length=64)
 GRAPHS = ("patch_decoder", "char_decoder")
 
@@ -34,22 +33,6 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("onnx")
     return out, export_onnx(NotaGenModel(TINY), out)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained for seconds, so generation writes real body lines (as in test_generate)."""
-    from notagen_trt.export.checkpoint import load_model
-    from notagen_trt.export.train import TrainConfig, train
-
-    d = tmp_path_factory.mktemp("tunes")
-    for i, tune in enumerate(TUNES):
-        (d / f"{i}.abc").write_text(tune)
-    cfg = ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32)
-    train(cfg, d, d, d / "m.pth", TrainConfig(steps=200, eval_every=200, warmup=10, lr=3e-3, dropout=0.0), log=lambda *_: None)
-    model = load_model(d / "m.pth")
-    export_onnx(model, d / "onnx", checkpoint_path=d / "m.pth")
-    return model, d / "onnx"
 
 
 def test_parity_on_prefill_and_32_steps_is_recorded(exported):
@@ -126,8 +109,8 @@ def test_batched_and_mid_context_calls_match_pytorch(exported):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ort_backend_writes_the_reference_pieces(trained, seed):
-    model, onnx_dir = trained
+def test_ort_backend_writes_the_reference_pieces(trained, trained_onnx, seed):
+    model, onnx_dir = trained, trained_onnx
     config, prompt = GenerationConfig(seed=seed, max_patches=120), resolve_prompt(*BACH)
     backend = OrtBackend(onnx_dir, threads=1)
     assert backend.config == model.config and backend.name == "onnxruntime-cpu"
@@ -137,15 +120,15 @@ def test_ort_backend_writes_the_reference_pieces(trained, seed):
     assert ours.rebuilds == ref.rebuilds and "[r:0/" in ours.text
 
 
-def test_manifest_records_the_checkpoint(trained):
-    _, onnx_dir = trained
+def test_manifest_records_the_checkpoint(trained_onnx):
+    onnx_dir = trained_onnx
     source = read_manifest(onnx_dir)["source"]
     assert source["checkpoint"].endswith("m.pth") and len(source["sha256"]) == 64
 
 
-def test_runtime_generates_without_torch(trained):
+def test_runtime_generates_without_torch(trained, trained_onnx):
     """The deployed runtime is numpy + onnxruntime: torch must not even be importable."""
-    model, onnx_dir = trained
+    model, onnx_dir = trained, trained_onnx
     script = textwrap.dedent(f"""
         import sys
         from importlib.abc import MetaPathFinder

@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import BACH
 
 from notagen_trt.export.fast import FastGenerator, sample_torch
 from notagen_trt.export.reference import ReferenceBackend
@@ -13,7 +14,6 @@ from notagen_trt.runtime.generate import GenerationConfig, generate
 from notagen_trt.runtime.prompts import resolve_prompt
 from notagen_trt.runtime.sampling import SamplingParams, sample
 
-BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
 
 
 SAMPLER_PARAMS = (SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7))

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import BACH
 
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.generate import GenerationConfig, generate
 from notagen_trt.runtime import codec
 from notagen_trt.runtime.prompts import resolve_prompt
 
-BACH = ("Baroque", "Bach, Johann Sebastian", "Choral")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -35,11 +35,8 @@ def heldout() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("variants")
-    for precision in PRECISIONS:
-        quantize(demo_model_dir(), precision, out / precision, calib_pieces=CALIB_PIECES)
-    return {precision: out / precision for precision in PRECISIONS}
+def variants(demo_variant) -> dict:
+    return {precision: demo_variant(precision) for precision in PRECISIONS}
 
 
 @pytest.mark.slow
