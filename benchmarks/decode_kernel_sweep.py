@@ -1,5 +1,6 @@
 """The fused decode kernels (export/decode_kernels.py) against cuBLAS on NotaGen-X's matrix
-shapes, one activation row (with a sweep of _gemv's tiles) and 16 rows, fp16 and int8 weights;
+shapes, one activation row (a sweep of _gemv's tiles) and 16 rows (of _rows' tiles), fp16 and
+int8 weights;
 and decode attention against PyTorch's (``--attention-only``). Times are per call inside a CUDA
 graph of back-to-back calls (launch gaps included, as in the fast path), cycling over weight
 copies larger than the L2 cache, with the LayerNorm prologue where the fast path has one (qkv,
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from notagen_trt.export import decode_kernels
-from notagen_trt.export.decode_kernels import PackedLinear, decode_attention
+from notagen_trt.export.decode_kernels import PackedLinear, RowsWorkspace, decode_attention
 
 # (in, out) of one layer's qkv, proj, fc, fc2, and the char lm_head.
 SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280), (1280, 128)]
@@ -59,22 +60,36 @@ def main() -> None:
             t = time_us(lambda: torch.addmm(b, xs, ws[next(turn) % copies]))
             totals["cublas fp16"] = totals.get("cublas fp16", 0.0) + t
             shapes.setdefault("cublas fp16", []).append(round(t, 2))
+            if rows > 1:  # what the fast path ran before _rows: PyTorch's LayerNorm, then cuBLAS
+                t = time_us(lambda: torch.addmm(b, ln(xs) if ln is not None else xs, ws[next(turn) % copies]))
+                totals["torch LN + cublas"] = totals.get("torch LN + cublas", 0.0) + t
+                shapes.setdefault("torch LN + cublas", []).append(round(t, 2))
             for int8 in (False, True):
                 lins = [PackedLinear(w, b, int8=int8) for w in ws]
-                # One row: _gemv's tiles. 16 rows: what
-                # PackedLinear picks (cuBLAS for fp16, _linear's tiles for int8).
-                for tile in itertools.product((8192, 16384, 32768), (4, 8)) if rows == 1 else [None]:
-                    if tile:  # weight elements a program, warps
+                # One row: _gemv's tiles (weight elements a program, warps). 16 rows: _rows' tiles
+                # (BLOCK_N, largest BLOCK_K, warps).
+                tiles = itertools.product((8192, 16384, 32768), (4, 8)) if rows == 1 else [
+                    t for t in itertools.product((32, 64, 128), (256, 512, 1024), (4, 8)) if t[0] * t[1] <= 65536]
+                for tile in tiles:
+                    if rows == 1:
                         PackedLinear.GEMV_ELEMENTS, PackedLinear.GEMV_WARPS = tile
-                    key = f"{'int8' if int8 else 'fp16'} {tile or 'PackedLinear'}"
+                    else:
+                        PackedLinear.ROWS_TILES = tile
+                        for lin in lins:  # sized for the tile, before any capture
+                            lin.workspace = RowsWorkspace([lin], "cuda")
+                    key = f"{'int8' if int8 else 'fp16'} {tile}"
                     t = time_us(lambda: lins[next(turn) % copies](xs, ln=ln))
                     totals[key] = totals.get(key, 0.0) + t
                     shapes.setdefault(key, []).append(round(t, 2))
         best = sorted(totals.items(), key=lambda kv: kv[1])
-        report["linear"][f"rows={rows}"] = {"cublas fp16": (round(totals["cublas fp16"], 2), shapes["cublas fp16"]),
+        report["linear"][f"rows={rows}"] = {**{k: (round(totals[k], 2), shapes[k]) for k in
+                                               ("cublas fp16", "torch LN + cublas") if k in totals},
                                             "best": [(k, round(v, 2), shapes[k]) for k, v in best[:6]],
                                             "best int8": [(k, round(v, 2), shapes[k])
-                                                          for k, v in best if "int8" in k][:3]}
+                                                          for k, v in best if "int8" in k][:3],
+                                            "best per shape": [min((v[i], k) for k, v in shapes.items() if kind in k)
+                                                               for kind in ("fp16 (", "int8 (")
+                                                               for i in range(len(SHAPES))]}
         print(json.dumps(report["linear"][f"rows={rows}"]), flush=True)
     for rows, capacity, pos in ((1, 16, 15), (16, 16, 15), (1, 1024, 255), (16, 1024, 255)):
         cache = torch.randn(rows, 2, 20, capacity, 64, device="cuda", dtype=torch.float16)

@@ -16,9 +16,10 @@ waits for its input, so weight fetches overlap the chain instead of following it
 
 The residual stream x stays float32 (more exact than the fp16 reference, never less). Weights
 are stored [out, in], fp16 or int8 with one scale per output channel (the int8-wo recipe of
-engines/quantize.py). 2-16 rows (batched decoding) go through cuBLAS, longer inputs (prefill)
-through a tensor-core tile (_linear). Every program reduces over the whole input dimension in a
-fixed order (no atomics): the same inputs give the same bits on every run.
+engines/quantize.py). 2-16 rows (batched decoding) run _rows: the same weight prefetch, on tensor
+cores, with the input dimension split over programs and the partial sums added by whichever
+program finishes last, always in split order; longer inputs (prefill) run a tensor-core tile
+(_linear). Every sum runs in a fixed order: the same inputs give the same bits on every run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -68,11 +68,27 @@ _PDL: bool | None = None
 
 
 @triton.jit
+def _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K: tl.constexpr, W_INT8: tl.constexpr,
+               HAS_BIAS: tl.constexpr):
+    """A program's weight tile [rows rn, inputs rk] and its columns' scale and bias (zeros where
+    the layer has none): what a program may load before it waits for its input."""
+    cols = rn < N
+    w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=cols[:, None] & (rk < K)[None, :], other=0.0)
+    scale = tl.zeros(rn.shape, dtype=tl.float32)
+    bias = tl.zeros(rn.shape, dtype=tl.float32)
+    if W_INT8:
+        scale = tl.load(scale_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    return w, scale, bias
+
+
+@triton.jit
 def _linear(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, M, N, stride_x, stride_out, eps,
             K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
             W_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
             USE_PDL: tl.constexpr):
-    # 16+ rows (prefill, int8 batches) on tensor cores. K is a compile-time constant and the
+    # More than PackedLinear.ROWS rows (prefill) on tensor cores. K is a compile-time constant and the
     # loops over it are unrolled, so a program can issue its weight loads ahead of use.
     pid_n = tl.program_id(0)
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -127,11 +143,7 @@ def _gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, N, eps, 
     cols = rn < N
     inside = rk < K
     # Everything constant is loaded before the wait, off the critical path.
-    w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=cols[:, None] & inside[None, :], other=0.0)
-    if W_INT8:
-        scale = tl.load(scale_ptr + rn, mask=cols, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rn, mask=cols, other=0.0).to(tl.float32)
+    w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K, W_INT8, HAS_BIAS)
     if LN:
         ln_w = tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)
         ln_b = tl.load(lnb_ptr + rk, mask=inside, other=0.0).to(tl.float32)
@@ -153,6 +165,98 @@ def _gemv(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, lnb_ptr, out_ptr, N, eps, 
     if RESIDUAL:  # out holds the residual stream; each program owns its columns, so in place is safe
         acc += tl.load(out_ptr + rn, mask=cols, other=0.0).to(tl.float32)
     tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=cols)
+
+
+@triton.jit
+def _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps,
+                   K: tl.constexpr, LN: tl.constexpr, W_INT8: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   GELU: tl.constexpr, RESIDUAL: tl.constexpr):
+    if W_INT8:
+        acc = acc * scale[None, :]
+    if LN:  # LN(x) @ W + b = rstd * (d*g @ W - mean_d * c1) + c2, d = x - shift, mean_d = mean(d)
+        mean = s1 / K
+        rstd = 1.0 / tl.sqrt(tl.maximum(s2 / K - mean * mean, 0.0) + eps)
+        acc = rstd[:, None] * (acc - mean[:, None] * c1[None, :])
+    if HAS_BIAS:  # with LN: c2 = beta @ W + b
+        acc += bias[None, :]
+    if GELU:
+        acc = _gelu_tanh(acc)
+    out = out_ptr + rm[:, None] * stride_out + rn[None, :]
+    both = rows[:, None] & cols[None, :]
+    if RESIDUAL:  # in place: exactly one program finishes each output
+        acc += tl.load(out, mask=both, other=0.0).to(tl.float32)
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=both)
+
+
+@triton.jit
+def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr, stats_ptr, count_ptr, M, N,
+          stride_x, stride_out, eps, K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr,
+          RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, W_INT8: tl.constexpr, BLOCK_N: tl.constexpr,
+          BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr):
+    """2-BLOCK_M activation rows (batched decoding). Program (n, k) owns the [BLOCK_N, BLOCK_K] weight
+    tile at output columns n, inputs k, loaded whole before the wait as in _gemv, and multiplies
+    the rows' slice with it on tensor cores. With the input split (K > BLOCK_K) each program
+    leaves its partial product in part_ptr and takes a ticket; the last of a column block's
+    programs adds the partials in split order (the same bits whichever arrives last), applies
+    the epilogue and resets the counter for the next call (or graph replay).
+    A LayerNorm needs whole-row statistics no program sees, so it is folded into the epilogue:
+    programs multiply d * g (d = x - the row's first value, g the LN weight) and sum d and d^2
+    over their slice; the finisher adds those too and corrects with c1 = g @ W (and c2 =
+    beta @ W + b passed as the bias), LN(x) @ W + b = rstd * (d*g @ W - mean(d) * c1) + c2."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rows = rm < M
+    cols = rn < N
+    inside = rk < K  # the last split may be partial
+    w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K, W_INT8, HAS_BIAS)
+    c1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if LN:
+        ln_w = tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)
+        c1 = tl.load(c1_ptr + rn, mask=cols, other=0.0)
+    _after_producer(USE_PDL)
+    x = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=rows[:, None] & inside[None, :],
+                other=0.0).to(tl.float32)
+    s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if LN:
+        x = tl.where(inside[None, :], x - tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)[:, None],
+                     0.0)
+        s1 = tl.sum(x, 1)
+        s2 = tl.sum(x * x, 1)
+        x *= ln_w[None, :]
+    acc = tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))  # [BLOCK_M, BLOCK_N], float32
+    SPLIT: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
+    if SPLIT == 1:
+        _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps, K, LN, W_INT8,
+                       HAS_BIAS, GELU, RESIDUAL)
+    else:
+        tile = rm[:, None] * N + rn[None, :]
+        tl.store(part_ptr + pid_k * BLOCK_M * N + tile, acc, mask=cols[None, :])
+        if LN:
+            stats = stats_ptr + (pid_k * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + 2 * rm
+            tl.store(stats, s1)
+            tl.store(stats + 1, s2)
+        # CUTLASS's serial split-K handshake: every thread's stores, a barrier, then one release
+        # (acq_rel) atomic; the finisher's acquire makes all partials visible to it.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if ticket == SPLIT - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            s1 = tl.zeros([BLOCK_M], dtype=tl.float32)  # this program's own sums come back with the rest
+            s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for split in tl.static_range(SPLIT):  # .cg: from L2, never a stale L1 line
+                total += tl.load(part_ptr + split * BLOCK_M * N + tile, mask=cols[None, :], other=0.0,
+                                 cache_modifier=".cg")
+                if LN:
+                    stats = stats_ptr + (split * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + 2 * rm
+                    s1 += tl.load(stats, cache_modifier=".cg")
+                    s2 += tl.load(stats + 1, cache_modifier=".cg")
+            tl.store(count_ptr + pid_n, 0)
+            _rows_epilogue(total, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps, K, LN,
+                           W_INT8, HAS_BIAS, GELU, RESIDUAL)
 
 
 @triton.jit
@@ -195,17 +299,6 @@ def _decode_attention(qkv_ptr, stride_qkv, cache_ptr, stride_cb, stride_ckv, str
     tl.store(values + pos * stride_ct + d, v_new.to(cache_ptr.dtype.element_ty))
 
 
-def _float_params(ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """A LayerNorm's weight and bias in float32, converted once (the residual stream is float32)."""
-    cached = _LN_FLOAT.get(ln)
-    if cached is None:
-        cached = _LN_FLOAT[ln] = (ln.weight.detach().float(), ln.bias.detach().float())
-    return cached
-
-
-_LN_FLOAT: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def _divisor(n: int, choices: tuple[int, ...]) -> int | None:
     return next((c for c in choices if n % c == 0), None)
 
@@ -215,13 +308,18 @@ class PackedLinear:
     int8 with a per-output-channel scale."""
 
     # One row: _gemv, a program per BLOCK_N weight rows held whole (BLOCK_N * next_pow2(in) <=
-    # GEMV_ELEMENTS). Up to CUBLAS_ROWS rows: cuBLAS. More rows (prefill) or int8: _linear,
-    # tiles (BLOCK_N, BLOCK_K, warps). From a sweep on an H200 (benchmarks/decode_kernel_sweep.py).
+    # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps). More rows
+    # (prefill): _linear, tiles (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
+    # (benchmarks/decode_kernel_sweep.py; the best _rows tile per shape was within 5% of this one).
     GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
-    CUBLAS_ROWS = 16  # 2..16 rows of fp16 weights: cuBLAS (see _cublas)
+    ROWS = 16  # the tensor cores' smallest tile height
+    ROWS_TILES = (64, 512, 4)
     TILES = (32, 256, 4)
 
-    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False) -> None:
+    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False,
+                 workspace: "RowsWorkspace | None" = None) -> None:
+        self.workspace = workspace  # _rows' scratch, shared by a model's layers (one made if None)
+        self._ln_folds: dict[torch.nn.LayerNorm, tuple[torch.Tensor, torch.Tensor]] = {}
         w = weight_in_out.detach().float().t().contiguous()  # [out, in]
         self.n, self.k = w.shape
         if self.k % 16:
@@ -240,27 +338,36 @@ class PackedLinear:
         self.bias = None if self.bias is None else self.bias.to(device)
         return self
 
-    def _cublas(self, x: torch.Tensor, ln: torch.nn.LayerNorm | None, gelu: bool, residual: torch.Tensor | None,
-                out: torch.Tensor) -> torch.Tensor:
-        """A few rows (batched decoding) on cuBLAS. At 16 rows _gemv's per-row reductions took 5x
-        cuBLAS's time and _linear's tensor-core tiles 2x (benchmarks/decode_kernel_sweep.py)."""
-        if ln is not None:
-            x = F.layer_norm(x.float(), (self.k,), *_float_params(ln), ln.eps)
-        x, w = x.to(self.weight.dtype), self.weight.t()
-        if residual is not None:
-            out += torch.addmm(self.bias, x, w)
-            return out
-        same = out.dtype == x.dtype  # cuBLAS writes its own dtype (logits are float32)
-        target = out if same else torch.empty(out.shape, dtype=x.dtype, device=x.device)
-        if self.bias is None:  # the lm_head
-            torch.mm(x, w, out=target)
-        elif gelu:
-            torch._addmm_activation(self.bias, x, w, use_gelu=True, out=target)
-        else:
-            torch.addmm(self.bias, x, w, out=target)
-        if not same:
-            out.copy_(target)
-        return out
+    def rows_tile(self) -> tuple[int, int, int, int]:
+        """(BLOCK_N, BLOCK_K, warps, splits) of _rows for this layer."""
+        block_n, block_k, warps = self.ROWS_TILES
+        block_k = min(block_k, triton.next_power_of_2(self.k))
+        return block_n, block_k, warps, triton.cdiv(self.k, block_k)
+
+    def _ln_terms(self, ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """_rows' folded LayerNorm: c1 = g @ W and c2 = beta @ W + b over the stored weights
+        (int8 ones with their scales), float32, computed once per LayerNorm."""
+        terms = self._ln_folds.get(ln)
+        if terms is None:
+            w = self.weight.double() * (self.scale.double()[:, None] if self.scale is not None else 1.0)
+            c2 = w @ ln.bias.double() + (self.bias.double() if self.bias is not None else 0.0)
+            terms = self._ln_folds[ln] = ((w @ ln.weight.double()).float(), c2.float())
+        return terms
+
+    def _rows(self, x: torch.Tensor, ln: torch.nn.LayerNorm | None, gelu: bool, residual: torch.Tensor | None,
+              out: torch.Tensor) -> None:
+        if self.workspace is None:
+            self.workspace = RowsWorkspace([self], x.device)
+        ws, dummy = self.workspace, self.weight
+        c1, bias = self._ln_terms(ln) if ln is not None else (dummy, self.bias)
+        block_n, block_k, warps, splits = self.rows_tile()
+        _rows[(triton.cdiv(self.n, block_n), splits)](
+            x, self.weight, self.scale if self.scale is not None else dummy, bias if bias is not None else dummy,
+            ln.weight if ln is not None else dummy, c1, out, ws.partials, ws.stats, ws.tickets, x.shape[0], self.n,
+            x.stride(0), out.stride(0), ln.eps if ln is not None else 0.0, K=self.k, LN=ln is not None, GELU=gelu,
+            RESIDUAL=residual is not None, HAS_BIAS=bias is not None, W_INT8=self.scale is not None,
+            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=self.ROWS, USE_PDL=pdl_enabled(), num_warps=warps,
+            **pdl_launch())
 
     def __call__(self, x: torch.Tensor, *, ln: torch.nn.LayerNorm | None = None, gelu: bool = False,
                  residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
@@ -287,8 +394,9 @@ class PackedLinear:
                 BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=self.GEMV_WARPS,
                 **pdl_launch())
             return out.view(*x.shape[:-1], self.n)
-        if m <= self.CUBLAS_ROWS and self.scale is None:
-            return self._cublas(x2, ln, gelu, residual, out).view(*x.shape[:-1], self.n)
+        if m <= self.ROWS:
+            self._rows(x2, ln, gelu, residual, out)
+            return out.view(*x.shape[:-1], self.n)
         block_m = min(64, max(16, triton.next_power_of_2(m)))
         block_n, block_k, warps = self.TILES
         block_k = _divisor(self.k, tuple(b for b in (1024, 512, 256, 128, 64, 32, 16) if b <= block_k))
@@ -302,6 +410,23 @@ class PackedLinear:
                       BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl_enabled(), num_warps=warps,
                       **pdl_launch())
         return out.view(*x.shape[:-1], self.n)
+
+
+class RowsWorkspace:
+    """_rows' scratch for a set of layers run one after another (a model's): the split partial
+    products and LayerNorm sums, and one ticket counter per column block (zero between calls)."""
+
+    def __init__(self, linears: list[PackedLinear], device: torch.device | str) -> None:
+        parts, stats, blocks = 1, 1, 1
+        for lin in linears:
+            block_n, _, _, split = lin.rows_tile()
+            column_blocks = triton.cdiv(lin.n, block_n)
+            parts = max(parts, split * PackedLinear.ROWS * lin.n)
+            stats = max(stats, split * column_blocks * 2 * PackedLinear.ROWS)
+            blocks = max(blocks, column_blocks)
+        self.partials = torch.empty(parts, dtype=torch.float32, device=device)
+        self.stats = torch.empty(stats, dtype=torch.float32, device=device)
+        self.tickets = torch.zeros(blocks, dtype=torch.int32, device=device)
 
 
 # Warps of decode_attention for (patch level, char level: at most 32 positions), from

@@ -116,6 +116,9 @@ class FastGenerator:
             lm_head = model.char_level_decoder.base.lm_head  # tied to wte, which stays for embedding
             self._packed[lm_head] = kernels.PackedLinear(lm_head.weight.data.t(), None,
                                                          int8=weights == "int8").to(device)
+            workspace = kernels.RowsWorkspace(list(self._packed.values()), device)  # one, layers run in turn
+            for packed in self._packed.values():
+                packed.workspace = workspace
         self.model = model.eval().to(device=device, dtype=dtype)
         self.config, self.batch, self.device, self.params = model.config, batch, torch.device(device), params
         # The loop's PATCH_LENGTH: the model's, or less (tests use less to exercise halving).

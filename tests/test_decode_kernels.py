@@ -21,7 +21,7 @@ def layer_norm(k: int) -> torch.nn.LayerNorm:
     return ln
 
 
-@pytest.mark.parametrize("rows", [1, 3, 40])  # one row, a batch, a prefill
+@pytest.mark.parametrize("rows", [1, 3, 16, 40])  # one row, batches, a prefill
 @pytest.mark.parametrize("int8", [False, True])
 def test_linear_with_layernorm_gelu_and_residual(rows, int8):
     from notagen_trt.export.decode_kernels import PackedLinear
@@ -45,6 +45,25 @@ def test_linear_with_layernorm_gelu_and_residual(rows, int8):
     want = residual + h.float() @ w_used + lin.bias.float()
     lin(h, residual=residual)  # accumulates in place
     assert (residual - want).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_split_rows_are_deterministic(int8):
+    """2-16 rows split the input over programs; whichever finishes last adds the partials, always
+    in split order: repeated calls give the same bits, and the ticket counters end at zero."""
+    from notagen_trt.export.decode_kernels import PackedLinear
+
+    torch.manual_seed(0)
+    k, n = 5120, 1280  # NotaGen-X's MLP output projection: the deepest split
+    lin = PackedLinear(torch.randn(k, n) * 0.02, torch.randn(n) * 0.1, int8=int8).to("cuda")
+    assert lin.rows_tile()[3] > 1
+    x = torch.randn(16, k, device="cuda").half()
+    first = lin(x, out_dtype=torch.float32)
+    w_used = (lin.weight.float() * (lin.scale.float()[:, None] if int8 else 1.0)).t()
+    assert (first - (x.float() @ w_used + lin.bias.float())).abs().max().item() < 2e-2
+    for _ in range(50):
+        assert torch.equal(lin(x, out_dtype=torch.float32), first)
+    assert not lin.workspace.tickets.any()
 
 
 @pytest.mark.parametrize("position", [0, 7, "rows"])
