@@ -20,3 +20,9 @@ def test_bench_reports_published_reference_and_rows(tmp_path, capsys):
         assert r["ms_per_patch_median"] > 0 and r["peak_rss_mb"] > 0
     assert rows[("ort-cpu", 1)]["peak_rss_mb"] < rows[("torch-published", 1)]["peak_rss_mb"]  # no torch loaded
     assert "ms per patch" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_precision(capsys):
+    # before anything is built or timed: a typo must not be timed as fp32 under its own label
+    assert main(["bench", "--size", "demo", "--precisions", "fp16,int4"]) != 0
+    assert "unknown precisions ['int4']" in capsys.readouterr().err

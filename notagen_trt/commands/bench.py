@@ -9,6 +9,8 @@ from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
 
+PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -28,6 +30,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(backends) - set(bench.ORT_BACKENDS) - {"torch-cached", "torch-fast"})
     if unknown:
         raise NotaGenError(f"unknown backends {unknown}; choose from ort-cpu, ort-cuda, torch-cached, torch-fast")
+    unknown = sorted(set(args.precisions) - set(PRECISIONS))
+    if unknown:  # a typo would otherwise be timed as fp32 under its own label
+        raise NotaGenError(f"unknown precisions {unknown}; choose from {', '.join(PRECISIONS)}")
     with tempfile.TemporaryDirectory(prefix="notagen-bench-") as tmp:
         if args.model:
             model_dir = Path(args.model)
@@ -49,8 +54,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         # ONNX rows of each asked precision: the fp32 directory, or a variant quantized from it.
         onnx_dirs = {"fp32": model_dir}
         for precision in args.precisions:
-            if precision != "fp32" and any(b.startswith("ort") for b in backends) and precision in (
-                    "fp16", "int8-wo", "int8"):
+            if precision != "fp32" and any(b.startswith("ort") for b in backends):
                 from notagen_trt.engines.quantize import quantize
 
                 onnx_dirs[precision] = Path(tmp) / precision
