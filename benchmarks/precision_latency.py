@@ -1,9 +1,9 @@
 """ONNX Runtime CPU per-patch latency of every precision variant vs fp32, side by side, on the demo
 model and on a random-weight NotaGen-small: ``python benchmarks/precision_latency.py``.
 
-One generated patch = one patch-decoder step on a cache of ``--context`` patches, a char prefill
-(bos) and 15 single-character steps, through the runtime's ORT backend exactly as `generate`
-drives it (greedy tokens, so every variant does the same work). The median over ``--patches``
+One generated patch = 16 sampled characters and one patch-decoder step on a cache of
+``--context`` patches, through the runtime's ORT backend exactly as `generate` drives it
+(``generate.sample_patch``; a patch is always 16 characters, so every variant does the same work). The median over ``--patches``
 patches is reported per variant, with its ratio to fp32; variants take turns patch by patch so
 that load from other processes falls on all of them alike. Variants of NotaGen-small are
 calibrated on a few corpus pieces: random weights make their accuracy meaningless, only their
@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, PATCH_SIZE, PRESETS
+from notagen_trt.config import PATCH_SIZE, PRESETS
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.engines.quantize import PRECISIONS, quantize
+from notagen_trt.runtime.generate import sample_patch
 from notagen_trt.runtime.onnx_backend import OrtBackend
+from notagen_trt.runtime.sampling import SamplingParams
 
 
 class PatchTimer:
@@ -37,17 +39,12 @@ class PatchTimer:
         self.session = OrtBackend(model_dir, "cpu", threads).new_session()
         prompt = np.random.default_rng(seed).integers(3, 128, size=(context, PATCH_SIZE))
         self.hidden = self.session.extend(prompt)
+        self.rng = np.random.default_rng(seed)
         self.times: list[float] = []
 
     def step(self) -> None:
         start = time.perf_counter()
-        logits = self.session.char_start(self.hidden, [BOS_ID])
-        out: list[int] = []
-        while True:
-            out.append(int(np.argmax(logits)))
-            if len(out) == PATCH_SIZE:
-                break
-            logits = self.session.char_step(out[-1])
+        out = sample_patch(self.session, self.hidden, [], self.rng, SamplingParams())
         self.hidden = self.session.extend(np.array([out]))
         self.times.append(time.perf_counter() - start)
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from notagen_trt.config import BOS_ID, PATCH_SIZE, PRESETS, ModelConfig
 from notagen_trt.runtime import codec
-from notagen_trt.runtime.sampling import sample
+from notagen_trt.runtime.generate import sample_patch
+from notagen_trt.runtime.sampling import SamplingParams, sample
 
 TORCH_BACKENDS = ("torch-published", "torch-cached", "torch-fast")
 ORT_BACKENDS = ("ort-cpu", "ort-cuda")
@@ -94,17 +95,13 @@ def _time_fast(gen, context: np.ndarray, patches: int, warmup: int, seed: int) -
 
 
 def _time_single(session, context: np.ndarray, patches: int, warmup: int, seed: int) -> list[float]:
+    """One piece's patches through the runtime's own patch loop (generate.sample_patch)."""
     rng = np.random.default_rng(seed)
     hidden = session.extend(context)
     times = []
     for i in range(warmup + patches):
         t0 = time.perf_counter()
-        logits = session.char_start(hidden, [BOS_ID])
-        out = []
-        for k in range(PATCH_SIZE):
-            out.append(int(sample(logits, rng.random())))
-            if k < PATCH_SIZE - 1:
-                logits = session.char_step(out[-1])
+        out = sample_patch(session, hidden, [], rng, SamplingParams())
         hidden = session.extend(codec.clean_patch(out)[None])
         if i >= warmup:
             times.append(time.perf_counter() - t0)

@@ -78,6 +78,24 @@ def halved_context(text: str) -> str | None:
     return "".join(header + body[-keep:]) if keep else None
 
 
+def sample_patch(session: DecoderSession, hidden: np.ndarray, prefix: list[int], rng: np.random.Generator,
+                 params: SamplingParams) -> list[int]:
+    """One patch: the forced ``prefix``, then characters sampled up to 16, one uniform each.
+    A session with ``sample_patch`` does it in one call; others step character by character."""
+    tokens = [BOS_ID, *prefix]
+    one_call = getattr(session, "sample_patch", None)
+    if one_call is not None:
+        # rng.random(n) gives the same numbers as n successive rng.random() calls.
+        return [*prefix, *one_call(hidden, tokens, rng.random(PATCH_SIZE - len(prefix)), params)]
+    logits = session.char_start(hidden, tokens)
+    out = list(prefix)
+    while True:
+        out.append(int(sample(logits, rng.random(), params)))
+        if len(out) == PATCH_SIZE:
+            return out
+        logits = session.char_step(out[-1])
+
+
 class PieceGenerator:
     """Steps one piece patch by patch; iterate it to stream the generated text."""
 
@@ -99,15 +117,7 @@ class PieceGenerator:
         self._hidden = self.session.extend(patches)
 
     def _sample_patch(self, prefix: list[int]) -> list[int]:
-        tokens = [BOS_ID, *prefix]
-        logits = self.session.char_start(self._hidden, tokens)
-        out = list(prefix)
-        while True:
-            token = int(sample(logits, self.rng.random(), self.config.sampling))
-            out.append(token)
-            if len(out) == PATCH_SIZE:
-                return out
-            logits = self.session.char_step(token)
+        return sample_patch(self.session, self._hidden, prefix, self.rng, self.config.sampling)
 
     @property
     def done(self) -> bool:

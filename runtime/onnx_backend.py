@@ -1,6 +1,7 @@
 """ONNX Runtime backend over an exported model directory (numpy + onnxruntime, no torch).
 
-CPU: the KV caches are numpy arrays fed back as the next call's ``past_key_values``.
+CPU: the KV caches are numpy arrays fed back as the next call's ``past_key_values``; a patch's
+characters are sampled in one call of a graph built around the char decoder (patch_sampler.py).
 CUDA: IOBinding keeps ``present`` tensors on the GPU and binds them as the next ``past`` inputs,
 so only token ids, the patch hidden state and logits cross the bus. Both decoders' InferenceSession
 objects are shared by every session of a backend (``run`` is thread-safe in ONNX Runtime).
@@ -8,44 +9,69 @@ objects are shared by every session of a backend (``run`` is thread-safe in ONNX
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from notagen_trt.config import HEAD_DIM, ModelConfig
+from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_file, model_config, read_manifest
+
+from .sampling import SamplingParams
 
 Device = Literal["cpu", "cuda"]
 
 
 class _Graph:
-    """One decoder graph: its InferenceSession and IO names from the manifest."""
+    """One decoder graph: its InferenceSession and IO names from the manifest. A ``lazy`` graph
+    loads its session on first use (CPU generation never steps the char decoder on its own)."""
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], name: str, device: Device,
-                 threads: int | None) -> None:
+                 threads: int | None, lazy: bool = False) -> None:
         spec = manifest["graphs"][name]
         self.layers = int(spec["num_layers"])
         self.inputs = [s["name"] for s in spec["inputs"]]
         self.outputs = [s["name"] for s in spec["outputs"]]
         self.past_names = self.inputs[-2 * self.layers:]
         self.present_names = self.outputs[-2 * self.layers:]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        path = graph_file(model_dir, manifest, name)
+        self.path = graph_file(model_dir, manifest, name)
+        self._device, self._threads = device, threads
+        self._session: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+        if not lazy:
+            self._session = self._load()
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._load()
+        return self._session
+
+    def _load(self) -> ort.InferenceSession:
+        path, cuda = self.path, self._device == "cuda"
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            session = ort.InferenceSession(str(path), session_options(self._threads), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise NotaGenError(f"{path}: ONNX Runtime could not load the graph ({exc}); re-export the model") from None
-        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+        if cuda and "CUDAExecutionProvider" not in session.get_providers():
             raise NotaGenError(f"{path}: ONNX Runtime fell back to the CPU (CUDA or cuDNN libraries missing?); "
                                "install onnxruntime-gpu matching your CUDA version, or use --backend ort-cpu")
+        return session
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
 
 
 class OrtBackend:
@@ -65,7 +91,33 @@ class OrtBackend:
         self.device = device
         self.name = f"onnxruntime-{device}"
         self.patch = _Graph(model_dir, manifest, "patch_decoder", device, threads)
-        self.char = _Graph(model_dir, manifest, "char_decoder", device, threads)
+        self.char = _Graph(model_dir, manifest, "char_decoder", device, threads, lazy=device == "cpu")
+        self._threads = threads
+        self._patch_sampler: ort.InferenceSession | None = None
+        self._patch_sampler_lock = threading.Lock()
+
+    def patch_sampler(self) -> ort.InferenceSession:
+        """The one-call patch sampler (CPU), built on first use; sessions in threads share it."""
+        if self._patch_sampler is None:
+            with self._patch_sampler_lock:
+                if self._patch_sampler is None:
+                    self._patch_sampler = self._load_patch_sampler()
+        return self._patch_sampler
+
+    def _load_patch_sampler(self) -> ort.InferenceSession:
+        try:
+            from . import patch_sampler
+        except ImportError:
+            raise NotaGenError("the ONNX Runtime CPU backend needs the onnx package: pip install "
+                               "'notagen-trt[ort]'") from None
+        path = self.char.path
+        try:
+            return patch_sampler.session(path, self.char.layers, self.config.num_heads, session_options(self._threads))
+        except NotaGenError:
+            raise
+        except Exception as exc:  # onnxruntime and protobuf raise their own exception types
+            raise NotaGenError(f"{path}: could not build the one-call patch sampler from this graph ({exc}); "
+                               "re-export the model, or report it with the ONNX Runtime version") from None
 
     def new_session(self) -> "_Session":
         return CudaSession(self) if self.device == "cuda" else CpuSession(self)
@@ -143,6 +195,17 @@ class CpuSession(_Session):
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
         out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
         return out, present
+
+    def sample_patch(self, hidden: np.ndarray, tokens: list[int], uniforms: np.ndarray,
+                     params: SamplingParams) -> list[int]:
+        """One patch's sampled characters in one call: the char decoder from ``tokens`` (bos
+        placeholder + forced prefix), one draw per uniform, as ``sample`` would draw them."""
+        feeds = {"patch_hidden": np.asarray(hidden, dtype=np.float32)[None], "tokens": _ids(tokens)[None],
+                 "uniforms": np.asarray(uniforms, dtype=np.float64),
+                 "top_k": np.asarray(params.top_k or VOCAB_SIZE, dtype=np.int64),
+                 "top_p": np.asarray(params.top_p, dtype=np.float64),
+                 "temperature": np.asarray(params.temperature, dtype=np.float64)}
+        return self.backend.patch_sampler().run(None, feeds)[0].tolist()
 
 
 class CudaSession(_Session):

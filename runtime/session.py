@@ -26,6 +26,10 @@ class DecoderSession(Protocol):
     def char_step(self, token: int) -> np.ndarray:
         """Append one character to the patch in progress; return the next logits [128]."""
 
+    # Optional: sample_patch(hidden, tokens, uniforms, params) -> list[int], the characters
+    # char_start / char_step and ``sample`` would draw with these uniforms, in one call
+    # (generate.sample_patch uses it where a session has it; ONNX Runtime CPU sessions do).
+
 
 class Backend(Protocol):
     name: str
