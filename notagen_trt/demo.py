@@ -24,11 +24,14 @@ def demo_checkpoint() -> Path:
 def demo_model_dir() -> Path:
     """The demo checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
     checkpoint = demo_checkpoint()
-    # Keyed by the weights and the toolkit version, so an upgrade re-exports instead of failing.
-    from notagen_trt import __version__
+    # Keyed by the weights, the toolkit version and the exporter's source, so an upgrade, or a
+    # change to how graphs are traced, re-exports instead of reusing stale graphs.
+    from notagen_trt import __version__, export
     from notagen_trt.manifest import FORMAT_VERSION
 
-    key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode()
+    exporter = Path(export.__file__).parent
+    key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode() + b"".join(
+        (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py"))
     digest = hashlib.sha256(key).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"demo-{digest}"
     if not (cache / "manifest.json").is_file():
