@@ -316,9 +316,9 @@ class PackedLinear:
     ROWS_TILES = (64, 512, 4)
     TILES = (32, 256, 4)
 
-    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False,
-                 workspace: "RowsWorkspace | None" = None) -> None:
-        self.workspace = workspace  # _rows' scratch, shared by a model's layers (one made if None)
+    def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False) -> None:
+        # _rows' scratch: a model shares one among its layers (set it); made on first use if not.
+        self.workspace: RowsWorkspace | None = None
         self._ln_folds: dict[torch.nn.LayerNorm, tuple[torch.Tensor, torch.Tensor]] = {}
         w = weight_in_out.detach().float().t().contiguous()  # [out, in]
         self.n, self.k = w.shape

@@ -10,6 +10,7 @@ objects are shared by every session of a backend (``run`` is thread-safe in ONNX
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,20 @@ from notagen_trt.manifest import graph_file, model_config, read_manifest
 from .sampling import SamplingParams
 
 Device = Literal["cpu", "cuda"]
+
+
+class _Once:
+    """A value built on first use, exactly once even when threads ask for it together."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build, self._value, self._lock = build, None, threading.Lock()
+
+    def get(self) -> Any:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+        return self._value
 
 
 class _Graph:
@@ -39,18 +54,13 @@ class _Graph:
         self.present_names = self.outputs[-2 * self.layers:]
         self.path = graph_file(model_dir, manifest, name)
         self._device, self._threads = device, threads
-        self._session: ort.InferenceSession | None = None
-        self._lock = threading.Lock()
+        self._session = _Once(self._load)
         if not lazy:
-            self._session = self._load()
+            self._session.get()
 
     @property
     def session(self) -> ort.InferenceSession:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = self._load()
-        return self._session
+        return self._session.get()
 
     def _load(self) -> ort.InferenceSession:
         path, cuda = self.path, self._device == "cuda"
@@ -93,16 +103,11 @@ class OrtBackend:
         self.patch = _Graph(model_dir, manifest, "patch_decoder", device, threads)
         self.char = _Graph(model_dir, manifest, "char_decoder", device, threads, lazy=device == "cpu")
         self._threads = threads
-        self._patch_sampler: ort.InferenceSession | None = None
-        self._patch_sampler_lock = threading.Lock()
+        self._patch_sampler = _Once(self._load_patch_sampler)
 
     def patch_sampler(self) -> ort.InferenceSession:
         """The one-call patch sampler (CPU), built on first use; sessions in threads share it."""
-        if self._patch_sampler is None:
-            with self._patch_sampler_lock:
-                if self._patch_sampler is None:
-                    self._patch_sampler = self._load_patch_sampler()
-        return self._patch_sampler
+        return self._patch_sampler.get()
 
     def _load_patch_sampler(self) -> ort.InferenceSession:
         try:
