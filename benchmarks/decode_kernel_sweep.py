@@ -1,4 +1,4 @@
-"""The fused decode kernels (export/decode_kernels.py) against cuBLAS on NotaGen-X's matrix
+"""The fused decode kernels (fastpath/decode_kernels.py) against cuBLAS on NotaGen-X's matrix
 shapes, one activation row (a sweep of _gemv's tiles) and 16 rows (of _rows' tiles), fp16 and
 int8 weights;
 and decode attention against PyTorch's (``--attention-only``). Times are per call inside a CUDA
@@ -15,8 +15,8 @@ import json
 import torch
 import torch.nn.functional as F
 
-from notagen_trt.export import decode_kernels
-from notagen_trt.export.decode_kernels import PackedLinear, RowsWorkspace, decode_attention
+from notagen_trt.fastpath import decode_kernels
+from notagen_trt.fastpath.decode_kernels import PackedLinear, RowsWorkspace, decode_attention
 
 # (in, out) of one layer's qkv, proj, fc, fc2, and the char lm_head.
 SHAPES = [(1280, 3840), (1280, 1280), (1280, 5120), (5120, 1280), (1280, 128)]

@@ -12,9 +12,10 @@ import torch
 
 from notagen_trt.demo import DEMO_CHECKPOINT
 from notagen_trt.export.checkpoint import load_model
-from notagen_trt.export.fast import FastGenerator
 from notagen_trt.export.reference import ReferenceBackend
-from notagen_trt.runtime.generate import GenerationConfig
+from notagen_trt.fastpath.executor import FastBackend
+from notagen_trt.runtime.engine import Engine, PieceRequest
+from notagen_trt.runtime.piece import GenerationConfig
 
 
 def main() -> None:
@@ -28,10 +29,10 @@ def main() -> None:
     t0 = time.perf_counter()
     want = [reference.generate(None, c) for c in configs]
     ref_s = time.perf_counter() - t0
-    fast = FastGenerator(load_model(DEMO_CHECKPOINT), batch=args.seeds, device="cuda", dtype=dtype)
-    fast.generate(None, [GenerationConfig(seed=99, max_patches=4)] * args.seeds)  # capture the graph
+    fast = Engine(FastBackend(load_model(DEMO_CHECKPOINT), "cuda", args.dtype).executor(args.seeds))
+    fast.generate([PieceRequest(None, GenerationConfig(seed=99, max_patches=4))])  # capture the graph
     t0 = time.perf_counter()
-    got = fast.generate(None, configs)
+    got = fast.generate(PieceRequest(None, c) for c in configs)
     fast_s = time.perf_counter() - t0
     patches = sum(p.patches for p in want)
     print(json.dumps({

@@ -11,8 +11,8 @@ import statistics
 import torch
 from notagen_trt.export.checkpoint import load_model
 from notagen_trt.export.reference import ReferenceBackend
-from notagen_trt.runtime.generate import GenerationConfig
-from notagen_trt.runtime.generate import generate as run_piece
+from notagen_trt.runtime.engine import generate as run_piece
+from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.onnx_backend import OrtBackend
 
 from notagen_trt.demo import DEMO_CHECKPOINT
@@ -28,9 +28,8 @@ def main() -> None:
                 "torch-cached-cuda": ReferenceBackend(load_model(DEMO_CHECKPOINT), "cached", "cuda")}
     rows, texts = {}, {}
     for name, backend in backends.items():
-        run_piece(backend.new_session(), backend.config.patch_length, None, GenerationConfig(seed=99, max_patches=8))
-        pieces = [run_piece(backend.new_session(), backend.config.patch_length, None, GenerationConfig(seed=s))
-                  for s in range(args.seeds)]
+        run_piece(backend.executor(), None, GenerationConfig(seed=99, max_patches=8))
+        pieces = [run_piece(backend.executor(), None, GenerationConfig(seed=s)) for s in range(args.seeds)]
         texts[name] = [p.text for p in pieces]
         rows[name] = {"ms_per_patch_median": round(statistics.median(1000 * p.seconds / p.patches for p in pieces), 3),
                       "patches": [p.patches for p in pieces]}

@@ -3,7 +3,7 @@ model and on a random-weight NotaGen-small: ``python benchmarks/precision_latenc
 
 One generated patch = 16 sampled characters and one patch-decoder step on a cache of
 ``--context`` patches, through the runtime's ORT backend exactly as `generate` drives it
-(``generate.sample_patch``; a patch is always 16 characters, so every variant does the same work). The median over ``--patches``
+(``sample_patch``; a patch is always 16 characters, so every variant does the same work). The median over ``--patches``
 patches is reported per variant, with its ratio to fp32; variants take turns patch by patch so
 that load from other processes falls on all of them alike. Variants of NotaGen-small are
 calibrated on a few corpus pieces: random weights make their accuracy meaningless, only their
@@ -27,7 +27,6 @@ import numpy as np
 from notagen_trt.config import PATCH_SIZE, PRESETS
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.engines.quantize import PRECISIONS, quantize
-from notagen_trt.runtime.generate import sample_patch
 from notagen_trt.runtime.onnx_backend import OrtBackend
 from notagen_trt.runtime.sampling import SamplingParams
 
@@ -44,7 +43,7 @@ class PatchTimer:
 
     def step(self) -> None:
         start = time.perf_counter()
-        out = sample_patch(self.session, self.hidden, [], self.rng, SamplingParams())
+        out = self.session.sample_patch(self.hidden, [], self.rng.random(PATCH_SIZE), SamplingParams())
         self.hidden = self.session.extend(np.array([out]))
         self.times.append(time.perf_counter() - start)
 

@@ -8,10 +8,11 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from notagen_trt.bench import context_patches
+from notagen_trt.bench import context_text
 from notagen_trt.config import PRESETS
-from notagen_trt.export.fast import FastGenerator
 from notagen_trt.export.model import NotaGenModel
+from notagen_trt.fastpath.executor import FastBackend
+from notagen_trt.runtime import codec
 
 
 def main() -> None:
@@ -20,8 +21,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    gen = FastGenerator(NotaGenModel(PRESETS[args.size]), 1, "cuda", torch.float16, graph=False)
-    gen._prefill(0, context_patches(256))
+    gen = FastBackend(NotaGenModel(PRESETS[args.size]), "cuda", "fp16").executor(1, graph=False)
+    gen.load(0, codec.encode_generate(context_text(256))[0])
     gen._attempt()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -13,7 +13,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from notagen_trt.runtime.generate import GenerationConfig, Piece, generate
+from notagen_trt.runtime.engine import generate
+from notagen_trt.runtime.executor import StepExecutor, StepSession
+from notagen_trt.runtime.piece import GenerationConfig, Piece
 from notagen_trt.runtime.prompts import Prompt
 
 from .model import KV, NotaGenModel
@@ -21,7 +23,7 @@ from .model import KV, NotaGenModel
 Mode = Literal["published", "cached"]
 
 
-class _TorchSession:
+class _TorchSession(StepSession):
     def __init__(self, model: NotaGenModel, device: torch.device) -> None:
         self.model = model
         self.device = device
@@ -81,7 +83,9 @@ class CachedSession(_TorchSession):
 
 
 class ReferenceBackend:
-    """A backend (see runtime.session) running the PyTorch model in either mode."""
+    """A backend (see runtime.executor) running the PyTorch model in either mode."""
+
+    default_rows = 1
 
     def __init__(self, model: NotaGenModel, mode: Mode = "cached", device: str | torch.device = "cpu") -> None:
         if mode not in ("published", "cached"):
@@ -96,5 +100,8 @@ class ReferenceBackend:
         cls = PublishedSession if self.mode == "published" else CachedSession
         return cls(self.model, self.device)
 
+    def executor(self, rows: int = 1) -> StepExecutor:
+        return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)])
+
     def generate(self, prompt: Prompt | None = None, config: GenerationConfig = GenerationConfig()) -> Piece:
-        return generate(self.new_session(), self.config.patch_length, prompt, config)
+        return generate(self.executor(1), prompt, config)

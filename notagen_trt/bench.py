@@ -1,10 +1,14 @@
-"""Per-patch latency of every backend and precision against the published algorithm, in one run.
+"""Per-patch latency of every backend and precision against the published algorithm, in one run,
+through the production engine (``runtime.engine``: the scheduler and executors `generate` and
+the service use).
 
-Each backend is measured in its own subprocess (so peak host RSS and GPU memory are its own):
-prime a context of N patches, then time ``--patches`` generated patches (16 sampled characters
-and one patch step each) and report the median. The published algorithm (PyTorch, no KV cache,
-numpy sampling per character) and the PyTorch cached path run in the same invocation on the
-same model, beside the weight-bandwidth floor of the device.
+Each row is measured in its own subprocess (so peak host RSS and GPU memory are its own): the
+row's backend gets an engine with ``batch`` rows, every row a piece continuing a context of N
+patches, and each engine step (one patch for every row, the published rules applied) is timed;
+the median over ``--patches`` steps is reported. The published algorithm (PyTorch, no KV cache,
+numpy sampling per character) runs in the same invocation on the same model, beside the
+weight-bandwidth floor of the device. An in-flight row instead sends K pieces of different
+lengths through the rows and reports the wall-clock pieces per minute.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, PATCH_SIZE, PRESETS, ModelConfig
+from notagen_trt.config import PATCH_SIZE, PRESETS, ModelConfig
 from notagen_trt.runtime import codec
-from notagen_trt.runtime.generate import sample_patch
-from notagen_trt.runtime.sampling import SamplingParams, sample
+from notagen_trt.runtime.engine import Engine, PieceRequest
+from notagen_trt.runtime.piece import GenerationConfig
 
-TORCH_BACKENDS = ("torch-published", "torch-cached", "torch-fast")
+TORCH_BACKENDS = ("torch-published", "torch-cached", "fast")
 ORT_BACKENDS = ("ort-cpu", "ort-cuda")
+BACKENDS = ("ort-cpu", "ort-cuda", "torch-cached", "fast")
 
 
 @dataclass
@@ -43,69 +48,75 @@ class Row:
     peak_gpu_mb: float | None  # allocator peak: what the backend itself holds on the GPU
     gpu_process_mb: float | None  # the driver's view of the process: + CUDA context, libraries
     device: str
+    executor: str = ""
+    inflight_pieces: int | None = None  # in-flight rows: pieces sent through the rows
+    inflight_seconds: float | None = None
 
 
-def context_patches(n: int, seed: int = 0) -> np.ndarray:
-    """N plausible patches (printable ASCII bars ending in eos) for random-weight timing."""
-    rng = np.random.default_rng(seed)
-    patches = rng.integers(32, 127, size=(n, PATCH_SIZE))
-    patches[:, -1] = 2
-    patches[0] = [ord(c) for c in codec.BOS_PATCH]
-    return patches.astype(np.int64)
+def context_text(n: int) -> str:
+    """A training-format text that encodes to exactly ``n`` full patches (header, then bar
+    lines of one patch each): the context every timed piece continues."""
+    header = "X:1\nL:1/8\nM:4/4\nK:C\n"
+    rng = np.random.default_rng(0)
+    notes = "CDEFGABcdefgab"
+    lines = ["[V:1]" + "".join(rng.choice(list(notes), 9)) + "|\n" for _ in range(max(0, n - 5))]
+    text = header + "".join(lines)  # bos + 4 header patches + one patch a line
+    assert len(codec.encode_generate(text)[0]) == max(n, 5), "context_text lines must be one patch each"
+    return text
 
 
-def _time_batch(session, contexts: np.ndarray, patches: int, warmup: int, seed: int) -> list[float]:
-    """Batched timing through a backend's raw graph runner (every row at the same length)."""
-    rng = np.random.default_rng(seed)
-    b = contexts.shape[0]
-    hidden = session.extend_batch(contexts)
-    times = []
-    for i in range(warmup + patches):
-        t0 = time.perf_counter()
-        logits = session.char_start_batch(hidden, np.full((b, 1), BOS_ID, dtype=np.int64))
-        out = np.zeros((b, PATCH_SIZE), dtype=np.int64)
-        for k in range(PATCH_SIZE):
-            out[:, k] = sample(logits, rng.random(b))
-            if k < PATCH_SIZE - 1:
-                logits = session.char_step_batch(out[:, k])
-        hidden = session.extend_batch(np.stack([codec.clean_patch(p) for p in out])[:, None])
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+def _requests(spec: dict, count: int, max_patches: list[int] | None = None) -> list[PieceRequest]:
+    text = context_text(spec["context"])
+    # Each piece stops at its own forced length; sampled EOS patches end random-weight pieces
+    # early at times, and the waiting pieces keep every row busy.
+    return [PieceRequest(None, GenerationConfig(seed=i, max_patches=(max_patches or [10**6] * count)[i]), text)
+            for i in range(count)]
 
 
-def _time_fast(gen, context: np.ndarray, patches: int, warmup: int, seed: int) -> list[float]:
-    """The fast path: one graph replay and one host sync per patch, every row accepted."""
-    import torch
-
-    rng = np.random.default_rng(seed)
-    for row in range(gen.batch):
-        gen._prefill(row, context)
-    times = []
-    for i in range(warmup + patches):
-        t0 = time.perf_counter()
-        gen.uniforms.copy_(torch.from_numpy(rng.random((gen.batch, PATCH_SIZE))))
-        gen._replay()
-        gen.tokens.cpu()
-        gen.position += 1
-        gen.hidden.copy_(gen.hidden_next)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+def _time_steps(engine: Engine, spec: dict) -> list[float]:
+    """Per-step seconds of the engine with all rows busy (pieces queued behind them)."""
+    times: list[float] = []
+    engine.on_step.append(lambda seconds, rows: times.append(seconds) if rows == engine.executor.rows else None)
+    want = spec["warmup"] + spec["patches"]
+    for _ in engine.run(_requests(spec, 4 * engine.executor.rows, [want + 2] * 4 * engine.executor.rows)):
+        if len(times) >= want:
+            break
+    return times[spec["warmup"] : want]
 
 
-def _time_single(session, context: np.ndarray, patches: int, warmup: int, seed: int) -> list[float]:
-    """One piece's patches through the runtime's own patch loop (generate.sample_patch)."""
-    rng = np.random.default_rng(seed)
-    hidden = session.extend(context)
-    times = []
-    for i in range(warmup + patches):
-        t0 = time.perf_counter()
-        out = sample_patch(session, hidden, [], rng, SamplingParams())
-        hidden = session.extend(codec.clean_patch(out)[None])
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int]:
+    """(seconds, pieces): K pieces of lengths drawn in [lo, hi] patches through the rows."""
+    rng = np.random.default_rng(1)
+    lo, hi = spec["inflight_patches"]
+    lengths = [int(v) for v in rng.integers(lo, hi + 1, spec["inflight"])]
+    engine.generate(_requests(spec, 1, [spec["warmup"] + 1]))  # warm-up piece (CUDA graph capture)
+    start = time.perf_counter()
+    done = len(engine.generate(_requests(spec, len(lengths), lengths)))
+    return time.perf_counter() - start, done
+
+
+def _backend(spec: dict, config: ModelConfig):
+    """The row's backend object, built the way `generate` builds it (random weights for torch)."""
+    backend, precision = spec["backend"], spec["precision"]
+    if backend in TORCH_BACKENDS:
+        import torch
+
+        from notagen_trt.export.model import NotaGenModel
+
+        torch.manual_seed(0)
+        model = NotaGenModel(config).eval()
+        device = spec.get("torch_device", "cpu")
+        if backend == "fast":
+            from notagen_trt.fastpath.executor import FastBackend
+
+            return FastBackend(model, device, precision)
+        from notagen_trt.export.reference import ReferenceBackend
+
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        return ReferenceBackend(model.to(dtype), backend.split("-")[1], device)
+    from notagen_trt.runtime.onnx_backend import OrtBackend
+
+    return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu")
 
 
 def _peak_rss_mb() -> float:
@@ -148,40 +159,17 @@ def _device_name(gpu: bool) -> str:
 
 
 def measure_one(spec: dict) -> dict:
-    """Run in a subprocess: build one backend, time it, return a Row as a dict."""
+    """Run in a subprocess: build one backend's engine, time it, return a Row as a dict."""
     backend, batch, context = spec["backend"], spec["batch"], spec["context"]
     config = ModelConfig.from_dict(spec["config"])
     gpu = backend == "ort-cuda" or (backend in TORCH_BACKENDS and spec.get("torch_device") == "cuda")
-    if backend in TORCH_BACKENDS:
-        import torch
-
-        from notagen_trt.export.model import NotaGenModel
-        from notagen_trt.export.reference import ReferenceBackend
-
-        torch.manual_seed(0)
-        device = spec.get("torch_device", "cpu")
-        model = NotaGenModel(config).eval()
-        dtype = torch.float16 if spec["precision"] in ("fp16", "int8-wo") else torch.float32
-        if backend == "torch-fast":
-            from notagen_trt.export.fast import FastGenerator
-
-            weights = "int8" if spec["precision"] == "int8-wo" else "float"
-            runner = FastGenerator(model, batch, device, dtype, weights=weights)
+    with Engine(_backend(spec, config).executor(batch)) as engine:
+        name = engine.executor.name
+        if spec.get("inflight"):
+            seconds, pieces = _time_inflight(engine, spec)
+            times = [seconds / max(1, engine.stats.steps)]
         else:
-            runner = ReferenceBackend(model.to(dtype), backend.split("-")[1], device)
-            session = runner.new_session()
-    else:
-        from notagen_trt.runtime.onnx_backend import OrtBackend
-
-        runner = OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu")
-        session = runner.new_session()
-    ctx = context_patches(context)
-    if backend == "torch-fast":
-        times = _time_fast(runner, ctx, spec["patches"], spec["warmup"], 0)
-    elif batch == 1:
-        times = _time_single(session, ctx, spec["patches"], spec["warmup"], 0)
-    else:
-        times = _time_batch(session, np.repeat(ctx[None], batch, 0), spec["patches"], spec["warmup"], 0)
+            times = _time_steps(engine, spec)
     process_gpu = _gpu_mb() if gpu else None
     if gpu and backend in TORCH_BACKENDS:
         import torch
@@ -191,14 +179,18 @@ def measure_one(spec: dict) -> dict:
         peak_gpu = process_gpu
     ms = [1000 * t for t in times]
     median = statistics.median(ms)
+    per_minute = (pieces * 60 / seconds if spec.get("inflight")
+                  else batch * 60_000 / (median * spec["patches_per_piece"]))
     return asdict(Row(backend=backend, precision=spec["precision"], batch=batch, context=context,
                       ms_per_patch_median=round(median, 3),
                       ms_per_patch_p90=round(float(np.percentile(ms, 90)), 3),
-                      pieces_per_minute=round(batch * 60_000 / (median * spec["patches_per_piece"]), 2),
+                      pieces_per_minute=round(per_minute, 2),
                       peak_rss_mb=round(_peak_rss_mb(), 1),
                       peak_gpu_mb=None if not gpu else round(peak_gpu or 0.0, 1),
                       gpu_process_mb=None if process_gpu is None else round(process_gpu, 1),
-                      device=_device_name(gpu)))
+                      device=_device_name(gpu), executor=name,
+                      inflight_pieces=pieces if spec.get("inflight") else None,
+                      inflight_seconds=round(seconds, 3) if spec.get("inflight") else None))
 
 
 def bandwidth_floor_ms(config: ModelConfig, bytes_per_weight: float, gb_per_s: float) -> float:

@@ -22,8 +22,12 @@ def demo_checkpoint() -> Path:
 
 
 def demo_model_dir() -> Path:
-    """The demo checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
-    checkpoint = demo_checkpoint()
+    """The demo checkpoint exported to ONNX once, in the user cache."""
+    return exported_dir(demo_checkpoint())
+
+
+def exported_dir(checkpoint: Path) -> Path:
+    """A checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
     # Keyed by the weights, the toolkit version and the exporter's source, so an upgrade, or a
     # change to how graphs are traced, re-exports instead of reusing stale graphs.
     from notagen_trt import __version__, export
@@ -33,16 +37,17 @@ def demo_model_dir() -> Path:
     key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode() + b"".join(
         (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py"))
     digest = hashlib.sha256(key).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"demo-{digest}"
+    name = "demo" if checkpoint.resolve() == DEMO_CHECKPOINT.resolve() else checkpoint.stem[:40]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"{name}-{digest}"
     if not (cache / "manifest.json").is_file():
         try:
             from notagen_trt.export.checkpoint import load_model
             from notagen_trt.export.onnx_export import export_onnx
         except ImportError:
             raise NotaGenError(
-                "the demo model must be exported once, which needs torch: "
-                "pip install 'notagen-trt[export]', or pass --model DIR"
+                f"{checkpoint}: a checkpoint must be exported to ONNX once for this backend, which needs torch: "
+                "pip install 'notagen-trt[export]', or pass an exported --model DIR"
             ) from None
-        print(f"exporting the demo model to {cache} (once)", file=sys.stderr)
+        print(f"exporting {checkpoint.name} to {cache} (once)", file=sys.stderr)
         export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint)
     return cache

@@ -95,3 +95,32 @@ def _check_file(directory: Path, manifest_path: Path, field: str, name: object) 
     if not target.is_file():
         raise NotaGenError(f"{manifest_path}: {field} names {name!r}, which is missing; copy the whole directory "
                            f"or re-export")
+
+
+def source_checkpoint(directory: str | Path, given: str | Path | None = None) -> Path:
+    """The checkpoint a model, variant or engine directory came from: ``given``, else the one its
+    manifest names (an engine's through the ONNX directory it was built from), else the demo
+    checkpoint when the recorded hash is the demo's."""
+    if given:
+        return Path(given)
+    manifest = read_manifest(directory)
+    if manifest["kind"] == "engine":
+        onnx_dir = (manifest.get("onnx") or {}).get("dir")
+        if onnx_dir and (Path(onnx_dir) / MANIFEST_NAME).is_file():
+            return source_checkpoint(onnx_dir)
+        raise NotaGenError(f"{directory}: the ONNX directory this engine was built from ({onnx_dir}) is not here, "
+                           "so its checkpoint is unknown; pass the checkpoint or the ONNX model directory")
+    source = manifest.get("source") or {}
+    if source.get("checkpoint") and Path(source["checkpoint"]).is_file():
+        return Path(source["checkpoint"])
+    digest = source.get("sha256") or source.get("checkpoint_sha256")  # export / precision variant
+    if digest is None:
+        raise NotaGenError(f"{directory}: this model records no source checkpoint (random weights?); pass the "
+                           "checkpoint file instead")
+    from notagen_trt.demo import demo_checkpoint
+
+    demo = demo_checkpoint()
+    if digest == sha256_file(demo):
+        return demo
+    raise NotaGenError(f"{directory}: the checkpoint this model came from ({source.get('checkpoint')}) is not here; "
+                       "pass the checkpoint file instead")

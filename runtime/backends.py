@@ -1,14 +1,18 @@
-"""Pick a backend for a model directory: ``auto`` takes the fastest one that can run here and
-says why it passed over the others."""
+"""Pick a backend for a model: ``auto`` takes the fastest one that can run here, in the order
+fast CUDA path, TensorRT engine, ONNX Runtime CUDA, ONNX Runtime CPU, and says why it passed
+over the others. Every backend gives the engine an executor (``backend.executor(rows)``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import read_manifest
 
-CHOICES = ("auto", "tensorrt", "ort-cuda", "ort-cpu")
+CHOICES = ("auto", "fast", "tensorrt", "ort-cuda", "ort-cpu")
+PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
+CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
 
 
 def _ort_backend():
@@ -21,12 +25,46 @@ def _ort_backend():
     return OrtBackend
 
 
-def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | None = None):
-    """(backend, note): the backend object and a one-line note on why it was chosen."""
+def select_backend(model: str | Path, choice: str = "auto", precision: str | None = None,
+                   threads: int | None = None) -> tuple[Any, str]:
+    """(backend, note): the backend object and a one-line note on why it was chosen.
+
+    ``model`` is a model directory (ONNX export, precision variant or engine) or a checkpoint.
+    ``precision`` (fp32 / fp16 / int8-wo) is what the fast CUDA path runs (fp16 when not given);
+    ONNX Runtime and TensorRT run the precision their directory holds, which must match it."""
     if choice not in CHOICES:
         raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
-    model_dir = _directory_of(Path(model_dir))
+    if precision is not None and precision not in PRECISIONS:
+        raise NotaGenError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    model = Path(model)
+    if not model.exists():
+        raise NotaGenError(f"{model}: no such model directory or checkpoint; pass an exported directory "
+                           f"(`notagen-trt export`) or a .pth / .safetensors file")
+    passed: list[str] = []
+    if choice in ("auto", "fast"):
+        from notagen_trt import fastpath
+
+        reason = fastpath.unavailable_reason()
+        if not reason:
+            try:
+                backend = fastpath.load(model, precision or "fp16")
+            except NotaGenError as exc:
+                reason = str(exc)
+            else:
+                return backend, f"fast CUDA path ({backend.precision}{', fused Triton kernels' if backend.fused else ''})"
+        if choice == "fast":
+            raise NotaGenError(f"the fast CUDA path cannot run here: {reason}")
+        passed.append(f"not the fast CUDA path: {reason}")
+    backend, note = _compiled_backend(_directory_of(model), choice, precision, threads)
+    return backend, "; ".join([note, *passed])
+
+
+def _compiled_backend(model_dir: Path, choice: str, precision: str | None, threads: int | None) -> tuple[Any, str]:
     manifest = read_manifest(model_dir)
+    holds = manifest.get("precision", "fp32")
+    if precision is not None and precision != holds:
+        raise NotaGenError(f"{model_dir}: holds {holds} graphs, not {precision}; make them with `notagen-trt quantize "
+                           f"--model DIR --precision {precision} --out VARIANT` and pass --model VARIANT")
     if manifest.get("kind") == "engine":
         return _engine_backend(model_dir, manifest, choice, threads)
     if choice == "tensorrt":
@@ -48,17 +86,21 @@ def select_backend(model_dir: str | Path, choice: str = "auto", threads: int | N
 
 
 def _directory_of(path: Path) -> Path:
-    """A model is a directory (two graphs + manifest); a single plan or ONNX file stands for the
-    directory whose manifest lists it."""
+    """A model is a directory (two graphs + manifest). A checkpoint is exported once to the user
+    cache; a single plan or ONNX file stands for the directory whose manifest lists it."""
     if not path.is_file():
         return path
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        from notagen_trt.demo import exported_dir
+
+        return exported_dir(path)
     manifest = read_manifest(path.parent)
     if path.name not in {g.get("file") for g in manifest.get("graphs", {}).values()}:
         raise NotaGenError(f"{path}: not a graph listed in {path.parent / 'manifest.json'}; pass the model directory")
     return path.parent
 
 
-def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | None):
+def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | None) -> tuple[Any, str]:
     """TensorRT when the engine matches this GPU and TensorRT version (``auto``, ``tensorrt``);
     otherwise ONNX Runtime on the ONNX directory the engine was built from, saying why."""
     why = "asked for ONNX Runtime"
@@ -78,5 +120,5 @@ def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int 
     if not (onnx_dir / "manifest.json").is_file():
         raise NotaGenError(f"{engine_dir}: cannot use the engine ({why}) and the ONNX model it was built from "
                            f"({onnx_dir}) is not there for ONNX Runtime; pass the ONNX model directory")
-    backend, note = select_backend(onnx_dir, "auto" if choice == "tensorrt" else choice, threads)
+    backend, note = _compiled_backend(onnx_dir, "auto" if choice == "tensorrt" else choice, None, threads)
     return backend, f"{note}, not TensorRT: {why}" if choice == "auto" else note

@@ -158,12 +158,15 @@ class PieceCheck:
 def generated_validity(backend: OrtBackend, num_pieces: int = 8, max_patches: int | None = 2048) -> list[PieceCheck]:
     """Generate pieces with seeds 0..num_pieces-1 (unconditional) and check each one."""
     from .abcio import check
-    from .generate import GenerationConfig, generate_many
+    from .engine import Engine, PieceRequest
+    from .piece import GenerationConfig
     from .postprocess import postprocess
 
     configs = [GenerationConfig(seed=s, max_patches=max_patches) for s in range(num_pieces)]
     out = []
-    for config, piece in zip(configs, generate_many(backend, backend.config.patch_length, None, configs)):
+    with Engine(backend.executor(backend.default_rows)) as engine:
+        pieces = engine.generate(PieceRequest(None, c) for c in configs)
+    for config, piece in zip(configs, pieces):
         abc = postprocess(piece.text)
         parsed = check(abc)
         bars_ok, why = bars_match_meter(abc)

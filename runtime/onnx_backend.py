@@ -17,10 +17,11 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
+from notagen_trt.config import BOS_ID, HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_file, model_config, read_manifest
 
+from .executor import StepExecutor, StepSession
 from .sampling import SamplingParams
 
 Device = Literal["cpu", "cuda"]
@@ -85,7 +86,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class OrtBackend:
-    """A runtime Backend (see session.py) running the exported ONNX graphs in ONNX Runtime."""
+    """A backend (see executor.py) running the exported ONNX graphs in ONNX Runtime."""
+
+    default_rows = 1  # rows step one after another: more rows add no speed here
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | None = None) -> None:
         if device not in ("cpu", "cuda"):
@@ -127,11 +130,14 @@ class OrtBackend:
     def new_session(self) -> "_Session":
         return CudaSession(self) if self.device == "cuda" else CpuSession(self)
 
+    def executor(self, rows: int = 1) -> StepExecutor:
+        return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)])
+
 
 Past = list  # np.ndarray on the CPU path, ort.OrtValue (device memory) on the CUDA path
 
 
-class _Session:
+class _Session(StepSession):
     """One piece's decoding state; subclasses decide where the KV caches live (``_run``)."""
 
     def __init__(self, backend: OrtBackend) -> None:
@@ -174,7 +180,7 @@ class _Session:
                                             self._char_past)
         return logits[:, -1]
 
-    # The runtime's DecoderSession protocol: one piece, batch 1.
+    # StepSession: one piece, batch 1.
     def extend(self, patches: np.ndarray) -> np.ndarray:
         return self.extend_batch(_ids(patches)[None])[0]
 
@@ -201,16 +207,16 @@ class CpuSession(_Session):
         out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
         return out, present
 
-    def sample_patch(self, hidden: np.ndarray, tokens: list[int], uniforms: np.ndarray,
+    def sample_patch(self, hidden: np.ndarray, prefix: list[int], uniforms: np.ndarray,
                      params: SamplingParams) -> list[int]:
-        """One patch's sampled characters in one call: the char decoder from ``tokens`` (bos
-        placeholder + forced prefix), one draw per uniform, as ``sample`` would draw them."""
-        feeds = {"patch_hidden": np.asarray(hidden, dtype=np.float32)[None], "tokens": _ids(tokens)[None],
-                 "uniforms": np.asarray(uniforms, dtype=np.float64),
+        """The patch in one call: the char decoder from bos + ``prefix``, then one draw per
+        uniform of ``uniforms[len(prefix):]``, as ``sample`` would draw them."""
+        feeds = {"patch_hidden": np.asarray(hidden, dtype=np.float32)[None], "tokens": _ids([BOS_ID, *prefix])[None],
+                 "uniforms": np.asarray(uniforms[len(prefix):], dtype=np.float64),
                  "top_k": np.asarray(params.top_k or VOCAB_SIZE, dtype=np.int64),
                  "top_p": np.asarray(params.top_p, dtype=np.float64),
                  "temperature": np.asarray(params.temperature, dtype=np.float64)}
-        return self.backend.patch_sampler().run(None, feeds)[0].tolist()
+        return [*prefix, *self.backend.patch_sampler().run(None, feeds)[0].tolist()]
 
 
 class CudaSession(_Session):

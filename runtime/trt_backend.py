@@ -36,6 +36,8 @@ from notagen_trt.engines.flavors import get_flavor, local_gpu
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_file, model_config
 
+from .executor import StepExecutor, StepSession
+
 PREFILL, DECODE = 0, 1
 
 
@@ -224,7 +226,9 @@ def runtime_info(flavor: str) -> RuntimeInfo:
 
 
 class TrtBackend:
-    """A runtime Backend (see session.py) running TensorRT plans from ``notagen-trt build``."""
+    """A backend (see executor.py) running TensorRT plans from ``notagen-trt build``."""
+
+    default_rows = 1
 
     def __init__(self, engine_dir: str | Path, onnx_dir: str | Path | None = None, cuda_graphs: bool = True) -> None:
         engine_dir = Path(engine_dir)
@@ -248,6 +252,9 @@ class TrtBackend:
 
     def new_session(self) -> "TrtSession":
         return TrtSession(self)
+
+    def executor(self, rows: int = 1) -> StepExecutor:
+        return StepExecutor(self.name, self.config, [TrtSession(self) for _ in range(rows)])
 
     def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One uncaptured call of a graph on host arrays (batch 1 or more), every output returned:
@@ -286,7 +293,7 @@ class TrtBackend:
             cudart.cudaStreamDestroy(stream)
 
 
-class TrtSession:
+class TrtSession(StepSession):
     """One piece's decoding state: its stream, contexts and fixed-capacity buffers."""
 
     def __init__(self, backend: TrtBackend) -> None:

@@ -64,6 +64,15 @@ def trained(trained_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def demo():
+    """The shipped demo model (PyTorch)."""
+    from notagen_trt.demo import DEMO_CHECKPOINT
+    from notagen_trt.export.checkpoint import load_model
+
+    return load_model(DEMO_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
 def trained_onnx(trained, trained_checkpoint, tmp_path_factory):
     """The trained model exported to ONNX (with its checkpoint recorded in the manifest)."""
     from notagen_trt.export.onnx_export import export_onnx

@@ -6,14 +6,14 @@ from notagen_trt.cli import main
 def test_bench_reports_published_reference_and_rows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--size", "demo", "--context", "8", "--patches", "3", "--published-patches", "2",
-               "--warmup", "1", "--backends", "ort-cpu,torch-cached,torch-fast", "--batch", "1,2", "--json", str(out),
+               "--warmup", "1", "--backends", "ort-cpu,torch-cached,fast", "--batch", "1,2", "--json", str(out),
                "--json-only"])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["reference"]["published_ms_per_patch_median"] > 0
     rows = {(r["backend"], r["batch"]): r for r in report["results"]}
     assert set(rows) == {("torch-published", 1), ("ort-cpu", 1), ("ort-cpu", 2), ("torch-cached", 1),
-                         ("torch-fast", 1), ("torch-fast", 2)}
+                         ("fast", 1), ("fast", 2)}
     for r in rows.values():
         assert {"backend", "precision", "batch", "ms_per_patch_median", "pieces_per_minute", "peak_gpu_mb",
                 "peak_rss_mb", "device"} <= set(r)

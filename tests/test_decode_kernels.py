@@ -1,4 +1,4 @@
-"""The fused decode kernels (export/decode_kernels.py) against PyTorch, and the fast path built
+"""The fused decode kernels (fastpath/decode_kernels.py) against PyTorch, and the fast path built
 on them against the reference model. Triton kernels need a CUDA GPU."""
 
 import copy
@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from notagen_trt.runtime.generate import GenerationConfig
+from notagen_trt.runtime.engine import Engine, PieceRequest
+from notagen_trt.runtime.piece import GenerationConfig
+from notagen_trt.runtime.sampling import SamplingParams
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the Triton kernels")]
@@ -24,7 +26,7 @@ def layer_norm(k: int) -> torch.nn.LayerNorm:
 @pytest.mark.parametrize("rows", [1, 3, 16, 40])  # one row, batches, a prefill
 @pytest.mark.parametrize("int8", [False, True])
 def test_linear_with_layernorm_gelu_and_residual(rows, int8):
-    from notagen_trt.export.decode_kernels import PackedLinear
+    from notagen_trt.fastpath.decode_kernels import PackedLinear
 
     torch.manual_seed(rows)
     k, n = 192, 576
@@ -51,7 +53,7 @@ def test_linear_with_layernorm_gelu_and_residual(rows, int8):
 def test_split_rows_are_deterministic(int8):
     """2-16 rows split the input over programs; whichever finishes last adds the partials, always
     in split order: repeated calls give the same bits, and the ticket counters end at zero."""
-    from notagen_trt.export.decode_kernels import PackedLinear
+    from notagen_trt.fastpath.decode_kernels import PackedLinear
 
     torch.manual_seed(0)
     k, n = 5120, 1280  # NotaGen-X's MLP output projection: the deepest split
@@ -68,7 +70,7 @@ def test_split_rows_are_deterministic(int8):
 
 @pytest.mark.parametrize("position", [0, 7, "rows"])
 def test_decode_attention_writes_the_cache_and_attends(position):
-    from notagen_trt.export.decode_kernels import decode_attention
+    from notagen_trt.fastpath.decode_kernels import decode_attention
 
     torch.manual_seed(0)
     b, heads, capacity, d = 3, 4, 100, 64
@@ -89,8 +91,8 @@ def test_decode_attention_writes_the_cache_and_attends(position):
 
 
 def test_sampler_writes_the_next_embedding():
-    from notagen_trt.export.sampler_kernel import sample_into
-    from notagen_trt.runtime.sampling import SamplingParams, sample
+    from notagen_trt.fastpath.sampler_kernel import sample_into
+    from notagen_trt.runtime.sampling import sample
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 128)).astype(np.float32) * 3
@@ -99,23 +101,31 @@ def test_sampler_writes_the_next_embedding():
     tokens = torch.zeros(5, dtype=torch.long, device="cuda")
     x = torch.zeros(5, 192, device="cuda")
     sample_into(torch.from_numpy(logits).cuda(), torch.from_numpy(u).cuda(), tokens.clone(),
-                torch.zeros(5, dtype=torch.bool, device="cuda"), tokens, SamplingParams(), (wte, wpe_row, x))
+                torch.zeros(5, dtype=torch.bool, device="cuda"), tokens, _row_params(SamplingParams(), 5), (wte, wpe_row, x))
     assert np.array_equal(tokens.cpu().numpy(), sample(logits, u, SamplingParams()))
     assert torch.allclose(x, wte[tokens].float() + wpe_row.float())
 
 
-@pytest.mark.parametrize("weights", ["float", "int8"])
-def test_fused_fast_path_follows_the_model(trained, weights):
-    """A whole fused patch (16 char steps, sampling, the patch step) against the fp32 model."""
-    from notagen_trt.export.fast import FastGenerator
+def _row_params(params: SamplingParams, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.full((rows,), params.top_k, device="cuda"),
+            torch.full((rows,), params.top_p, dtype=torch.float64, device="cuda"),
+            torch.full((rows,), 1.0 / params.temperature, dtype=torch.float64, device="cuda"))
 
-    gen = FastGenerator(copy.deepcopy(trained), 2, "cuda", torch.float16, graph=False, weights=weights)
-    assert gen.fused
+
+@pytest.mark.parametrize("precision", ["fp16", "int8-wo"])
+def test_fused_fast_path_follows_the_model(trained, precision):
+    """A whole fused patch (16 char steps, sampling, the patch step) against the fp32 model."""
+    from notagen_trt.fastpath.executor import FastBackend
+
+    backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
+    gen = backend.executor(2, graph=False)
+    weights = "int8" if precision == "int8-wo" else "float"
+    assert backend.fused
     context = torch.randint(32, 127, (6, 16))
     model = copy.deepcopy(trained).float().cuda()
     hidden, _ = model.patch_level_decoder(context[None].cuda())
     for row in range(2):
-        gen._prefill(row, context.numpy())
+        gen.load(row, context.numpy())
     assert (gen.hidden.float() - hidden[0, -1]).abs().max().item() < 5e-2
     gen.uniforms.uniform_()
     gen.uniforms[1] = gen.uniforms[0]
@@ -134,10 +144,11 @@ def test_fused_fast_path_follows_the_model(trained, weights):
 
 
 def test_fused_graph_replay_equals_eager(trained):
-    from notagen_trt.export.fast import FastGenerator
+    from notagen_trt.fastpath.executor import FastBackend
 
-    configs = [GenerationConfig(seed=s, max_patches=60) for s in range(3)]
-    eager = FastGenerator(copy.deepcopy(trained), 3, "cuda", torch.float16, graph=False).generate(None, configs)
-    graphed = FastGenerator(copy.deepcopy(trained), 3, "cuda", torch.float16, graph=True).generate(None, configs)
+    requests = [PieceRequest(None, GenerationConfig(seed=s, max_patches=60)) for s in range(3)]
+    backend = FastBackend(copy.deepcopy(trained), "cuda", "fp16")
+    eager = Engine(backend.executor(3, graph=False)).generate(requests)
+    graphed = Engine(backend.executor(3, graph=True)).generate(requests)
     assert [p.text for p in eager] == [p.text for p in graphed]
     assert all(p.patches > 5 and "[r:" in p.text for p in graphed)

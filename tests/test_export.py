@@ -20,7 +20,8 @@ from notagen_trt.export.model import NotaGenModel
 from notagen_trt.export.onnx_export import check_parity, export_onnx, graph_io
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.manifest import read_manifest, write_manifest
-from notagen_trt.runtime.generate import GenerationConfig, generate
+from notagen_trt.runtime.engine import generate
+from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.onnx_backend import OrtBackend
 from notagen_trt.runtime.prompts import resolve_prompt
 
@@ -114,8 +115,8 @@ def test_ort_backend_writes_the_reference_pieces(trained, trained_onnx, seed):
     config, prompt = GenerationConfig(seed=seed, max_patches=120), resolve_prompt(*BACH)
     backend = OrtBackend(onnx_dir, threads=1)
     assert backend.config == model.config and backend.name == "onnxruntime-cpu"
-    ours = generate(backend.new_session(), backend.config.patch_length, prompt, config)
-    ref = generate(ReferenceBackend(model, "cached").new_session(), model.config.patch_length, prompt, config)
+    ours = generate(backend.executor(), prompt, config)
+    ref = generate(ReferenceBackend(model, "cached").executor(), prompt, config)
     assert ours.text == ref.text and ours.patches == ref.patches and ours.stop_reason == ref.stop_reason
     assert ours.rebuilds == ref.rebuilds and "[r:0/" in ours.text
 
@@ -143,13 +144,11 @@ def test_runtime_generates_without_torch(trained, trained_onnx):
         import notagen_trt.runtime
         for module in pkgutil.iter_modules(notagen_trt.runtime.__path__):  # every runtime module imports
             importlib.import_module("notagen_trt.runtime." + module.name)
-        from notagen_trt.runtime.generate import GenerationConfig, generate
-        from notagen_trt.runtime.onnx_backend import OrtBackend
-        from notagen_trt.runtime.prompts import resolve_prompt
+        from notagen_trt.runtime import GenerationConfig, PieceRequest, load_engine, resolve_prompt
 
-        backend = OrtBackend({str(onnx_dir)!r}, threads=1)
-        piece = generate(backend.new_session(), backend.config.patch_length, resolve_prompt(*{BACH!r}),
-                         GenerationConfig(seed=0, max_patches=40))
+        with load_engine({str(onnx_dir)!r}, "auto", threads=1) as engine:  # no torch: ONNX Runtime
+            prompt = resolve_prompt(*{BACH!r})
+            (piece,) = engine.generate([PieceRequest(prompt, GenerationConfig(seed=0, max_patches=40))])
         assert "torch" not in sys.modules
         print(piece.text, end="")
     """)

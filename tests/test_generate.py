@@ -1,14 +1,18 @@
-"""The reference generator: published (no cache) and cached modes write the same pieces."""
+"""The engine and the published rules: reference modes agree, each rule of PieceState holds, and
+in-flight batching writes the pieces one row writes, whatever the rows, order or cancellations."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import BACH
 
+from notagen_trt.config import BOS_ID, EOS_ID, PAD_ID
 from notagen_trt.export.reference import ReferenceBackend
-from notagen_trt.runtime.generate import GenerationConfig, generate
 from notagen_trt.runtime import codec
+from notagen_trt.runtime.engine import Engine, PieceRequest, generate
+from notagen_trt.runtime.piece import BarSplitter, Decision, GenerationConfig, PieceState
 from notagen_trt.runtime.prompts import resolve_prompt
-
+from notagen_trt.runtime.sampling import SamplingParams
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -26,8 +30,8 @@ def test_published_and_cached_modes_write_identical_pieces(trained, seed):
 def test_context_halving_keeps_generating(trained, seed):
     """A loop PATCH_LENGTH of 22 (below the model's 32) forces rebuilds within one short piece."""
     config, prompt = GenerationConfig(seed=seed, max_patches=150), resolve_prompt(*BACH)
-    cached = generate(ReferenceBackend(trained, "cached").new_session(), 22, prompt, config)
-    published = generate(ReferenceBackend(trained, "published").new_session(), 22, prompt, config)
+    cached = generate(ReferenceBackend(trained, "cached").executor(), prompt, config, 22)
+    published = generate(ReferenceBackend(trained, "published").executor(), prompt, config, 22)
     assert cached.rebuilds >= 1
     assert cached.patches > 22 - 15  # more patches than the context holds beside the header
     assert published.text == cached.text and published.rebuilds == cached.rebuilds
@@ -56,35 +60,221 @@ def test_seeds_differ_and_repeat(trained):
 
 
 def test_invalid_generation_settings_are_rejected():
-    with pytest.raises(ValueError):
-        GenerationConfig(seed=-1)
-    with pytest.raises(ValueError):
-        GenerationConfig(max_patches=0)
+    for bad in ({"seed": -1}, {"max_patches": 0}, {"max_seconds": float("nan")}, {"max_seconds": float("inf")},
+                {"bars": -1}):
+        with pytest.raises(ValueError):
+            GenerationConfig(**bad)
     with pytest.raises(ValueError):
         ReferenceBackend(torch.nn.Module(), "fast")
 
 
-def test_bar_streaming_yields_the_whole_piece_in_bars(trained):
-    from notagen_trt.runtime.generate import PieceGenerator
+# ---- PieceState: one test per published rule ---------------------------------------------------
+def _patch(text: str) -> np.ndarray:
+    """A sampled patch as an executor returns it: bos, the characters, eos, padding."""
+    ids = [BOS_ID, *map(ord, text), EOS_ID][:16]
+    return np.array(ids + [PAD_ID] * (16 - len(ids)), dtype=np.int64)
 
+
+def _state(**config) -> PieceState:
+    state = PieceState(resolve_prompt(*BACH), GenerationConfig(**config), patch_length=64)
+    state.context()
+    return state
+
+
+def test_rule_one_uniform_per_drawn_character():
+    state = _state(seed=7)
+    rng = np.random.default_rng(7)
+    request = state.request()
+    assert request.prefix == [] and request.uniforms.tolist() == rng.random(16).tolist()
+
+
+def test_rule_first_body_patch_is_sampled_again_with_the_forced_prefix():
+    state = _state(bars=5)
+    assert state.take(_patch("[r:3/2][V:1]ab")) is Decision.RESAMPLE
+    request = state.request()
+    assert codec.decode_patch(request.prefix) == "[r:0/5]" and request.uniforms[:7].tolist() == [0.0] * 7
+    assert state.take(_patch("[r:0/5][V:1]ab|")) is Decision.ACCEPT
+    assert state.piece.text.endswith("[r:0/5][V:1]ab|") and state.piece.patches == 1
+    assert state.take(_patch("[r:1/4][V:1]c|")) is Decision.ACCEPT  # only the first body patch is forced
+
+
+def test_rule_eos_patch_ends_the_piece():
+    state = _state()
+    eos = np.array([BOS_ID, EOS_ID] + [PAD_ID] * 14)
+    assert state.take(eos) is Decision.STOP
+    assert state.piece.complete and state.piece.stop_reason == "eos" and state.piece.patches == 1
+
+
+@pytest.mark.parametrize("limit, reason", [({"max_patches": 2}, "max_patches"), ({"max_chars": 50}, "max_chars")])
+def test_rule_limits_stop_after_the_patch_that_reaches_them(limit, reason):
+    state = _state(**limit)
+    decisions = [state.take(_patch("L:1/8\n")) for _ in range(3)]
+    assert Decision.STOP in decisions and state.piece.stop_reason == reason
+
+
+def test_rule_seconds_limit():
+    state = _state(max_seconds=1e-9)
+    assert state.take(_patch("L:1/8\n")) is Decision.STOP and state.piece.stop_reason == "max_seconds"
+
+
+def test_rule_a_full_context_is_halved():
+    state = PieceState(None, GenerationConfig(), patch_length=6)
+    state.context()  # the bos patch
+    state.in_body = True
+    decisions = [state.take(_patch(f"[V:1]a{i}b|\n")) for i in range(5)]
+    assert decisions == [Decision.ACCEPT] * 4 + [Decision.RELOAD] and state.piece.rebuilds == 1
+    patches = state.context()  # bos + the last half (2) of the 5 body lines, the last one left open
+    assert [codec.decode_patch(p) for p in patches[1:]] == ["[V:1]a3b|\n"] and not state.done
+    assert codec.decode_patch(state.request().prefix) == "[V:1]a4b|\n"
+
+
+def test_rule_open_bar_after_a_rebuild_is_continued_not_repeated():
+    state = PieceState(None, GenerationConfig(), patch_length=64, text="L:1/8\n[V:1]abc")
+    state.context()
+    assert codec.decode_patch(state.request().prefix) == "[V:1]abc"  # the open bar is forced
+    state.take(_patch("[V:1]abcd|"))
+    assert state.piece.text == "L:1/8\n[V:1]abcd|"  # its characters are not added twice
+
+
+def test_rule_a_context_that_cannot_be_halved_stops():
+    state = PieceState(None, GenerationConfig(), patch_length=3)
+    state.context()
+    decisions = [state.take(_patch("L:1/8\n")) for _ in range(2)]
+    assert decisions[-1] is Decision.STOP and state.piece.stop_reason == "context_full"
+
+
+def test_bar_splitter_streams_closed_bars_and_the_rest():
+    splitter = BarSplitter()
+    assert splitter.feed("[V:1]ab|cd|e") == ["[V:1]ab"]
+    assert splitter.feed("f|\n[V:1]g") == ["|cd", "|ef|\n"]
+    assert splitter.flush() == ["[V:1]g"] and splitter.flush() == []
+
+
+# ---- the engine ----------------------------------------------------------------------------------
+def test_bar_events_stream_the_whole_piece(trained):
     prompt = resolve_prompt(*BACH)
-    config = GenerationConfig(seed=1, max_patches=60)
-    gen = PieceGenerator(ReferenceBackend(trained, "cached").new_session(), 32, prompt, config)
-    bars = list(gen.bars())
-    assert "".join(bars) == gen.piece.text[len("".join(prompt.lines())) :]
-    assert len(bars) > 3
-    # each yielded piece is one bar segment of the codec (a header line or one voice's bar)
-    for bar in bars[:-1]:
+    bars, kinds = [], []
+
+    def listen(event):
+        kinds.append(event.kind)
+        if event.kind == "bar":
+            bars.append(event.text)
+
+    engine = Engine(ReferenceBackend(trained, "cached").executor())
+    (piece,) = engine.generate([PieceRequest(prompt, GenerationConfig(seed=1, max_patches=60))], listen)
+    assert "".join(bars) == piece.text[len("".join(prompt.lines())) :]
+    assert len(bars) > 3 and kinds[-1] == "done" and kinds.count("done") == 1
+    for bar in bars[:-1]:  # each one bar segment of the codec (a header line or one voice's bar)
         assert "\n" not in bar[:-1]
         assert codec.split_bars(bar) == [bar]
 
 
-def test_generate_many_is_independent_of_workers(trained):
-    from notagen_trt.runtime.generate import generate_many
+def _mixed_requests() -> list[PieceRequest]:
+    """8 pieces of different prompts, seeds, settings and limits."""
+    bach, chopin = resolve_prompt(*BACH), resolve_prompt("Romantic", "Chopin, Frederic", "Keyboard")
+    cool = SamplingParams(top_k=0, top_p=0.5, temperature=0.7)
+    configs = [GenerationConfig(seed=0, max_patches=12), GenerationConfig(seed=1, max_patches=90),
+               GenerationConfig(seed=2, sampling=cool, max_patches=40), GenerationConfig(seed=3, bars=4, max_patches=50),
+               GenerationConfig(seed=4, max_patches=7), GenerationConfig(seed=5, max_patches=150),
+               GenerationConfig(seed=6, max_patches=30), GenerationConfig(seed=7, max_patches=60)]
+    return [PieceRequest(bach if i % 3 else chopin if i % 2 else None, c, tag=i) for i, c in enumerate(configs)]
+
+
+def test_in_flight_pieces_equal_one_row_pieces(trained):
+    """3 rows, 8 pieces: rows are reused as pieces end, one piece halves its context (PATCH_LENGTH
+    22), one is cancelled mid-piece; every finished piece is the one a one-row engine writes."""
+    backend = ReferenceBackend(trained, "cached")
+    requests = _mixed_requests()
+    one_row = Engine(backend.executor(1), patch_length=22).generate(requests)
+    engine = Engine(backend.executor(3), patch_length=22)
+    handles = {}
+
+    def cancel_piece_six(event):
+        if event.handle.request.tag == 6 and event.kind == "patch" and event.handle.piece.patches == 5:
+            event.handle.cancel()
+
+    finished_order = []
+    for handle in engine.run(reversed(requests), cancel_piece_six):  # arrival order reversed too
+        handles[handle.request.tag] = handle
+        finished_order.append(handle.request.tag)
+    assert sorted(handles) == list(range(8)) and len(finished_order) == 8
+    assert finished_order != sorted(finished_order, reverse=True)  # rows freed and refilled out of order
+    cancelled = handles[6].piece
+    assert cancelled.stop_reason == "cancelled" and cancelled.patches == 5
+    assert one_row[6].text.startswith(cancelled.text)
+    for i, piece in enumerate(one_row):
+        if i != 6:
+            got = handles[i].piece
+            assert (got.text, got.patches, got.stop_reason, got.rebuilds) == (
+                piece.text, piece.patches, piece.stop_reason, piece.rebuilds)
+    assert any(p.rebuilds for p in one_row)  # the halving path ran
+    assert {p.stop_reason for p in one_row} >= {"max_patches"}
+    assert engine.active == 0 and engine.stats.finished == 8
+
+
+def test_requests_are_taken_only_when_a_row_is_free(trained):
+    engine = Engine(ReferenceBackend(trained, "cached").executor(2))
+    taken = []
+
+    def requests():
+        for seed in range(5):
+            taken.append(seed)
+            yield PieceRequest(None, GenerationConfig(seed=seed, max_patches=3))
+
+    run = engine.run(requests())
+    next(run)
+    assert len(taken) <= 3  # two rows busy and at most one waiting: memory does not grow with K
+    assert len(list(run)) == 4
+
+
+def test_background_engine_serves_submissions_from_threads(trained):
+    import threading
 
     backend = ReferenceBackend(trained, "cached")
-    configs = [GenerationConfig(seed=s, max_patches=40) for s in range(4)]
-    one = generate_many(backend, 32, resolve_prompt(*BACH), configs, workers=1)
-    many = generate_many(backend, 32, resolve_prompt(*BACH), configs, workers=3)
-    assert [p.text for p in one] == [p.text for p in many]
-    assert [p.text for p in one] == [backend.generate(resolve_prompt(*BACH), c).text for c in configs]
+    want = [backend.generate(None, GenerationConfig(seed=s, max_patches=20)).text for s in range(4)]
+    with Engine(backend.executor(2)).start() as engine:
+        handles = [None] * 4
+
+        def submit(i):
+            handles[i] = engine.submit(PieceRequest(None, GenerationConfig(seed=i, max_patches=20)))
+
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [h.wait(60).text for h in handles] == want
+        waiting = engine.submit(PieceRequest(None, GenerationConfig(seed=9)))
+        waiting.cancel()
+        assert waiting.wait(60).stop_reason == "cancelled"
+
+
+def test_a_backend_fault_ends_running_pieces_and_the_engine_keeps_serving(trained):
+    backend = ReferenceBackend(trained, "cached")
+    executor = backend.executor(1)
+    real_sample, calls = executor.sample, []
+
+    def flaky(requests):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real_sample(requests)
+
+    executor.sample = flaky
+    with Engine(executor).start() as engine:
+        first = engine.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=20)))
+        assert first.wait(60).stop_reason == "error" and "device lost" in first.error
+        second = engine.submit(PieceRequest(None, GenerationConfig(seed=1, max_patches=5)))
+        assert second.wait(60).stop_reason == "max_patches"
+
+
+def test_engine_rows_must_be_sensible():
+    from notagen_trt.runtime.engine import load_engine
+
+    with pytest.raises(ValueError, match="rows must be in"):
+        load_engine(backend="ort-cpu", rows=10_000)
+
+
+def test_loop_length_never_exceeds_the_model(trained):
+    engine = Engine(ReferenceBackend(trained, "cached").executor(), patch_length=10_000)
+    assert engine.patch_length == trained.config.patch_length

@@ -2,8 +2,6 @@
 and whole pieces against the per-character loop it replaces on the ONNX Runtime CPU backend."""
 
 from collections import Counter
-from types import SimpleNamespace
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,7 +12,9 @@ from notagen_trt.demo import demo_model_dir
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import model_config, read_manifest
 from notagen_trt.runtime import patch_sampler
-from notagen_trt.runtime.generate import GenerationConfig, generate, generate_many, sample_patch
+from notagen_trt.runtime.engine import Engine, PieceRequest, generate
+from notagen_trt.runtime.executor import StepExecutor, StepSession
+from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.onnx_backend import OrtBackend
 from notagen_trt.runtime.prompts import resolve_prompt
 from notagen_trt.runtime.sampling import SamplingParams, sample
@@ -92,15 +92,29 @@ def test_ties_on_the_top_p_boundary_cut_where_numpy_cuts(in_graph):
 
 
 def test_a_block_of_uniforms_is_the_same_numbers_as_one_at_a_time():
-    """generate.sample_patch draws a patch's uniforms at once; pieces depend on this."""
+    """PieceState.request draws a patch's uniforms at once; pieces depend on this."""
     one_at_a_time = np.random.default_rng(3)
     assert np.random.default_rng(3).random(16).tolist() == [one_at_a_time.random() for _ in range(16)]
 
 
-def _per_character(session) -> SimpleNamespace:
-    """The same session driven the old way: char_start / char_step and a numpy draw per character."""
-    return SimpleNamespace(reset=session.reset, extend=session.extend, char_start=session.char_start,
-                           char_step=session.char_step)
+class _PerCharacter(StepSession):
+    """The same session driven the old way: char_start / char_step and a numpy draw per character
+    (StepSession's shared default ``sample_patch``)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def reset(self):
+        self.session.reset()
+
+    def extend(self, patches):
+        return self.session.extend(patches)
+
+    def char_start(self, hidden, tokens):
+        return self.session.char_start(hidden, tokens)
+
+    def char_step(self, token):
+        return self.session.char_step(token)
 
 
 def _one_call(backend: OrtBackend):
@@ -111,6 +125,16 @@ def _one_call(backend: OrtBackend):
 
     session.char_start = session.char_step = stepped
     return session
+
+
+def _row(backend: OrtBackend, session) -> StepExecutor:
+    return StepExecutor("test", backend.config, [session])
+
+
+def _sample(session, hidden, prefix, seed, params):
+    uniforms = np.zeros(16)
+    uniforms[len(prefix):] = np.random.default_rng(seed).random(16 - len(prefix))
+    return session.sample_patch(hidden, prefix, uniforms, params)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +151,8 @@ def test_one_call_pieces_equal_per_character_pieces(models, model, seed, bars):
     backend = OrtBackend(models[model], threads=1)
     config = GenerationConfig(seed=seed, max_patches=100, bars=bars)
     prompt, length = resolve_prompt(*BACH), 22 if model == "trained" else backend.config.patch_length
-    ours = generate(_one_call(backend), length, prompt, config)
-    ref = generate(_per_character(backend.new_session()), length, prompt, config)
+    ours = generate(_row(backend, _one_call(backend)), prompt, config, length)
+    ref = generate(_row(backend, _PerCharacter(backend.new_session())), prompt, config, length)
     assert (ours.text, ours.patches, ours.stop_reason, ours.rebuilds) == (ref.text, ref.patches, ref.stop_reason,
                                                                            ref.rebuilds)
     body = [line for line in ours.text.splitlines() if line.startswith("[r:")]
@@ -148,17 +172,18 @@ def test_every_prefix_length(models, model):
     for length in range(16):
         prefix = rng.integers(32, 127, length).tolist()
         for params in (SamplingParams(), SamplingParams(top_k=0, top_p=1.0, temperature=2.0)):
-            ours = sample_patch(session, hidden, prefix, np.random.default_rng(length), params)
-            ref = sample_patch(_per_character(session), hidden, prefix, np.random.default_rng(length), params)
+            ours = _sample(session, hidden, prefix, length, params)
+            ref = _sample(_PerCharacter(session), hidden, prefix, length, params)
             assert ours == ref and len(ours) == 16 and ours[:length] == prefix
 
 
-def test_sessions_in_threads_share_one_patch_sampler(trained_onnx):
+def test_rows_share_one_patch_sampler(trained_onnx):
     backend = OrtBackend(trained_onnx, threads=1)
-    configs = [GenerationConfig(seed=s, max_patches=30) for s in range(4)]
-    many = generate_many(backend, 32, resolve_prompt(*BACH), configs, workers=3)
-    one = generate_many(OrtBackend(trained_onnx, threads=1), 32, resolve_prompt(*BACH), configs, workers=1)
+    requests = [PieceRequest(resolve_prompt(*BACH), GenerationConfig(seed=s, max_patches=30)) for s in range(4)]
+    many = Engine(backend.executor(3)).generate(requests)
+    one = Engine(OrtBackend(trained_onnx, threads=1).executor(1)).generate(requests)
     assert [p.text for p in many] == [p.text for p in one]
+    assert backend.patch_sampler() is backend.patch_sampler()
 
 
 def _kernels(path) -> Counter:
@@ -213,7 +238,6 @@ def test_external_data_graphs_sample_in_one_call(tmp_path):
     session = OrtBackend(tmp_path, threads=1).new_session()
     hidden = session.extend(np.full((2, 16), 65))
     for seed in range(3):
-        ours = sample_patch(session, hidden, [], np.random.default_rng(seed), SamplingParams(top_k=0, top_p=1.0))
-        assert ours == sample_patch(_per_character(session), hidden, [], np.random.default_rng(seed),
-                                    SamplingParams(top_k=0, top_p=1.0))
+        ours = _sample(session, hidden, [], seed, SamplingParams(top_k=0, top_p=1.0))
+        assert ours == _sample(_PerCharacter(session), hidden, [], seed, SamplingParams(top_k=0, top_p=1.0))
 

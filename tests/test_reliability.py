@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notagen_trt.cli import main
-from notagen_trt.config import VOCAB_SIZE
+from notagen_trt.config import VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.runtime import codec
-from notagen_trt.runtime.generate import GenerationConfig, generate
+from notagen_trt.runtime.engine import generate
+from notagen_trt.runtime.executor import StepExecutor, StepSession
+from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.outputs import write_piece
 from notagen_trt.runtime.postprocess import postprocess
 from notagen_trt.runtime.prompts import resolve_prompt
@@ -120,7 +122,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
         main(["--debug", "export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")])
 
 
-class NeverEnding:
+class NeverEnding(StepSession):
     """A session whose model always writes 'a': no body, no EOS, ever."""
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -153,14 +155,19 @@ class NeverEnding:
         (GenerationConfig(), "context_full"),  # no body lines to keep: halving cannot help
     ],
 )
+def _one_row(session: StepSession) -> StepExecutor:
+    config = ModelConfig(hidden_size=64, patch_num_layers=1, char_num_layers=1, patch_length=10_000)
+    return StepExecutor("never-ending", config, [session])
+
+
 def test_a_model_that_never_ends_still_stops(config, reason):
-    piece = generate(NeverEnding(), 64, None, config)
+    piece = generate(_one_row(NeverEnding()), None, config, 64)
     assert piece.stop_reason == reason and not piece.complete
     assert piece.text.startswith("a" * 16)
 
 
 def test_time_limit_stops_generation():
-    piece = generate(NeverEnding(delay=0.01), 10_000, None, GenerationConfig(max_seconds=0.2))
+    piece = generate(_one_row(NeverEnding(delay=0.01)), None, GenerationConfig(max_seconds=0.2))
     assert piece.stop_reason == "max_seconds" and 0.2 <= piece.seconds < 2.0
 
 
@@ -213,11 +220,11 @@ def test_threads_through_one_ort_model_match_sequential_runs(tiny_dir):
 
     backend = OrtBackend(tiny_dir / "onnx", "cpu", threads=1)
     configs = [GenerationConfig(seed=s, max_patches=25) for s in range(6)]
-    sequential = [generate(backend.new_session(), 32, None, c).text for c in configs]
+    sequential = [generate(backend.executor(), None, c).text for c in configs]
     results: dict[int, str] = {}
 
     def work(i: int) -> None:
-        results[i] = generate(backend.new_session(), 32, None, configs[i]).text
+        results[i] = generate(backend.executor(), None, configs[i]).text
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(configs))]
     for t in threads:

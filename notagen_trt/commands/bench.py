@@ -27,9 +27,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from notagen_trt.manifest import model_config, read_manifest
 
     backends = [b for b in args.backends.split(",") if b]
-    unknown = sorted(set(backends) - set(bench.ORT_BACKENDS) - {"torch-cached", "torch-fast"})
+    unknown = sorted(set(backends) - set(bench.BACKENDS))
     if unknown:
-        raise NotaGenError(f"unknown backends {unknown}; choose from ort-cpu, ort-cuda, torch-cached, torch-fast")
+        raise NotaGenError(f"unknown backends {unknown}; choose from {', '.join(bench.BACKENDS)}")
     unknown = sorted(set(args.precisions) - set(PRECISIONS))
     if unknown:  # a typo would otherwise be timed as fp32 under its own label
         raise NotaGenError(f"unknown precisions {unknown}; choose from {', '.join(PRECISIONS)}")
@@ -48,8 +48,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
                 torch.manual_seed(0)
                 export_onnx(NotaGenModel(config), model_dir, parity=False)
-        if args.context + args.warmup + args.patches >= config.patch_length:
-            raise NotaGenError(f"--context {args.context} + {args.warmup + args.patches} timed patches must stay "
+        longest = max(args.warmup + args.patches, args.inflight_patches[1] if args.inflight else 0) + 2
+        if args.context + longest >= config.patch_length:
+            raise NotaGenError(f"--context {args.context} + {longest} generated patches must stay "
                                f"below the model's PATCH_LENGTH {config.patch_length}")
         # ONNX rows of each asked precision: the fp32 directory, or a variant quantized from it.
         onnx_dirs = {"fp32": model_dir}
@@ -66,20 +67,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             torch_device = "cuda" if torch.cuda.is_available() else "cpu"
         common = {"config": config.to_dict(), "context": args.context, "patches": args.patches,
                   "warmup": args.warmup, "patches_per_piece": args.patches_per_piece,
-                  "model_dir": str(model_dir), "torch_device": torch_device}
+                  "model_dir": str(model_dir), "torch_device": torch_device,
+                  "inflight_patches": args.inflight_patches}
         specs = [{**common, "backend": "torch-published", "precision": "fp32", "batch": 1,
                   "patches": args.published_patches, "warmup": 1}]
         for backend in backends:
             for precision in args.precisions:
-                if backend.startswith("torch") and precision not in ("fp32", "fp16", "int8-wo"):
+                if backend in bench.TORCH_BACKENDS and precision not in ("fp32", "fp16", "int8-wo"):
                     continue  # PyTorch rows: fp32 / fp16, and int8-wo on the fast path (CUDA)
                 if precision == "int8-wo" and backend == "torch-cached":
                     continue
                 for batch in args.batch:
                     if backend == "torch-cached" and batch > 1:
                         continue  # the PyTorch reference is batch 1, like the published code
-                    specs.append({**common, "backend": backend, "precision": precision, "batch": batch,
-                                  "model_dir": str(onnx_dirs.get(precision, model_dir))})
+                    spec = {**common, "backend": backend, "precision": precision, "batch": batch,
+                            "model_dir": str(onnx_dirs.get(precision, model_dir))}
+                    specs.append(spec)
+                    if args.inflight:  # K pieces of mixed lengths through the same rows
+                        specs.append({**spec, "inflight": args.inflight})
         rows = []
         for spec in specs:
             row = bench.run_subprocess(spec)
@@ -119,13 +124,14 @@ def _table(report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"ms per patch at context {report['context']} (median)")
-    for col in ("backend", "precision", "batch", "ms/patch", "p90", "x published", "pieces/min", "RSS MB", "GPU MB"):
+    for col in ("backend", "precision", "rows", "ms/patch", "p90", "x published", "pieces/min", "RSS MB", "GPU MB"):
         table.add_column(col, justify="right" if col not in ("backend", "precision") else "left")
     for r in report["results"]:
         if "error" in r:
             table.add_row(r["backend"], r["precision"], str(r["batch"]), f"error: {r['error']}", "", "", "", "", "")
             continue
-        table.add_row(r["backend"], r["precision"], str(r["batch"]), f"{r['ms_per_patch_median']:.2f}",
+        label = r["backend"] + (f" in-flight x{r['inflight_pieces']}" if r.get("inflight_pieces") else "")
+        table.add_row(label, r["precision"], str(r["batch"]), f"{r['ms_per_patch_median']:.2f}",
                       f"{r['ms_per_patch_p90']:.2f}", f"{r.get('speedup_vs_published', 0):.1f}",
                       f"{r['pieces_per_minute']:.1f}", f"{r['peak_rss_mb']:.0f}",
                       "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}")
@@ -166,14 +172,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--size", default="demo", choices=["demo", "small", "medium", "x"],
                      help="random weights of a published shape (default: demo's shape)")
     p.add_argument("--backends", default="ort-cpu,torch-cached",
-                   help="comma list: ort-cpu, ort-cuda, torch-cached, torch-fast (CUDA graphs on a GPU)")
+                   help="comma list: ort-cpu, ort-cuda, torch-cached, fast (the fast CUDA path; eager PyTorch on a CPU)")
     p.add_argument("--precisions", type=lambda t: [v for v in t.split(",") if v], default=["fp32"],
-                   help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, fp16, and int8-wo on torch-fast)")
+                   help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, "
+                        "fp16, and int8-wo on fast)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
     p.add_argument("--context", type=int, default=256, help="context length in patches (default 256)")
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
     p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--inflight", type=int, default=0, metavar="K",
+                   help="also send K pieces of mixed lengths through each row count (wall-clock pieces per minute)")
+    p.add_argument("--inflight-patches", type=_ints, default=[20, 200], metavar="LO,HI",
+                   help="in-flight piece lengths, drawn uniformly in LO..HI patches (default 20,200)")
     p.add_argument("--patches-per-piece", type=int, default=400, help="for pieces per minute")
     p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (a GPU if any), cpu, cuda")
     p.add_argument("--json", help="write the report here")

@@ -1,118 +1,164 @@
-"""`notagen-trt generate`: pieces from an exported model with the lean runtime."""
+"""`notagen-trt generate`: pieces from a model through the engine, written as they end."""
 
 from __future__ import annotations
 
 import argparse
-import threading
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
-from notagen_trt.demo import demo_model_dir
 from notagen_trt.errors import NotaGenError
+
+MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
+
+
+def piece_stem(prompt, seed: int, bars: int | None, sampling) -> str:
+    """File name of a piece: its prompt, seed and any non-default setting, so runs with other
+    prompts or settings never overwrite each other's pieces."""
+    from notagen_trt.runtime.sampling import SamplingParams
+
+    parts = [re.sub(r"[^A-Za-z0-9]+", "-", p).strip("-") for p in (prompt.period, prompt.composer,
+                                                                     prompt.instrumentation)] if prompt else []
+    parts.append(f"seed{seed}")
+    if bars is not None:
+        parts.append(f"bars{bars}")
+    if sampling != SamplingParams():
+        parts.append(f"k{sampling.top_k}-p{sampling.top_p:g}-t{sampling.temperature:g}")
+    return "piece_" + "_".join(parts)
+
+
+def settings_comment(prompt, config, backend: str) -> str:
+    """An ABC comment line recording how a piece was made (converters ignore comments)."""
+    s = config.sampling
+    who = f"{prompt.period} / {prompt.composer} / {prompt.instrumentation}" if prompt else "unconditional"
+    return (f"% notagen-trt: prompt {who}; seed {config.seed}; top_k {s.top_k}, top_p {s.top_p:g}, "
+            f"temperature {s.temperature:g}" + (f"; bars {config.bars}" if config.bars is not None else "")
+            + f"; backend {backend}\n")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    import time
-
-    from notagen_trt.runtime.backends import select_backend
-    from notagen_trt.runtime.generate import GenerationConfig, generate_many
+    from notagen_trt.runtime.engine import PieceRequest, load_engine
     from notagen_trt.runtime.outputs import write_piece
+    from notagen_trt.runtime.piece import GenerationConfig
     from notagen_trt.runtime.postprocess import postprocess
     from notagen_trt.runtime.prompts import resolve_prompt
+    from notagen_trt.runtime.sampling import SamplingParams
 
-    if args.num_pieces < 1:
-        raise NotaGenError(f"--num-pieces must be at least 1, got {args.num_pieces}")
+    if not 1 <= args.num_pieces <= MAX_PIECES:
+        raise NotaGenError(f"--num-pieces must be at least 1 and at most {MAX_PIECES:,}, got {args.num_pieces}")
     prompt = resolve_prompt(args.period, args.composer, args.instrumentation)
-    configs = [
-        GenerationConfig(seed=args.seed + k, max_patches=args.max_patches, max_seconds=args.max_seconds, bars=args.bars)
-        for k in range(args.num_pieces)
-    ]
-    model = Path(args.model) if args.model else demo_model_dir()
-    backend, why = select_backend(model, args.backend)
-    if not args.json:
-        print(f"backend: {backend.name} ({why})", file=sys.stderr)
-    rows: list[dict] = [{} for _ in configs]
-    # The converters (abc2xml, music21, verovio) keep global state and redirect stdout: one at a time.
-    convert_lock = threading.Lock()
+    sampling = SamplingParams(args.top_k, args.top_p, args.temperature)
 
-    def save(i: int, piece) -> None:
+    def config(k: int) -> GenerationConfig:
+        return GenerationConfig(seed=args.seed + k, sampling=sampling, max_patches=args.max_patches,
+                                max_seconds=args.max_seconds, bars=args.bars)
+
+    config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
+    out = Path(args.out)
+    engine = load_engine(args.model, args.backend, args.precision, args.rows)
+    if not args.json:
+        print(f"backend: {engine.note}", file=sys.stderr)
+    summary_rows: list[dict] = []
+
+    def save(handle) -> dict:
         """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
-        abc = postprocess(piece.text)
+        piece, cfg = handle.piece, handle.request.config
+        abc = settings_comment(prompt, cfg, engine.executor.name) + postprocess(piece.text)
         if not piece.complete:  # a piece cut short by a limit is kept, and says so
             abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
-        with convert_lock:
-            files, errors = write_piece(args.out, f"piece_seed{configs[i].seed}", abc)
-        rows[i] = {
-            "seed": configs[i].seed,
-            "patches": piece.patches,
-            "stop_reason": piece.stop_reason,
-            "complete": piece.complete,
-            "seconds": round(piece.seconds, 3),
-            "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3),
-            "files": files,
-            "errors": errors,
-        }
+        files, errors = write_piece(out, piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling), abc)
+        return {"seed": cfg.seed, "prompt": prompt.lines() if prompt else None, "patches": piece.patches,
+                "stop_reason": piece.stop_reason, "complete": piece.complete, "seconds": round(piece.seconds, 3),
+                "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3), "files": files,
+                "errors": errors}
 
+    requests = (PieceRequest(prompt, config(k)) for k in range(args.num_pieces))
     start = time.perf_counter()
-    _with_progress(
-        lambda cb: generate_many(backend, backend.config.patch_length, prompt, configs, args.workers, cb, save),
-        args.num_pieces,
-        quiet=args.json,
-    )
+    with engine, _Progress(args.num_pieces, quiet=args.json) as progress:
+        for handle in engine.run(requests, progress.on_event):
+            row = save(handle)
+            progress.piece_done(row)
+            summary_rows.append(row)
     seconds = time.perf_counter() - start
-    summary = {"backend": backend.name, "model": str(model), "seconds": round(seconds, 3), "pieces": rows}
+    summary = {"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo"),
+               "seconds": round(seconds, 3), "pieces": sorted(summary_rows, key=lambda r: r["seed"])}
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        for r in rows:
-            note = "" if r["complete"] else f" (stopped: {r['stop_reason']})"
-            fails = "".join(f"\n    {k} failed: {v}" for k, v in r["errors"].items())
-            print(
-                f"seed {r['seed']}: {r['patches']} patches, {r['ms_per_patch']} ms/patch{note} -> "
-                f"{', '.join(r['files'].values())}{fails}"
-            )
     return 0
 
 
-def _with_progress(run, total: int, quiet: bool):
-    """Run ``run(on_patch)`` under a rich progress display on a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return run(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Progress:
+    """A rich progress bar on a terminal (pieces and patches); a line per piece otherwise."""
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pieces"),
-        TextColumn("{task.fields[patches]} patches"),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("generating", total=total, patches=0)
-        counts = {"patches": 0}
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.patches, self.bar = total, quiet, 0, None
+        if not quiet and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        def on_patch(_index: int, added: str) -> None:
-            counts["patches"] += 1
-            bar.update(task, patches=counts["patches"])
+            self.bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("pieces"),
+                                TextColumn("{task.fields[patches]} patches"), TimeElapsedColumn(), transient=True)
+            self.task = self.bar.add_task("generating", total=total, patches=0)
 
-        return run(on_patch)
+    def __enter__(self) -> "_Progress":
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def on_event(self, event) -> None:
+        if self.bar is not None and event.kind == "patch":
+            self.patches += 1
+            self.bar.update(self.task, patches=self.patches)
+
+    def piece_done(self, r: dict) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+        if self.quiet:
+            return
+        note = "" if r["complete"] else f" (stopped: {r['stop_reason']})"
+        fails = "".join(f"\n    {k} failed: {v}" for k, v in r["errors"].items())
+        line = (f"seed {r['seed']}: {r['patches']} patches, {r['ms_per_patch']} ms/patch{note} -> "
+                f"{', '.join(r['files'].values())}{fails}")
+        (self.bar.console.print if self.bar is not None else lambda s: print(s, file=sys.stderr))(line)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate pieces with the lean runtime (ABC, MusicXML, MIDI, SVG)")
-    p.add_argument("--model", help="exported model directory (default: the demo model)")
-    p.add_argument("--backend", default="auto", help="auto, tensorrt, ort-cuda or ort-cpu (default: auto)")
+    from notagen_trt.runtime.backends import CHOICES, PRECISIONS
+
+    p = sub.add_parser("generate", help="generate pieces (ABC, MusicXML, MIDI, SVG) on the fastest backend here")
+    p.add_argument("--model", help="model directory (export, precision variant or engine) or a .pth / "
+                                   ".safetensors checkpoint (default: the demo model)")
+    p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
+                   help="auto (default): the fast CUDA path, a TensorRT engine, ONNX Runtime CUDA, then CPU, "
+                        "whichever runs here first")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fast CUDA path: fp32 (the reference's pieces bit for bit), fp16 (default) or int8-wo; "
+                        "other backends run the precision of their model directory")
+    p.add_argument("--rows", type=_positive_int, default=None,
+                   help="pieces in flight at once (default: 16 on the fast path, 1 elsewhere)")
     p.add_argument("--period")
     p.add_argument("--composer")
     p.add_argument("--instrumentation")
     p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k")
     p.add_argument("--num-pieces", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="pieces generated at once through the loaded model")
     p.add_argument("--bars", type=int, default=None, help="force the length: [r:0/N] (N more bar lines)")
     p.add_argument("--max-patches", type=int, default=None, help="stop a piece after this many patches")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long (default 600)")
+    p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (0: off)")
+    p.add_argument("--top-p", type=float, default=0.9, help="sampling: nucleus mass (default 0.9)")
+    p.add_argument("--temperature", type=float, default=1.2, help="sampling temperature (default 1.2)")
     p.add_argument("--out", default="out", help="folder for the generated files (default: out)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=_cmd_generate)

@@ -13,7 +13,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     from notagen_trt.export.checkpoint import load_model
     from notagen_trt.export.reference import ReferenceBackend
     from notagen_trt.runtime import abcio
-    from notagen_trt.runtime.generate import GenerationConfig
+    from notagen_trt.runtime.piece import GenerationConfig
     from notagen_trt.runtime.postprocess import postprocess
     from notagen_trt.runtime.prompts import resolve_prompt
 

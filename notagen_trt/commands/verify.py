@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from notagen_trt.config import BOS_ID
-from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import GRAPH_NAMES, model_config, read_manifest
+from notagen_trt.manifest import GRAPH_NAMES, model_config, read_manifest, source_checkpoint
 
 Infer = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (graph, feeds) -> outputs
 
@@ -69,29 +68,10 @@ def _trt_infer(engine_dir: Path) -> Infer:
     return TrtBackend(engine_dir).infer
 
 
-def _checkpoint_for(manifest: dict, given: str | None) -> Path:
-    if given:
-        return Path(given)
-    source = manifest.get("source") or {}
-    if source.get("checkpoint") and Path(source["checkpoint"]).is_file():
-        return Path(source["checkpoint"])
-    from notagen_trt.demo import demo_checkpoint
-    from notagen_trt.files import sha256_file
-
-    digest = source.get("sha256") or source.get("checkpoint_sha256")  # export / precision variant
-    if digest is None:
-        raise NotaGenError("this model records no source checkpoint (random weights?); pass --checkpoint to "
-                           "compare against PyTorch")
-    demo = demo_checkpoint()
-    if digest == sha256_file(demo):
-        return demo
-    raise NotaGenError(f"the checkpoint this model came from ({source.get('checkpoint')}) is not here; pass --checkpoint")
-
-
-def resolve(target: str, subject_manifest: dict, checkpoint: str | None) -> tuple[str, Infer]:
+def resolve(target: str, subject_dir: Path, subject_manifest: dict, checkpoint: str | None) -> tuple[str, Infer]:
     """(label, infer) for ``torch``, an ONNX directory or an engine directory."""
     if target == "torch":
-        path = _checkpoint_for(subject_manifest, checkpoint)
+        path = source_checkpoint(subject_dir, checkpoint)
         return f"pytorch:{path.name}", _torch_infer(path, subject_manifest)
     directory = Path(target)
     manifest = read_manifest(directory)
@@ -191,8 +171,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model) if args.model else demo_model_dir()
     manifest = read_manifest(model_dir)
-    subject = resolve(str(model_dir), manifest, args.checkpoint)
-    reference = resolve(args.against, manifest, args.checkpoint)
+    subject = resolve(str(model_dir), model_dir, manifest, args.checkpoint)
+    reference = resolve(args.against, model_dir, manifest, args.checkpoint)
     feeds = real_feeds(manifest, reference[1], Path(args.data) if args.data else default_split("heldout"), args.pieces)
     report = compare(subject, reference, feeds, args.atol, args.rtol)
     if args.json:

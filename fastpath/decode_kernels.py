@@ -278,7 +278,7 @@ def _decode_attention(qkv_ptr, stride_qkv, cache_ptr, stride_cb, stride_ckv, str
     values = keys + stride_ckv
     # Online softmax, starting from the new key (it is always visible).
     m = tl.sum(q * k_new.to(cache_ptr.dtype.element_ty).to(tl.float32), 0) * scale
-    l = m * 0.0 + 1.0
+    denom = m * 0.0 + 1.0
     acc = v_new.to(cache_ptr.dtype.element_ty).to(tl.float32)
     for start in range(0, pos, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
@@ -290,9 +290,9 @@ def _decode_attention(qkv_ptr, stride_qkv, cache_ptr, stride_cb, stride_ckv, str
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new)
         acc = acc * alpha + tl.sum(p[:, None] * v, 0)
-        l = l * alpha + tl.sum(p, 0)
+        denom = denom * alpha + tl.sum(p, 0)
         m = m_new
-    tl.store(out_ptr + row * stride_out + head * D + d, (acc / l).to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + row * stride_out + head * D + d, (acc / denom).to(out_ptr.dtype.element_ty))
     # The cache writes come last: stores before the loop would hold its loads back (the compiler
     # cannot tell that position pos is never read).
     tl.store(keys + pos * stride_ct + d, k_new.to(cache_ptr.dtype.element_ty))

@@ -1,6 +1,6 @@
 """The published sampling rule as one Triton kernel per character (CUDA only).
 
-`export.fast.sample_torch` takes ~25 small kernels per character; in a CUDA graph each costs a
+`executor.sample_torch` takes ~25 small kernels per character; in a CUDA graph each costs a
 launch, and 16 characters per patch make the sampler a large share of a patch. This kernel does
 softmax -> top-k -> top-p -> temperature -> inverse-CDF draw for one row per program, in float64,
 with the same stable tie order as the numpy sampler (rank = how many ids come before an id), and
@@ -12,17 +12,18 @@ import torch
 import triton
 import triton.language as tl
 
-from notagen_trt.runtime.sampling import SamplingParams
-
 from .decode_kernels import _after_producer, pdl_enabled, pdl_launch
 
 
 @triton.jit
 def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr, fm_stride, out_ptr, out_stride,
-                top_k, top_p, inv_temperature, wte_ptr, wpe_ptr, x_ptr, x_stride, H,
+                top_k_ptr, top_p_ptr, inv_temperature_ptr, wte_ptr, wpe_ptr, x_ptr, x_stride, H,
                 V: tl.constexpr, EMBED: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0)
     i = tl.arange(0, V)
+    top_k = tl.load(top_k_ptr + row)  # each row's own sampling settings
+    top_p = tl.load(top_p_ptr + row)
+    inv_temperature = tl.load(inv_temperature_ptr + row)
     _after_producer(USE_PDL)
     logit = tl.load(logits_ptr + row * logits_stride + i).to(tl.float32)
     z = logit.to(tl.float64)
@@ -61,16 +62,16 @@ def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr
 
 
 def sample_into(logits: torch.Tensor, u: torch.Tensor, forced: torch.Tensor, forced_mask: torch.Tensor,
-                out: torch.Tensor, params: SamplingParams,
+                out: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                 embed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """out[b] = forced[b] if forced_mask[b] else the sampled id of logits[b] (u[b] its uniform).
-    All arguments are 1-D per row (columns of larger buffers are fine: strides are honoured).
+    All arguments are 1-D per row (columns of larger buffers are fine: strides are honoured);
+    ``params`` = (top_k int64, top_p float64, 1 / temperature float64), contiguous [B] each.
     With ``embed`` = (wte [V, H], wpe_row [H], x [B, H]): also x[b] = wte[out[b]] + wpe_row."""
     rows, vocab = logits.shape
     wte, wpe_row, x = embed if embed is not None else (logits, logits, logits)
     h = wte.shape[1] if embed is not None else 1
     _sample_row[(rows,)](logits, logits.stride(0), u, u.stride(0), forced, forced_mask.view(torch.uint8),
-                         forced.stride(0), out, out.stride(0), params.top_k, params.top_p,
-                         1.0 / params.temperature, wte, wpe_row, x, x.stride(0), h, V=vocab,
+                         forced.stride(0), out, out.stride(0), *params, wte, wpe_row, x, x.stride(0), h, V=vocab,
                          EMBED=embed is not None, BLOCK_H=triton.next_power_of_2(h), USE_PDL=pdl_enabled(),
                          num_warps=16, **pdl_launch())  # 16 warps: the [V, V] rank tile

@@ -1,0 +1,317 @@
+"""The fast CUDA path as an executor: fixed-capacity KV caches, in-graph sampling, one CUDA graph
+per patch for every row.
+
+One replay of the captured graph samples a whole patch for every row: 16 char-level steps, each
+drawing its character on the device from a host-drawn uniform with the row's own sampling
+settings (the numpy sampler's rule, in float64), then the patch-level step that writes the
+patch's keys and values in place at each row's own position. The host syncs once per patch, to
+read 16 characters per row; ``accept`` advances the rows whose patch joins their context.
+
+On CUDA with Triton, fp16 and int8 weight-only steps run on the fused kernels of
+``decode_kernels`` (five a layer, float32 residual stream); fp32 and the CPU run PyTorch ops,
+which reproduce the reference exactly. The published rules are not here: the engine
+(``runtime.engine``) applies them through ``runtime.piece.PieceState``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from notagen_trt.config import EOS_ID, PATCH_SIZE, VOCAB_SIZE
+from notagen_trt.export.model import Block, Conv1D, NotaGenModel
+from notagen_trt.runtime.executor import Executor
+from notagen_trt.runtime.piece import PatchRequest
+
+
+def sample_torch(logits: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                 inv_temperature: torch.Tensor) -> torch.Tensor:
+    """runtime.sampling.sample on the device, float64, one row's settings per row ([B] each;
+    top_k 0 = off): same truncation, ties and inverse CDF."""
+    p = torch.softmax(logits.double(), dim=-1)
+    ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    rank = torch.arange(p.shape[-1], device=p.device)
+    keep = (rank[None] < top_k[:, None]) | (top_k[:, None] == 0)
+    ranked = torch.where(keep, ranked, 0.0)
+    ranked = ranked / ranked.sum(-1, keepdim=True)
+    keep = keep & ((torch.cumsum(ranked, -1) - ranked) <= top_p[:, None])
+    keep[..., 0] = True
+    ranked = torch.where(keep, ranked, 0.0) ** inv_temperature[:, None]
+    ranked = ranked / ranked.sum(-1, keepdim=True)
+    probs = torch.zeros_like(p).scatter_(-1, order, ranked)
+    cdf = torch.cumsum(probs, -1)
+    return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=p.shape[-1] - 1)
+
+
+Linear = Callable[[Conv1D, torch.Tensor, bool], torch.Tensor]
+
+
+def dense(layer: Conv1D, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """x [..., in] @ weight + bias, then GPT-2's tanh GELU where asked: the reference's own ops
+    (``_addmm_activation``'s fused GELU is the erf form on the CPU, which changes pieces)."""
+    y = torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight).view(*x.shape[:-1], -1)
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+def _attention_inputs(block: Block, x: torch.Tensor, linear: Linear = dense) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, t, H] -> q [B, heads, t, 64] and the new keys and values together, [B, 2, heads, t, 64]
+    (one cache write per layer instead of two)."""
+    b, t, h = x.shape
+    heads = block.attn.heads
+    qkv = linear(block.attn.c_attn, block.ln_1(x), False).view(b, t, 3, heads, h // heads).permute(0, 2, 3, 1, 4)
+    return qkv[:, 0], qkv[:, 1:]
+
+
+def _finish(block: Block, x: torch.Tensor, y: torch.Tensor, linear: Linear = dense) -> torch.Tensor:
+    """Attention output projection, residual, MLP, residual."""
+    b, _, t, _ = y.shape
+    x = x + linear(block.attn.c_proj, y.transpose(1, 2).reshape(b, t, -1), False)
+    mlp = block.mlp
+    return x + linear(mlp.c_proj, linear(mlp.c_fc, block.ln_2(x), True), False)
+
+
+def _triton_kernels():
+    """(decode_kernels, sampler_kernel) where Triton is installed, else None."""
+    try:
+        from . import decode_kernels, sampler_kernel
+    except ImportError:  # no triton (CPU-only installs)
+        return None
+    return decode_kernels, sampler_kernel
+
+
+
+
+Precision = str  # fp32 | fp16 | int8-wo
+PRECISIONS = ("fp32", "fp16", "int8-wo")
+
+
+class FastBackend:
+    """A NotaGen model ready for the fast path on one device: on CUDA with Triton, fp16 and
+    int8-wo weights repacked [out, in] for the fused kernels (the GPU never holds two copies);
+    otherwise the PyTorch modules in fp32 / fp16. Executors of any row count share it."""
+
+    default_rows = 16  # a patch for 16 rows costs about 1.35x a patch for one on an H200
+
+    def __init__(self, model: NotaGenModel, device: str | torch.device = "cuda", precision: Precision = "fp16") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device, self.precision = torch.device(device), precision
+        triton_kernels = _triton_kernels() if self.device.type == "cuda" else None
+        self.kernels = triton_kernels[0] if triton_kernels else None
+        self.sample_into = triton_kernels[1].sample_into if triton_kernels else None
+        self.fused = self.kernels is not None and precision != "fp32"
+        if precision == "int8-wo" and not self.fused:
+            raise ValueError("int8-wo on the fast path needs a CUDA GPU and Triton (the fused decode kernels)")
+        self.dtype = torch.float32 if precision == "fp32" else torch.float16
+        self.packed: dict[nn.Module, object] = {}
+        if self.fused:
+            model = model.eval().float()
+            int8 = precision == "int8-wo"
+            for module in model.modules():
+                if isinstance(module, Conv1D):
+                    self.packed[module] = self.kernels.PackedLinear(module.weight.data, module.bias.data,
+                                                                    int8=int8).to(self.device)
+                    module.weight = nn.Parameter(torch.empty(0))  # the [in, out] copy is not needed
+            lm_head = model.char_level_decoder.base.lm_head  # tied to wte, which stays for embedding
+            self.packed[lm_head] = self.kernels.PackedLinear(lm_head.weight.data.t(), None, int8=int8).to(self.device)
+            workspace = self.kernels.RowsWorkspace(list(self.packed.values()), self.device)  # layers run in turn
+            for packed in self.packed.values():
+                packed.workspace = workspace
+        self.model = model.eval().to(device=self.device, dtype=self.dtype)
+        self.config = model.config
+        self.name = f"fast-{self.device.type}-{precision}" + ("-triton" if self.fused else "")
+
+    def executor(self, rows: int = 1, graph: bool | None = None) -> "FastExecutor":
+        return FastExecutor(self, rows, graph)
+
+    def linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        packed = self.packed.get(layer)
+        return packed(x, gelu=gelu) if packed is not None else dense(layer, x, gelu)
+
+
+class FastExecutor(Executor):
+    """``rows`` rows of a FastBackend; ``graph=True`` (CUDA only, the default there) captures one
+    patch for every row per replay."""
+
+    def __init__(self, fast: FastBackend, rows: int = 1, graph: bool | None = None) -> None:
+        self.fast, self.rows, self.config, self.name = fast, rows, fast.config, fast.name
+        self.model, self.device = fast.model, fast.device
+        self.graph_enabled = self.device.type == "cuda" if graph is None else graph
+        cfg, heads, dtype = self.config, self.config.num_heads, fast.dtype
+        zeros = lambda *shape, dt=dtype: torch.zeros(*shape, dtype=dt, device=self.device)  # noqa: E731
+        # Per layer, keys and values side by side: [rows, 2, heads, positions, 64].
+        self.patch_kv = [zeros(rows, 2, heads, cfg.patch_length, 64) for _ in range(cfg.patch_num_layers)]
+        self.char_kv = [zeros(rows, 2, heads, PATCH_SIZE, 64) for _ in range(cfg.char_num_layers)]
+        self.position = zeros(rows, dt=torch.long)  # next patch position per row
+        self.hidden = zeros(rows, cfg.hidden_size)  # hidden state of each row's last accepted patch
+        self.hidden_next = zeros(rows, cfg.hidden_size)
+        # Host-side inputs of a patch, copied in before each replay.
+        self.uniforms = zeros(rows, PATCH_SIZE, dt=torch.float64)
+        self.forced = zeros(rows, PATCH_SIZE, dt=torch.long)
+        self.forced_mask = zeros(rows, PATCH_SIZE, dt=torch.bool)
+        self.top_k = zeros(rows, dt=torch.long)
+        self.top_p = torch.ones(rows, dtype=torch.float64, device=self.device)
+        self.inv_temperature = torch.ones(rows, dtype=torch.float64, device=self.device)
+        self.tokens = zeros(rows, PATCH_SIZE, dt=torch.long)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if fast.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
+            h = cfg.hidden_size
+            self.x = zeros(rows, h, dt=torch.float32)
+            self.qkv, self.attn, self.mlp = zeros(rows, 3 * h), zeros(rows, h), zeros(rows, 4 * h)
+            self.logits = zeros(rows, VOCAB_SIZE, dt=torch.float32)
+            ln_f = self.model.patch_level_decoder.base.ln_f
+            self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
+
+    # ---- the Executor interface --------------------------------------------------------------
+    def load(self, row: int, patches: np.ndarray) -> None:
+        self._prefill(row, np.asarray(patches, dtype=np.int64))
+
+    def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
+        uniforms = np.zeros((self.rows, PATCH_SIZE))
+        forced = np.zeros((self.rows, PATCH_SIZE), dtype=np.int64)
+        mask = np.zeros((self.rows, PATCH_SIZE), dtype=bool)
+        top_k = np.zeros(self.rows, dtype=np.int64)
+        top_p, inv_temperature = np.ones(self.rows), np.ones(self.rows)
+        for row, r in requests.items():
+            k = len(r.prefix)
+            forced[row, :k], mask[row, :k] = r.prefix, True
+            uniforms[row] = r.uniforms
+            top_k[row], top_p[row], inv_temperature[row] = r.params.top_k, r.params.top_p, 1.0 / r.params.temperature
+        for dst, src in ((self.uniforms, uniforms), (self.forced, forced), (self.forced_mask, mask),
+                         (self.top_k, top_k), (self.top_p, top_p), (self.inv_temperature, inv_temperature)):
+            dst.copy_(torch.from_numpy(src))
+        self._replay()
+        tokens = self.tokens.cpu().numpy()  # the one host sync per patch
+        return {row: tokens[row] for row in requests}
+
+    def accept(self, rows: Sequence[int]) -> None:
+        keep = np.zeros(self.rows, dtype=bool)
+        keep[list(rows)] = True
+        keep = torch.from_numpy(keep).to(self.device)
+        self.position += keep.long()
+        self.hidden.copy_(torch.where(keep[:, None], self.hidden_next, self.hidden))
+
+    def close(self) -> None:
+        self._graph = None
+
+    # ---- device work -------------------------------------------------------------------------
+    def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        return self.fast.linear(layer, x, gelu)
+
+    @torch.no_grad()
+    def _attempt(self) -> None:
+        """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
+        (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
+        if self.fast.fused:
+            self._attempt_fused()
+            return
+        char = self.model.char_level_decoder.base
+        tf = char.transformer
+        for c in range(PATCH_SIZE):
+            x = self.hidden[:, None] if c == 0 else tf.wte(self.tokens[:, c - 1])[:, None]
+            x = x + tf.wpe.weight[c]
+            for block, kv in zip(tf.h, self.char_kv):
+                q, new = _attention_inputs(block, x, self._linear)
+                kv[:, :, :, c] = new[:, :, :, 0]
+                attn = F.scaled_dot_product_attention(q, kv[:, 0, :, : c + 1], kv[:, 1, :, : c + 1])
+                x = _finish(block, x, attn, self._linear)
+            logits = char.lm_head(tf.ln_f(x))[:, 0]
+            if self.fast.sample_into is not None:  # one kernel: draw (or take the forced id) into tokens[:, c]
+                self.fast.sample_into(logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
+                                      self.tokens[:, c], self._params)
+            else:
+                sampled = sample_torch(logits, self.uniforms[:, c], *self._params)
+                self.tokens[:, c] = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
+        self.hidden_next.copy_(self._patch_step(self._patch_tokens()))
+
+    def _patch_tokens(self) -> torch.Tensor:
+        """The sampled patches as they enter the context: everything after the first eos is pad."""
+        is_eos = self.tokens == EOS_ID
+        return torch.where(torch.cumsum(is_eos, 1) - is_eos.long() > 0, 0, self.tokens)
+
+    def _fused_layer(self, block: Block, kv: torch.Tensor, position: torch.Tensor | int) -> None:
+        """One block on the residual stream ``self.x`` in five kernels (decode_kernels.py)."""
+        packed = self.fast.packed
+        packed[block.attn.c_attn](self.x, ln=block.ln_1, out=self.qkv)
+        self.fast.kernels.decode_attention(self.qkv, kv, self.attn, position)
+        packed[block.attn.c_proj](self.attn, residual=self.x)
+        packed[block.mlp.c_fc](self.x, ln=block.ln_2, gelu=True, out=self.mlp)
+        packed[block.mlp.c_proj](self.mlp, residual=self.x)
+
+    def _attempt_fused(self) -> None:
+        char = self.model.char_level_decoder.base
+        tf = char.transformer
+        self.x.copy_(self.hidden + tf.wpe.weight[0])
+        for c in range(PATCH_SIZE):
+            for block, kv in zip(tf.h, self.char_kv):
+                self._fused_layer(block, kv, c)
+            self.fast.packed[char.lm_head](self.x, ln=tf.ln_f, out=self.logits)
+            # The sampler also writes the next step's input embedding into x.
+            embed = (tf.wte.weight, tf.wpe.weight[c + 1], self.x) if c < PATCH_SIZE - 1 else None
+            self.fast.sample_into(self.logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
+                                  self.tokens[:, c], self._params, embed)
+        patch = self._patch_tokens()
+        decoder = self.model.patch_level_decoder
+        position = self.position.clamp(max=self.config.patch_length - 1)
+        self.x.copy_(decoder.embed(patch[:, None])[:, 0] + decoder.base.wpe(position))
+        for block, kv in zip(decoder.base.h, self.patch_kv):
+            self._fused_layer(block, kv, position)
+        weight, bias, eps = self._patch_ln_f
+        self.hidden_next.copy_(F.layer_norm(self.x, (self.x.shape[-1],), weight, bias, eps))
+
+    def _patch_step(self, patch: torch.Tensor) -> torch.Tensor:
+        decoder = self.model.patch_level_decoder
+        base = decoder.base
+        # A finished row can sit at full capacity; clamp so its (ignored) write stays in bounds.
+        position = self.position.clamp(max=self.config.patch_length - 1)
+        x = decoder.embed(patch[:, None]) + base.wpe(position)[:, None]
+        b, heads = self.rows, self.config.num_heads
+        index = position.view(b, 1, 1, 1, 1).expand(b, 2, heads, 1, 64)
+        visible = (torch.arange(self.config.patch_length, device=self.device)[None] <= position[:, None])
+        mask = visible[:, None, None]  # [B, 1, 1, capacity]
+        for block, kv in zip(base.h, self.patch_kv):
+            q, new = _attention_inputs(block, x, self._linear)
+            kv.scatter_(3, index, new)
+            x = _finish(block, x, F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1], attn_mask=mask), self._linear)
+        return base.ln_f(x)[:, 0]
+
+    @torch.no_grad()
+    def _prefill(self, row: int, patches: np.ndarray) -> None:
+        """Load one row's context (eager): write its keys/values at 0..n-1, set its hidden."""
+        decoder = self.model.patch_level_decoder
+        ids = torch.as_tensor(patches, device=self.device)[None]
+        n = ids.shape[1]
+        x = decoder.embed(ids) + decoder.base.wpe.weight[:n]
+        for block, kv in zip(decoder.base.h, self.patch_kv):
+            q, new = _attention_inputs(block, x, self._linear)
+            kv[row : row + 1, :, :, :n] = new
+            x = _finish(block, x, F.scaled_dot_product_attention(q, new[:, 0], new[:, 1], is_causal=True), self._linear)
+        self.hidden[row] = decoder.base.ln_f(x)[0, -1]
+        self.position[row] = n
+
+    def _replay(self) -> None:
+        if not self.graph_enabled:
+            self._attempt()
+            return
+        if self._graph is None:  # warm up on a side stream, then capture
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            saved = [t.clone() for t in (self.hidden, self.position)]
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._attempt()
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._attempt()
+            self.hidden.copy_(saved[0])
+            self.position.copy_(saved[1])
+        self._graph.replay()
+
+    @property
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.top_k, self.top_p, self.inv_temperature

@@ -1,0 +1,329 @@
+"""The generation engine: pieces flow through an executor's rows with in-flight batching.
+
+The style of vLLM's ``EngineCore.step`` and TensorRT-LLM's in-flight batcher: each ``step``
+admits waiting pieces into free rows, samples one patch for every active row in one executor
+call, applies each piece's published rules (``PieceState.take``), and retires finished or
+cancelled pieces, whose rows the next waiting pieces take before the next patch. A piece's
+draws come from its own seeded rng, so its text does not depend on the number of rows, on the
+other pieces or on when it arrived.
+
+Front ends use it in one of two ways:
+- ``run(requests)``: the calling thread steps until every request is done, yielding pieces as
+  they finish (CLI, bench, eval). Requests are pulled lazily, only when a row is free, so
+  memory does not grow with how many pieces are asked for.
+- ``start()``: a background thread steps while there is work; other threads ``submit`` pieces
+  and listen to their events (the HTTP service).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .executor import Executor
+from .piece import BarSplitter, Decision, GenerationConfig, Piece, PieceState
+from .prompts import Prompt
+
+MAX_ROWS = 64  # rows share one executor call; more than this buys nothing on any backend here
+
+
+@dataclass(frozen=True)
+class PieceRequest:
+    prompt: Prompt | None = None
+    config: GenerationConfig = field(default_factory=GenerationConfig)
+    text: str | None = None  # continue this training-format text instead of starting from the prompt
+    tag: Any = None  # the caller's own data (an index, a request id)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Literal["patch", "bar", "done"]
+    handle: "PieceHandle"
+    text: str = ""  # the added text (patch), one closed bar (bar), '' (done)
+
+
+Listener = Callable[[Event], None]
+
+
+class PieceHandle:
+    """A submitted piece: its events go to ``listener`` (called on the engine's thread; keep it
+    short), ``cancel`` frees its row at the next step, ``wait`` blocks until it ends."""
+
+    _ids = itertools.count()
+
+    def __init__(self, request: PieceRequest, listener: Listener | None) -> None:
+        self.id = next(self._ids)
+        self.request = request
+        self.listener = listener
+        self.state: PieceState | None = None  # made when the piece takes a row
+        self.error: str = ""  # set when the backend failed while this piece was running
+        self._cancelled = False
+        self._done = threading.Event()
+        self._bars = BarSplitter()
+
+    @property
+    def piece(self) -> Piece | None:
+        return self.state.piece if self.state else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def wait(self, timeout: float | None = None) -> Piece | None:
+        self._done.wait(timeout)
+        return self.piece
+
+    def _emit(self, kind: str, text: str = "") -> None:
+        if self.listener is not None:
+            self.listener(Event(kind, self, text))
+
+    def _added(self, text: str) -> None:
+        self._emit("patch", text)
+        for bar in self._bars.feed(text):
+            self._emit("bar", bar)
+
+    def _finish(self) -> None:
+        for bar in self._bars.flush():
+            self._emit("bar", bar)
+        self._done.set()
+        self._emit("done")
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0  # executor calls (one patch for every active row)
+    patches: int = 0  # patches sampled, summed over rows
+    finished: int = 0
+    last_step_seconds: float = 0.0
+
+
+class Engine:
+    """In-flight batching over one executor (see the module doc)."""
+
+    def __init__(self, executor: Executor, patch_length: int | None = None) -> None:
+        self.executor = executor
+        # The loop's PATCH_LENGTH: the model's, or less (tests use less to exercise halving).
+        self.patch_length = min(patch_length or executor.config.patch_length, executor.config.patch_length)
+        self.stats = EngineStats()
+        self.on_step: list[Callable[[float, int], None]] = []  # (seconds, rows stepped) after each step
+        self._rows: list[PieceHandle | None] = [None] * executor.rows
+        self._waiting: deque[PieceHandle] = deque()
+        self._work = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.note = executor.name  # which backend runs it, and why (set by load_engine)
+
+    # ---- submitting ---------------------------------------------------------------------------
+    def submit(self, request: PieceRequest, listener: Listener | None = None) -> PieceHandle:
+        """Queue a piece; it takes a row at the next step with one free (thread-safe)."""
+        handle = PieceHandle(request, listener)
+        with self._work:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(handle)
+            self._work.notify()
+        return handle
+
+    @property
+    def active(self) -> int:
+        return sum(h is not None for h in self._rows)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    # ---- stepping -----------------------------------------------------------------------------
+    def step(self) -> list[PieceHandle]:
+        """Admit, sample one patch for every active row, apply the rules, retire. Returns the
+        pieces that ended in this step."""
+        finished = self._retire_cancelled() + self._admit()
+        running = {row: h for row, h in enumerate(self._rows) if h is not None}
+        if not running:
+            return finished
+        start = time.perf_counter()
+        patches = self.executor.sample({row: h.state.request() for row, h in running.items()})
+        accept, reload = [], []
+        for row, handle in running.items():
+            state = handle.state
+            before = len(state.piece.text)
+            decision = state.take(patches[row])
+            if len(state.piece.text) > before:
+                handle._added(state.piece.text[before:])
+            if decision is Decision.ACCEPT:
+                accept.append(row)
+            elif decision is Decision.RELOAD:
+                reload.append(row)
+            elif decision is Decision.STOP:
+                finished.append(self._retire(row))
+        self.executor.accept(accept)
+        for row in reload:  # after the accepted patches are in place
+            handle = self._rows[row]
+            context = handle.state.context()
+            if handle.state.done:
+                finished.append(self._retire(row))
+            else:
+                self.executor.load(row, context)
+        seconds = time.perf_counter() - start
+        self.stats.steps += 1
+        self.stats.patches += len(running)
+        self.stats.last_step_seconds = seconds
+        for observer in self.on_step:
+            observer(seconds, len(running))
+        return finished
+
+    def _admit(self) -> list[PieceHandle]:
+        """Free rows take waiting pieces, oldest first; returns pieces that ended on admission."""
+        ended = []
+        for row in range(len(self._rows)):
+            while self._rows[row] is None:
+                with self._work:
+                    if not self._waiting:
+                        return ended
+                    handle = self._waiting.popleft()
+                request = handle.request
+                handle.state = PieceState(request.prompt, request.config, self.patch_length, request.text)
+                if handle._cancelled:
+                    handle.state.stop("cancelled")
+                    ended.append(self._end(handle))
+                    continue
+                context = handle.state.context()
+                if handle.state.done:  # the text given does not fit even halved
+                    ended.append(self._end(handle))
+                    continue
+                try:
+                    self.executor.load(row, context)
+                except Exception as exc:
+                    handle.error = f"{type(exc).__name__}: {exc}"
+                    handle.state.stop("error")
+                    self._end(handle)
+                    raise
+                self._rows[row] = handle
+        return ended
+
+    def _retire_cancelled(self) -> list[PieceHandle]:
+        out = []
+        for row, handle in enumerate(self._rows):
+            if handle is not None and handle._cancelled:
+                handle.state.stop("cancelled")
+                out.append(self._retire(row))
+        return out
+
+    def _retire(self, row: int) -> PieceHandle:
+        handle = self._rows[row]
+        self._rows[row] = None
+        self.executor.free(row)
+        return self._end(handle)
+
+    def _end(self, handle: PieceHandle) -> PieceHandle:
+        self.stats.finished += 1
+        handle._finish()
+        return handle
+
+    def _fail_running(self, error: str) -> None:
+        """The backend failed: every running piece ends with the error; the rows are freed."""
+        for row, handle in enumerate(self._rows):
+            if handle is not None:
+                handle.error = error
+                handle.state.stop("error")
+                self._retire(row)
+
+    # ---- the calling thread steps -------------------------------------------------------------
+    def run(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> Iterator[PieceHandle]:
+        """Generate every request, yielding each piece as it ends. Requests are taken from the
+        iterable only when a row is free for them."""
+        pending = iter(requests)
+        exhausted = False
+        while True:
+            while not exhausted and self.active + self.queued < len(self._rows):
+                request = next(pending, None)
+                if request is None:
+                    exhausted = True
+                else:
+                    self.submit(request, listener)
+            if exhausted and not self.active and not self.queued:
+                return
+            yield from self.step()
+
+    def generate(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> list[Piece]:
+        """Every request's piece, in request order."""
+        handles = sorted(self.run(requests, listener), key=lambda h: h.id)
+        return [h.piece for h in handles]
+
+    # ---- a background thread steps ------------------------------------------------------------
+    def start(self) -> "Engine":
+        """Step on a background thread while there is work (for services)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="notagen-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._closed and not self._waiting and not self.active:
+                    self._work.wait()
+                if self._closed:
+                    break
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - a backend fault must not stop the service
+                self._fail_running(f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        """Stop the background thread, end queued and running pieces as cancelled, close the executor."""
+        with self._work:
+            self._closed = True
+            self._work.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        for handle in list(self._waiting):
+            handle.state = handle.state or PieceState(handle.request.prompt, handle.request.config, self.patch_length,
+                                                      handle.request.text)
+            handle.state.stop("cancelled")
+            self._end(handle)
+        self._waiting.clear()
+        for row, handle in enumerate(self._rows):
+            if handle is not None:
+                handle.state.stop("cancelled")
+                self._retire(row)
+        self.executor.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def generate(executor: Executor, prompt: Prompt | None = None, config: GenerationConfig = GenerationConfig(),
+             patch_length: int | None = None, text: str | None = None) -> Piece:
+    """One whole piece on row 0 of ``executor`` (the executor stays open)."""
+    engine = Engine(executor, patch_length)
+    return engine.generate([PieceRequest(prompt, config, text)])[0]
+
+
+def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
+                rows: int | None = None, threads: int | None = None) -> Engine:
+    """The library entry point: a model directory or checkpoint (default: the demo model) on the
+    fastest backend that runs here (or the one named), as an engine with ``rows`` rows (default:
+    what suits the backend). ``engine.note`` says which backend was chosen and why."""
+    from notagen_trt.demo import demo_model_dir
+
+    from .backends import select_backend
+
+    chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads)
+    rows = rows or chosen.default_rows
+    if not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
+    engine = Engine(chosen.executor(rows))
+    engine.note = f"{chosen.name}, {rows} row{'s' * (rows > 1)}: {note}"
+    return engine

@@ -1,0 +1,127 @@
+"""The one interface between the engine and a backend: a fixed number of rows, batched.
+
+An ``Executor`` holds ``rows`` slots, each with its own caches and position (the style of
+Polygraphy's runners and onnxruntime-genai's generator: small, explicit, a context manager).
+Per patch the engine calls ``sample`` once for every active row, then ``accept`` with the rows
+whose patch joins their context; ``load`` (re)fills a row's context and ``free`` releases it.
+An executor only computes: the published rules live in ``piece.PieceState``.
+
+``StepExecutor`` is the shared default for backends whose sessions step one character at a
+time (PyTorch reference, ONNX Runtime, TensorRT): one session per row, a patch sampled with
+``StepSession.sample_patch``, which a session may override with a faster one-call version.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from notagen_trt.config import BOS_ID, PATCH_SIZE, ModelConfig
+
+from . import codec
+from .piece import PatchRequest
+from .sampling import SamplingParams, sample
+
+
+class Executor(abc.ABC):
+    """``rows`` slots of decoding state on one backend (see the module doc)."""
+
+    name: str
+    config: ModelConfig
+    rows: int
+
+    @abc.abstractmethod
+    def load(self, row: int, patches: np.ndarray) -> None:
+        """Make ``patches`` [n, 16] the whole context of ``row`` (a new piece or a rebuild)."""
+
+    @abc.abstractmethod
+    def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
+        """Sample one patch [16] for every row in ``requests`` (its forced prefix, then one
+        character per uniform with its sampling settings). Rows not asked for are untouched."""
+
+    @abc.abstractmethod
+    def accept(self, rows: Sequence[int]) -> None:
+        """The last sampled patch of each of ``rows`` joins that row's context; the other rows
+        of the last ``sample`` drop theirs and sample again from the same state."""
+
+    def free(self, row: int) -> None:
+        """``row`` holds no piece any more (its state is overwritten by the next ``load``)."""
+
+    def close(self) -> None:
+        """Release device memory, streams and graphs."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StepSession(abc.ABC):
+    """One row's decoding state on a backend that steps one character at a time."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the patch context (before loading another)."""
+
+    @abc.abstractmethod
+    def extend(self, patches: np.ndarray) -> np.ndarray:
+        """Append patches [k, 16] to the context; return the last patch's hidden state [H]."""
+
+    @abc.abstractmethod
+    def char_start(self, hidden: np.ndarray, tokens: list[int]) -> np.ndarray:
+        """Start a patch: position 0 is ``hidden``, tokens[1:] the forced prefix (tokens[0] is
+        the bos placeholder). Return the logits [128] for the next character."""
+
+    @abc.abstractmethod
+    def char_step(self, token: int) -> np.ndarray:
+        """Append one character to the patch in progress; return the next logits [128]."""
+
+    def sample_patch(self, hidden: np.ndarray, prefix: list[int], uniforms: np.ndarray,
+                     params: SamplingParams) -> list[int]:
+        """The patch: ``prefix``, then one character per uniform of ``uniforms[len(prefix):]``."""
+        out = list(prefix)
+        logits = self.char_start(hidden, [BOS_ID, *prefix])
+        while True:
+            out.append(int(sample(logits, uniforms[len(out)], params)))
+            if len(out) == PATCH_SIZE:
+                return out
+            logits = self.char_step(out[-1])
+
+    def close(self) -> None:
+        """Release what the session holds beyond host memory."""
+
+
+class StepExecutor(Executor):
+    """Rows as independent ``StepSession``s, stepped in turn (the shared default)."""
+
+    def __init__(self, name: str, config: ModelConfig, sessions: Sequence[StepSession]) -> None:
+        self.name, self.config, self.rows = name, config, len(sessions)
+        self.sessions = list(sessions)
+        self._hidden: list[np.ndarray | None] = [None] * self.rows
+        self._sampled: dict[int, np.ndarray] = {}
+
+    def load(self, row: int, patches: np.ndarray) -> None:
+        session = self.sessions[row]
+        session.reset()
+        self._hidden[row] = session.extend(np.asarray(patches, dtype=np.int64))
+
+    def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
+        self._sampled = {
+            row: np.asarray(self.sessions[row].sample_patch(self._hidden[row], r.prefix, r.uniforms, r.params),
+                            dtype=np.int64)
+            for row, r in requests.items()}
+        return dict(self._sampled)
+
+    def accept(self, rows: Sequence[int]) -> None:
+        for row in rows:
+            self._hidden[row] = self.sessions[row].extend(codec.clean_patch(self._sampled[row])[None])
+
+    def free(self, row: int) -> None:
+        self._hidden[row] = None
+
+    def close(self) -> None:
+        for session in self.sessions:
+            session.close()
