@@ -149,14 +149,23 @@ class FastExecutor(Executor):
         self.position = zeros(rows, dt=torch.long)  # next patch position per row
         self.hidden = zeros(rows, cfg.hidden_size)  # hidden state of each row's last accepted patch
         self.hidden_next = zeros(rows, cfg.hidden_size)
-        # Host-side inputs of a patch, copied in before each replay.
-        self.uniforms = zeros(rows, PATCH_SIZE, dt=torch.float64)
-        self.forced = zeros(rows, PATCH_SIZE, dt=torch.long)
-        self.forced_mask = zeros(rows, PATCH_SIZE, dt=torch.bool)
+        # A patch's host inputs travel in one copy from one pinned buffer, [rows, 3 * 16 + 3] int64:
+        # uniforms (float64 bits), forced ids, forced mask, top_k, top_p and 1 / temperature (float64
+        # bits). The graph unpacks them (``_unpack``) into the buffers the kernels read.
+        n = PATCH_SIZE
+        self._inputs = zeros(rows, 3 * n + 3, dt=torch.long)
+        self.uniforms = self._inputs[:, :n].view(torch.float64)  # strided rows: the samplers take strides
+        self.forced = zeros(rows, n, dt=torch.long)
+        self.forced_mask = zeros(rows, n, dt=torch.bool)
         self.top_k = zeros(rows, dt=torch.long)
         self.top_p = torch.ones(rows, dtype=torch.float64, device=self.device)
         self.inv_temperature = torch.ones(rows, dtype=torch.float64, device=self.device)
-        self.tokens = zeros(rows, PATCH_SIZE, dt=torch.long)
+        self.tokens = zeros(rows, n, dt=torch.long)
+        pinned = self.device.type == "cuda"
+        self._staging = torch.zeros(rows, 3 * n + 3, dtype=torch.long, pin_memory=pinned)
+        self._tokens_host = torch.zeros(rows, n, dtype=torch.long, pin_memory=pinned)
+        self._keep_host = torch.zeros(rows, dtype=torch.bool, pin_memory=pinned)
+        self._keep = zeros(rows, dt=torch.bool)
         self._graph: torch.cuda.CUDAGraph | None = None
         if fast.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
             h = cfg.hidden_size
@@ -171,29 +180,31 @@ class FastExecutor(Executor):
         self._prefill(row, np.asarray(patches, dtype=np.int64))
 
     def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
-        uniforms = np.zeros((self.rows, PATCH_SIZE))
-        forced = np.zeros((self.rows, PATCH_SIZE), dtype=np.int64)
-        mask = np.zeros((self.rows, PATCH_SIZE), dtype=bool)
-        top_k = np.zeros(self.rows, dtype=np.int64)
-        top_p, inv_temperature = np.ones(self.rows), np.ones(self.rows)
+        n = PATCH_SIZE
+        host = self._staging.numpy()
+        host[:] = 0
+        floats = host.view(np.float64)
         for row, r in requests.items():
             k = len(r.prefix)
-            forced[row, :k], mask[row, :k] = r.prefix, True
-            uniforms[row] = r.uniforms
-            top_k[row], top_p[row], inv_temperature[row] = r.params.top_k, r.params.top_p, 1.0 / r.params.temperature
-        for dst, src in ((self.uniforms, uniforms), (self.forced, forced), (self.forced_mask, mask),
-                         (self.top_k, top_k), (self.top_p, top_p), (self.inv_temperature, inv_temperature)):
-            dst.copy_(torch.from_numpy(src))
+            host[row, n : n + k], host[row, 2 * n : 2 * n + k] = r.prefix, 1
+            floats[row, :n] = r.uniforms
+            host[row, 3 * n] = r.params.top_k
+            floats[row, 3 * n + 1 :] = r.params.top_p, 1.0 / r.params.temperature
+        self._inputs.copy_(self._staging, non_blocking=True)
         self._replay()
-        tokens = self.tokens.cpu().numpy()  # the one host sync per patch
-        return {row: tokens[row] for row in requests}
+        self._tokens_host.copy_(self.tokens, non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the one host sync per patch
+        tokens = self._tokens_host.numpy()
+        return {row: tokens[row].copy() for row in requests}
 
     def accept(self, rows: Sequence[int]) -> None:
-        keep = np.zeros(self.rows, dtype=bool)
+        keep = self._keep_host.numpy()
+        keep[:] = False
         keep[list(rows)] = True
-        keep = torch.from_numpy(keep).to(self.device)
-        self.position += keep.long()
-        self.hidden.copy_(torch.where(keep[:, None], self.hidden_next, self.hidden))
+        self._keep.copy_(self._keep_host, non_blocking=True)
+        self.position += self._keep.long()
+        self.hidden.copy_(torch.where(self._keep[:, None], self.hidden_next, self.hidden))
 
     def close(self) -> None:
         self._graph = None
@@ -202,10 +213,20 @@ class FastExecutor(Executor):
     def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         return self.fast.linear(layer, x, gelu)
 
+    def _unpack(self) -> None:
+        """The packed host inputs into the buffers the samplers read (inside the captured graph)."""
+        n, packed = PATCH_SIZE, self._inputs
+        self.forced.copy_(packed[:, n : 2 * n])
+        self.forced_mask.copy_(packed[:, 2 * n : 3 * n] != 0)
+        self.top_k.copy_(packed[:, 3 * n])
+        self.top_p.copy_(packed[:, 3 * n + 1].view(torch.float64))
+        self.inv_temperature.copy_(packed[:, 3 * n + 2].view(torch.float64))
+
     @torch.no_grad()
     def _attempt(self) -> None:
         """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
         (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
+        self._unpack()
         if self.fast.fused:
             self._attempt_fused()
             return

@@ -8,7 +8,8 @@ patches, and each engine step (one patch for every row, the published rules appl
 the median over ``--patches`` steps is reported. The published algorithm (PyTorch, no KV cache,
 numpy sampling per character) runs in the same invocation on the same model, beside the
 weight-bandwidth floor of the device. An in-flight row instead sends K pieces of different
-lengths through the rows and reports the wall-clock pieces per minute.
+lengths, from the start as `generate` writes them, through the rows and reports the wall-clock
+pieces per minute.
 """
 
 from __future__ import annotations
@@ -65,12 +66,11 @@ def context_text(n: int) -> str:
     return text
 
 
-def _requests(spec: dict, count: int, max_patches: list[int] | None = None) -> list[PieceRequest]:
+def _requests(spec: dict, count: int, max_patches: int) -> list[PieceRequest]:
+    """``count`` pieces continuing the context, each stopped after ``max_patches`` (sampled EOS
+    patches end random-weight pieces early at times; the waiting pieces keep every row busy)."""
     text = context_text(spec["context"])
-    # Each piece stops at its own forced length; sampled EOS patches end random-weight pieces
-    # early at times, and the waiting pieces keep every row busy.
-    return [PieceRequest(None, GenerationConfig(seed=i, max_patches=(max_patches or [10**6] * count)[i]), text)
-            for i in range(count)]
+    return [PieceRequest(None, GenerationConfig(seed=i, max_patches=max_patches), text) for i in range(count)]
 
 
 def _time_steps(engine: Engine, spec: dict) -> list[float]:
@@ -78,20 +78,22 @@ def _time_steps(engine: Engine, spec: dict) -> list[float]:
     times: list[float] = []
     engine.on_step.append(lambda seconds, rows: times.append(seconds) if rows == engine.executor.rows else None)
     want = spec["warmup"] + spec["patches"]
-    for _ in engine.run(_requests(spec, 4 * engine.executor.rows, [want + 2] * 4 * engine.executor.rows)):
+    for _ in engine.run(_requests(spec, 4 * engine.executor.rows, want + 2)):
         if len(times) >= want:
             break
     return times[spec["warmup"] : want]
 
 
 def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int]:
-    """(seconds, pieces): K pieces of lengths drawn in [lo, hi] patches through the rows."""
+    """(seconds, pieces): K unconditional pieces, each stopped at a length drawn in [lo, hi]
+    patches (or earlier at a sampled EOS), sent through the rows as `generate` sends them."""
     rng = np.random.default_rng(1)
     lo, hi = spec["inflight_patches"]
-    lengths = [int(v) for v in rng.integers(lo, hi + 1, spec["inflight"])]
-    engine.generate(_requests(spec, 1, [spec["warmup"] + 1]))  # warm-up piece (CUDA graph capture)
+    requests = [PieceRequest(None, GenerationConfig(seed=i, max_patches=int(n)))
+                for i, n in enumerate(rng.integers(lo, hi + 1, spec["inflight"]))]
+    engine.generate([PieceRequest(None, GenerationConfig(seed=10**6, max_patches=spec["warmup"] + 1))])  # capture
     start = time.perf_counter()
-    done = len(engine.generate(_requests(spec, len(lengths), lengths)))
+    done = len(engine.generate(requests))
     return time.perf_counter() - start, done
 
 

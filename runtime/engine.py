@@ -87,6 +87,8 @@ class PieceHandle:
             self.listener(Event(kind, self, text))
 
     def _added(self, text: str) -> None:
+        if self.listener is None:  # nobody streams: skip the bar splitting
+            return
         self._emit("patch", text)
         for bar in self._bars.feed(text):
             self._emit("bar", bar)

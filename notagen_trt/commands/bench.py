@@ -48,7 +48,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
                 torch.manual_seed(0)
                 export_onnx(NotaGenModel(config), model_dir, parity=False)
-        longest = max(args.warmup + args.patches, args.inflight_patches[1] if args.inflight else 0) + 2
+        longest = args.warmup + args.patches + 2
         if args.context + longest >= config.patch_length:
             raise NotaGenError(f"--context {args.context} + {longest} generated patches must stay "
                                f"below the model's PATCH_LENGTH {config.patch_length}")
@@ -183,8 +183,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--inflight", type=int, default=0, metavar="K",
                    help="also send K pieces of mixed lengths through each row count (wall-clock pieces per minute)")
-    p.add_argument("--inflight-patches", type=_ints, default=[20, 200], metavar="LO,HI",
-                   help="in-flight piece lengths, drawn uniformly in LO..HI patches (default 20,200)")
+    p.add_argument("--inflight-patches", type=_ints, default=[100, 400], metavar="LO,HI",
+                   help="in-flight piece lengths, drawn uniformly in LO..HI patches (default 100,400: a few hundred "
+                        "patches is a typical piece)")
     p.add_argument("--patches-per-piece", type=int, default=400, help="for pieces per minute")
     p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (a GPU if any), cpu, cuda")
     p.add_argument("--json", help="write the report here")
