@@ -18,6 +18,7 @@ the library and settings, the calibration set and what was kept in higher precis
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,7 +32,9 @@ import onnxruntime as ort
 
 import notagen_trt
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import GRAPH_NAMES, graph_file, manifest_digest, read_manifest, write_manifest
+from notagen_trt.files import claim_out_dir, prepare_out_dir, stage, staging_prefix, writing
+from notagen_trt.manifest import (GRAPH_NAMES, MANIFEST_NAME, file_checksums, graph_file, manifest_digest,
+                                  read_manifest, with_checksum)
 
 from . import calibration
 from .calibration import CalibrationFeeds, FeedReader
@@ -47,18 +50,45 @@ MASK_FILL = 1e38  # attention masks fill with float32 min; the fp16 converter cl
 
 def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: str | Path | None = None,
              calib_pieces: int = calibration.DEFAULT_PIECES, method: str = "minmax",
-             exclude: list[str] | None = None, log=lambda msg: None) -> dict[str, Any]:
+             exclude: list[str] | None = None, log=lambda msg: None, force: bool = False) -> dict[str, Any]:
     """Write the ``precision`` variant of the fp32 ONNX model in ``model_dir`` to ``out_dir``
     (graphs first, manifest last, nothing half-written); return its manifest.
 
     ``exclude``: node names (int8) kept in float on top of the defaults. ``calib`` /
     ``calib_pieces``: calibration corpus (default: the shipped ``calib`` split) and how many
-    pieces of it to run (fp16 uses it to measure activations, int8 to calibrate ranges)."""
+    pieces of it to run (fp16 uses it to measure activations, int8 to calibrate ranges).
+    ``out_dir`` may hold an earlier variant of the same precision (replaced); anything else is
+    refused unless ``force``. Nothing is written outside ``out_dir``'s scratch folder."""
     if precision not in PRECISIONS:
         raise NotaGenError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if method not in CALIBRATION_METHODS:
         raise NotaGenError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    manifest = _fp32_source(model_dir)
+    if out_dir.resolve() == model_dir.resolve():
+        raise NotaGenError(f"{out_dir}: the variant would overwrite its source; choose another --out")
+    claim = claim_out_dir(prepare_out_dir(out_dir, "quantize"), "quantize", "onnx", precision, force)
+    feeds = None
+    if precision in ("fp16", "int8"):
+        log(f"collecting calibration inputs from {calib_pieces} pieces")
+        feeds = calibration.collect(model_dir, calib, calib_pieces)
+    # Scratch inside the output folder, removed on every way out (SIGKILL aside: the next run
+    # removes that); ONNX Runtime's tools write "-inferred" copies beside the graph they are
+    # given, so they get links to the source graphs in here, never the source folder itself.
+    with writing(out_dir), tempfile.TemporaryDirectory(prefix=staging_prefix("quantize"), dir=out_dir) as tmp:
+        scratch = Path(tmp)
+        details = {name: _variant_graph(_linked_source(graph_file(model_dir, manifest, name), scratch),
+                                        scratch / f"{name}.onnx", precision, feeds.graph(name) if feeds else None,
+                                        method, exclude or [], log)
+                   for name in GRAPH_NAMES}
+        variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch,
+                                                  _recipe(precision, method, feeds, details)))
+        written = _commit(scratch, out_dir, variant)
+    claim.finish(written)
+    return variant
+
+
+def _fp32_source(model_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(model_dir, expect_kind="onnx")
     if manifest.get("precision") != "fp32":
         raise NotaGenError(f"{model_dir}: variants are made from the fp32 model, this one is "
@@ -66,30 +96,36 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     if any(manifest["graphs"][g].get("external_data") for g in GRAPH_NAMES):
         raise NotaGenError(f"{model_dir}: weights stored as external data are not supported by quantize yet; "
                            "re-export without --external-data")
-    if out_dir.resolve() == model_dir.resolve():
-        raise NotaGenError(f"{out_dir}: the variant would overwrite its source; choose another --out")
-    feeds = None
-    if precision in ("fp16", "int8"):
-        log(f"collecting calibration inputs from {calib_pieces} pieces")
-        feeds = calibration.collect(model_dir, calib, calib_pieces)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    details: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=out_dir) as scratch:
-        for name in GRAPH_NAMES:
-            src, dst = graph_file(model_dir, manifest, name), Path(scratch) / f"{name}.onnx"
-            log(f"{precision}: {name}")
-            if precision == "fp16":
-                details[name] = _fp16(src, dst, feeds.graph(name))
-            elif precision == "int8-wo":
-                details[name] = _int8_weight_only(src, dst)
-            else:
-                details[name] = _int8(src, dst, feeds.graph(name), method, exclude or [])
-            onnx.checker.check_model(str(dst))
-            _check_io(src, dst)
-        for name in GRAPH_NAMES:
-            shutil.move(str(Path(scratch) / f"{name}.onnx"), out_dir / f"{name}.onnx")
-            os.chmod(out_dir / f"{name}.onnx", 0o644)
-    variant = {
+    return manifest
+
+
+def _linked_source(src: Path, scratch: Path) -> Path:
+    """A link to (or, where links are not allowed, a copy of) a source graph inside ``scratch``."""
+    link = scratch / "source" / src.name
+    link.parent.mkdir(exist_ok=True)
+    try:
+        link.symlink_to(src.resolve())
+    except OSError:
+        shutil.copyfile(src, link)
+    return link
+
+
+def _variant_graph(src: Path, dst: Path, precision: str, feeds: list[dict] | None, method: str,
+                   exclude: list[str], log) -> dict:
+    log(f"{precision}: {src.stem}")
+    if precision == "fp16":
+        details = _fp16(src, dst, feeds)
+    elif precision == "int8-wo":
+        details = _int8_weight_only(src, dst)
+    else:
+        details = _int8(src, dst, feeds, method, exclude)
+    onnx.checker.check_model(str(dst))
+    _check_io(src, dst)
+    return details
+
+
+def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: Path, recipe: dict) -> dict:
+    return {
         **{k: v for k, v in manifest.items() if k not in ("parity",)},
         "precision": precision,
         "source": {
@@ -99,13 +135,26 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
             "checkpoint": manifest.get("source", {}).get("checkpoint"),
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
         },
-        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": None} for g in GRAPH_NAMES},
-        "quantization": _recipe(precision, method, feeds, details),
+        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": None,
+                       "checksums": file_checksums(scratch, [f"{g}.onnx"])} for g in GRAPH_NAMES},
+        "quantization": recipe,
         "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                   "notagen_trt": notagen_trt.__version__},
     }
-    write_manifest(out_dir, variant)
-    return variant
+
+
+def _commit(scratch: Path, out_dir: Path, variant: dict) -> list[str]:
+    """Stage the manifest (the write that can run out of space), rename the graphs in, then the manifest."""
+    staged = stage(out_dir / MANIFEST_NAME, json.dumps(variant, indent=2) + "\n")
+    try:
+        for name in GRAPH_NAMES:
+            os.chmod(scratch / f"{name}.onnx", 0o644)
+            os.replace(scratch / f"{name}.onnx", out_dir / f"{name}.onnx")
+        os.replace(staged, out_dir / MANIFEST_NAME)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return [*(f"{g}.onnx" for g in GRAPH_NAMES), MANIFEST_NAME]
 
 
 def _recipe(precision: str, method: str, feeds: CalibrationFeeds | None, details: dict) -> dict:
@@ -147,7 +196,7 @@ def activation_peaks(model_path: Path, feeds: list[dict]) -> dict[str, float]:
     calibrator), ignoring attention-mask fill values."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    with tempfile.TemporaryDirectory(prefix="ort.calib.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ort.calib.", dir=model_path.parent) as tmp:
         calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax)
         calibrator.collect_data(FeedReader(feeds))

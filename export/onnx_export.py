@@ -9,9 +9,9 @@ position 0 with ``patch_hidden`` through a ``Where``, so the first call and late
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,10 +25,10 @@ from torch import nn
 from torch.nn import functional as F
 
 import notagen_trt
-from notagen_trt.files import sha256_file
 from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import FORMAT_VERSION, write_manifest
+from notagen_trt.files import claim_out_dir, prepare_out_dir, sha256_file, stage, staging_prefix, writing
+from notagen_trt.manifest import FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
 
 from .model import KV, CharLevelDecoder, NotaGenModel, PatchLevelDecoder
 
@@ -224,49 +224,74 @@ def _finalize(path: Path, spec: dict, external: bool) -> str | None:
 
 
 def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str | Path | None = None,
-                opset: int = 17, parity: bool = True, external_data: bool | None = None) -> dict[str, Any]:
+                opset: int = 17, parity: bool = True, external_data: bool | None = None,
+                force: bool = False) -> dict[str, Any]:
     """Write ``patch_decoder.onnx``, ``char_decoder.onnx`` and (last) ``manifest.json`` to
     ``out_dir``; return the manifest. With ``parity`` the graphs must match PyTorch within 1e-4
-    (ONNX Runtime CPU) before anything is written. ``external_data`` None: only above 1.5 GB."""
+    (ONNX Runtime CPU) before anything is written. ``external_data`` None: only above 1.5 GB.
+    ``out_dir`` may hold an earlier export (replaced); anything else is refused unless ``force``."""
     if opset < 17:
         raise NotaGenError(f"opset {opset} is too old; use --opset 17 or newer (LayerNormalization needs 17)")
     model = model.float().eval().cpu()
     config = model.config
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_out_dir(out_dir, "export")
+    claim = claim_out_dir(out_dir, "export", "onnx", "fp32", force)
     if external_data is None:
         external_data = sum(p.numel() * 4 for p in model.parameters()) > EXTERNAL_DATA_BYTES
     specs = graph_specs(config)
-    steps = {"patch_decoder": (PatchStep(model.patch_level_decoder), _patch_example(config)),
-             "char_decoder": (CharStep(model.char_level_decoder), _char_example(config))}
     # Build in a scratch directory beside the output, then move finished files in: a failed or
     # interrupted export never leaves half a model, and the manifest is written last.
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as scratch:
-        files: dict[str, dict] = {}
-        for name, (module, example) in steps.items():
-            path = Path(scratch) / f"{name}.onnx"
-            with torch.no_grad():
-                _export_graph(module, example, specs[name], path, opset)
-            files[name] = {"file": path.name, "external_data": _finalize(path, specs[name], external_data)}
+    with writing(out_dir), tempfile.TemporaryDirectory(prefix=staging_prefix("export"), dir=out_dir) as scratch:
+        files = _export_graphs(model, Path(scratch), specs, opset, external_data)
         results = check_parity(model, Path(scratch)) if parity else None
-        for name, entry in files.items():
-            for key in ("external_data", "file"):  # weights before the graph that points at them
-                if entry[key]:
-                    shutil.move(str(Path(scratch) / entry[key]), out_dir / entry[key])
-                    os.chmod(out_dir / entry[key], 0o644)  # side files come out 0600 otherwise
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "kind": "onnx",
-        "model": config.to_dict(),
-        "source": _source(checkpoint_path),
-        "precision": "fp32",
-        "opset": opset,
-        "graphs": {name: {**files[name], **specs[name], "kv_layout": _KV_LAYOUT} for name in specs},
-        "tools": _tool_versions(),
-        "parity": results,
-    }
-    write_manifest(out_dir, manifest)
+        manifest = with_checksum({
+            "format_version": FORMAT_VERSION,
+            "kind": "onnx",
+            "model": config.to_dict(),
+            "source": _source(checkpoint_path),
+            "precision": "fp32",
+            "opset": opset,
+            "graphs": {name: {**files[name], **specs[name], "kv_layout": _KV_LAYOUT} for name in specs},
+            "tools": _tool_versions(),
+            "parity": results,
+        })
+        written = commit(Path(scratch), out_dir, files, manifest)
+    claim.finish(written)
     return manifest
+
+
+def _export_graphs(model: NotaGenModel, scratch: Path, specs: dict, opset: int, external: bool) -> dict[str, dict]:
+    """Trace both step graphs into ``scratch``; {graph: {file, external_data, checksums}}."""
+    steps = {"patch_decoder": (PatchStep(model.patch_level_decoder), _patch_example(model.config)),
+             "char_decoder": (CharStep(model.char_level_decoder), _char_example(model.config))}
+    files: dict[str, dict] = {}
+    for name, (module, example) in steps.items():
+        path = scratch / f"{name}.onnx"
+        with torch.no_grad():
+            _export_graph(module, example, specs[name], path, opset)
+        data = _finalize(path, specs[name], external)
+        files[name] = {"file": path.name, "external_data": data, "checksums": file_checksums(scratch, [path.name, data])}
+    return files
+
+
+def commit(scratch: Path, out_dir: Path, files: dict[str, dict], manifest: dict[str, Any]) -> list[str]:
+    """Move a finished model from ``scratch`` into ``out_dir``; return the names written. The
+    manifest is staged first (the write that can run out of space), then everything is renamed,
+    weights before the graphs that point at them and the manifest last."""
+    staged = stage(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    try:
+        written = []
+        for entry in files.values():
+            for key in ("external_data", "file"):
+                if entry[key]:
+                    os.chmod(scratch / entry[key], 0o644)  # side files come out 0600 otherwise
+                    os.replace(scratch / entry[key], out_dir / entry[key])
+                    written.append(entry[key])
+        os.replace(staged, out_dir / MANIFEST_NAME)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    return [*written, MANIFEST_NAME]
 
 
 _KV_LAYOUT = {

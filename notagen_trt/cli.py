@@ -4,35 +4,68 @@ imports only what its stage needs, so the runtime commands work without torch.""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from notagen_trt.commands import COMMANDS
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import os_error_line
+
+DEBUG_HELP = "show tracebacks for errors"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notagen-trt", description="Compile NotaGen music models into fast inference engines and run them."
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    for subparser in sub.choices.values():  # --debug is accepted after the subcommand too
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so scratch folders and staged files are removed on the way out."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (NotaGenError, ValueError) as exc:
+        with _sigterm_unwinds():
+            return args.func(args)
+    except (NotaGenError, ValueError, OSError) as exc:
         if args.debug:
             raise
-        print(f"notagen-trt {args.command}: error: {exc}", file=sys.stderr)
+        # An OSError no stage anticipated is still one line naming the file.
+        line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"notagen-trt {args.command}: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"notagen-trt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"notagen-trt {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import prepare_out_dir, writing
+
+CACHE_FIX = "set XDG_CACHE_HOME to a writable folder, or pass an exported --model DIR"
 
 DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pth"
 
@@ -38,16 +41,35 @@ def exported_dir(checkpoint: Path) -> Path:
         (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py"))
     digest = hashlib.sha256(key).hexdigest()[:12]
     name = "demo" if checkpoint.resolve() == DEMO_CHECKPOINT.resolve() else checkpoint.stem[:40]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "notagen-trt" / f"{name}-{digest}"
-    if not (cache / "manifest.json").is_file():
-        try:
-            from notagen_trt.export.checkpoint import load_model
-            from notagen_trt.export.onnx_export import export_onnx
-        except ImportError:
-            raise NotaGenError(
-                f"{checkpoint}: a checkpoint must be exported to ONNX once for this backend, which needs torch: "
-                "pip install 'notagen-trt[export]', or pass an exported --model DIR"
-            ) from None
-        print(f"exporting {checkpoint.name} to {cache} (once)", file=sys.stderr)
-        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "notagen-trt" / f"{name}-{digest}"
+    damage = _cache_damage(cache)
+    if damage is None:
+        return cache
+    prepare_out_dir(cache, "export", fix=CACHE_FIX)
+    try:
+        from notagen_trt.export.checkpoint import load_model
+        from notagen_trt.export.onnx_export import export_onnx
+    except ImportError:
+        raise NotaGenError(
+            f"{checkpoint}: a checkpoint must be exported to ONNX once for this backend, which needs torch: "
+            "pip install 'notagen-trt[export]', or pass an exported --model DIR"
+        ) from None
+    print(f"{cache}: {damage}; rebuilding it" if damage else f"exporting {checkpoint.name} to {cache} (once)",
+          file=sys.stderr)
+    with writing(cache, fix=CACHE_FIX):
+        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint, force=True)  # the cache is ours
     return cache
+
+
+def _cache_damage(cache: Path) -> str | None:
+    """None when the cached export is whole; '' when there is none; else what is wrong with it
+    (an edited manifest, a truncated or swapped graph: the manifest's checksums say)."""
+    from notagen_trt.manifest import read_manifest
+
+    if not (cache / "manifest.json").is_file():
+        return ""
+    try:
+        read_manifest(cache, expect_kind="onnx")
+    except NotaGenError as exc:
+        return f"the cached export is damaged ({exc})"
+    return None

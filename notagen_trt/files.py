@@ -1,33 +1,89 @@
-"""File writing and hashing shared by every stage: artefacts appear whole or not at all."""
+"""File writing and hashing shared by every stage: output folders are checked before the work
+starts, artefacts appear whole or not at all, a failed write is one line naming the file and the
+fix, and a stage never silently replaces another stage's (or the user's) files."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
+import re
+import shutil
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from notagen_trt.errors import NotaGenError
+
+OUT_FIX = "choose another --out"
+# Scratch folders and staged files carry the pid of the run that made them, so a later run can
+# tell a killed run's leftovers (pid gone) from a run still going.
+STAGING_PREFIXES = (".export-", ".quantize-", ".build-")
+_PID = re.compile(r"-(\d+)-[a-z0-9_]+(?:\.tmp)?$")
+LEGACY_STALE_SECONDS = 3600.0  # leftovers without a pid in their name: stale after an hour
+REUSED_PID_SECONDS = 86400.0  # a pid alive a day later is another process (containers reuse pids)
+
+
+def write_error(path: str | Path, exc: OSError, fix: str = OUT_FIX) -> NotaGenError:
+    """One line for a failed write: the file, the system's reason and what to do."""
+    hint = {errno.ENOSPC: f"free some disk space or {fix}", errno.EDQUOT: f"free some quota or {fix}",
+            errno.EROFS: f"the file system is read-only: {fix}", errno.EACCES: f"no permission to write there: {fix}",
+            errno.EPERM: f"no permission to write there: {fix}"}.get(exc.errno, fix)
+    return NotaGenError(f"{exc.filename or path}: could not write ({exc.strerror or exc}); {hint}")
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError that no stage turned into a NotaGenError."""
+    hint = {errno.ENOSPC: "free some disk space", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "check the permissions", errno.EPERM: "check the permissions"}.get(exc.errno, "check the path")
+    return f"{exc.filename or 'a file'}: {exc.strerror or exc}; {hint}"
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, fix: str = OUT_FIX) -> Iterator[None]:
+    """Turn an OSError raised while writing under ``path`` into one NotaGenError line."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc, fix) from None
+
+
+def staging_prefix(kind: str) -> str:
+    return f".{kind}-{os.getpid()}-"
 
 
 def stage(path: Path, data: str | bytes | memoryview) -> Path:
     """Write ``data`` to a temporary file beside ``path`` (synced, mode 0644) and return it; the
     caller renames it into place, alone (``write_atomic``) or with others once all are ready."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return Path(tmp)
 
 
 def write_atomic(path: Path, data: str | bytes | memoryview) -> None:
     """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(stage(path, data), path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage(path, data)
+    try:
+        with writing(path):
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sha256_file(path: str | Path) -> str:
@@ -36,3 +92,154 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HASHED: dict[tuple, str] = {}
+
+
+def sha256_cached(path: str | Path) -> str:
+    """sha256_file, computed once per process for each version (inode, size, mtime) of a file."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+# ---------------------------------------------------------------- output folders
+
+def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
+    """Create the output folder of ``notagen-trt STAGE`` and check that it is a folder this process
+    can write, before any work starts; remove leftovers of killed runs in it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotaGenError(f"{path}: is a file, but notagen-trt {stage} writes a folder of files there; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)  # the only test that sees ro mounts, ACLs
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NotaGenError(f"{path}: cannot write to this folder ({exc.strerror or exc}); {fix}") from None
+    clean_stale_staging(path)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale(entry: Path, now: float | None = None) -> bool:
+    """A scratch folder or staged file left by a killed run (see STAGING_PREFIXES)."""
+    name = entry.name
+    if not (name.startswith(STAGING_PREFIXES) or (name.startswith(".") and name.endswith(".tmp"))):
+        return False
+    try:
+        age = (now or time.time()) - entry.lstat().st_mtime
+    except OSError:
+        return False
+    match = _PID.search(name)
+    if match is None:
+        return age > LEGACY_STALE_SECONDS
+    pid = int(match.group(1))
+    return pid != os.getpid() and (not _pid_alive(pid) or age > REUSED_PID_SECONDS)
+
+
+def clean_stale_staging(folder: Path) -> list[str]:
+    """Remove killed runs' scratch folders and staged files from ``folder``; return their names."""
+    removed = []
+    for entry in folder.iterdir():
+        if is_stale(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+@dataclass
+class Claim:
+    """An output folder a stage may write: ``stale`` lists the previous output's entries, removed
+    by ``finish`` once the new output is complete unless the new output rewrote them."""
+
+    path: Path
+    stale: list[str] = field(default_factory=list)
+
+    def finish(self, written: Iterable[str]) -> None:
+        keep = set(written)
+        for name in self.stale:
+            if name in keep:
+                continue
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+
+
+def _manifest_of(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _listed_files(manifest: dict) -> set[str]:
+    graphs = manifest.get("graphs")
+    names = {"manifest.json"}
+    for graph in graphs.values() if isinstance(graphs, dict) else ():
+        if isinstance(graph, dict):
+            names.update(v for k in ("file", "external_data") if isinstance(v := graph.get(k), str))
+    return names
+
+
+def _describe(folder: Path, manifest: dict | None, foreign: list[str]) -> str:
+    if manifest is not None and (manifest.get("kind"), manifest.get("precision")) != (None, None):
+        return f"holds a {manifest.get('precision')} {manifest.get('kind')} directory (see its manifest.json)"
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return f"holds files this stage did not write ({shown})"
+
+
+def claim_out_dir(path: str | Path, stage: str, kind: str, precision: str, force: bool = False) -> Claim:
+    """May ``notagen-trt STAGE`` write its ``kind`` / ``precision`` model directory into ``path``?
+    Yes when it is empty or holds the same stage's earlier output (replaced, stale files removed
+    at the end); otherwise a NotaGenError, unless ``force``, which replaces everything in it."""
+    path = Path(path)
+    entries = sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
+    if not entries:
+        return Claim(path)
+    manifest = _manifest_of(path)
+    same = manifest is not None and (manifest.get("kind"), manifest.get("precision")) == (kind, precision)
+    foreign = [n for n in entries if not (same and n in _listed_files(manifest))]
+    if not foreign:
+        return Claim(path, entries)
+    if not force:
+        raise NotaGenError(f"{path}: {_describe(path, manifest if not same else None, foreign)}; {OUT_FIX}, "
+                           f"or pass --force to replace everything in it")
+    _refuse_to_clear(path)
+    return Claim(path, entries)
+
+
+def _refuse_to_clear(path: Path) -> None:
+    """--force empties a folder: never the home folder, the current one or a folder above it."""
+    target = path.resolve()
+    for keep in (Path.home().resolve(), Path.cwd().resolve(), Path(target.anchor)):
+        if target == keep or keep.is_relative_to(target):
+            raise NotaGenError(f"{path}: refusing to replace everything in the home folder, the current folder "
+                               f"or a folder above them; {OUT_FIX} (a new folder)")
+
+
+def refuse_model_dir(path: str | Path, stage: str) -> None:
+    """Generated pieces never go into a model or engine directory."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        raise NotaGenError(f"{path}: is a model or engine directory (it has a manifest.json); notagen-trt {stage} "
+                           f"writes pieces into a folder of their own: {OUT_FIX}")

@@ -8,13 +8,14 @@ which refuses with a one-line reason what it cannot use. No torch or onnx here: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from notagen_trt.config import ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import sha256_file, write_atomic
+from notagen_trt.files import sha256_cached, sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -24,10 +25,29 @@ _FILE_KEYS = ("file", "external_data")  # graph entries' keys that name files in
 
 
 def write_manifest(directory: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically: readers see the old manifest or the new one, never half."""
+    """Write ``manifest.json`` atomically: readers see the old manifest or the new one, never half.
+    It carries a checksum of what loaders rely on, so a hand edit of that is refused on reading."""
     path = Path(directory) / MANIFEST_NAME
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_atomic(path, json.dumps(with_checksum(data), indent=2) + "\n")
     return path
+
+
+_CHECKED = ("kind", "precision", "model", "graphs")  # what loaders rely on: config, files, IO, checksums
+
+
+def with_checksum(data: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: v for k, v in data.items() if k != "checksum"}, "checksum": _content_digest(data)}
+
+
+def _content_digest(data: dict[str, Any]) -> str:
+    body = {k: data.get(k) for k in _CHECKED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_checksums(directory: str | Path, names: list[str | None]) -> dict[str, dict[str, Any]]:
+    """{file: {bytes, sha256}} for a graph's files, recorded in its manifest entry."""
+    return {n: {"bytes": (Path(directory) / n).stat().st_size, "sha256": sha256_file(Path(directory) / n)}
+            for n in names if n}
 
 
 def manifest_digest(directory: str | Path) -> str:
@@ -47,6 +67,9 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
         raise NotaGenError(f"{path}: unreadable manifest ({exc}); re-run the export that wrote it") from None
     if not isinstance(data, dict):
         raise NotaGenError(f"{path}: manifest is not a JSON object; re-run the export that wrote it")
+    if "checksum" in data and data["checksum"] != _content_digest(data):
+        raise NotaGenError(f"{path}: the manifest was edited after it was written (its checksum differs); re-run the "
+                           "stage that wrote it (export, quantize or build) instead of editing it")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise NotaGenError(f"{path}: manifest format_version {version!r} is not supported (this notagen-trt reads "
@@ -68,7 +91,23 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
         for key in _FILE_KEYS:
             if graph.get(key) is not None:
                 _check_file(directory, path, f"graphs.{name}.{key}", graph[key])
+        _check_checksums(directory, path, graph.get("checksums") or {})
     return data
+
+
+def _check_checksums(directory: Path, manifest_path: Path, checksums: dict[str, Any]) -> None:
+    """Each file whose size and sha256 the writer recorded must still have them (hashed once per
+    process per file version), so a swapped or truncated graph is refused before a backend loads it."""
+    for name, want in checksums.items():
+        _check_file(directory, manifest_path, "checksums", name)
+        target = directory / name
+        size = target.stat().st_size
+        if size != want.get("bytes"):
+            raise NotaGenError(f"{target}: {size} bytes, but {manifest_path.name} records {want.get('bytes')} "
+                               f"(truncated or replaced); re-export the model")
+        if sha256_cached(target) != want.get("sha256"):
+            raise NotaGenError(f"{target}: the file changed since it was written (sha256 differs from "
+                               f"{manifest_path.name}); re-export the model")
 
 
 def model_config(manifest: dict[str, Any]) -> ModelConfig:

@@ -1,15 +1,21 @@
-"""Write a generated piece as .abc, .musicxml, .mid and an .svg score preview.
+"""Write a generated piece as .abc, .musicxml, .mid and an .svg score (every page).
 
 The .abc is written first and always kept; each conversion after it may fail on its own (the
-failure is reported, never raised), and every file is written atomically (temp name, rename)."""
+failure is reported, never raised), every file is written atomically (temp name, rename), and a
+write that fails (a full disk, a read-only folder) stops the run with one line naming the file.
+An earlier, different piece is never replaced: a new tune whose name is taken gets ``_2``, ``_3``..."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from notagen_trt.files import write_atomic
 
 from . import abcio
+
+FORMATS = ("abc", "musicxml", "midi", "svg")
+EXTENSIONS = {"abc": "abc", "musicxml": "musicxml", "midi": "mid", "svg": "svg"}
 
 
 def _midi(musicxml: str) -> bytes:
@@ -33,25 +39,82 @@ def _svg(musicxml: str) -> str:
     tk.setOptions({"adjustPageHeight": True, "footer": "none", "header": "none"})
     if not tk.loadData(musicxml):
         raise ValueError("verovio could not read the MusicXML")
-    return tk.renderToSVG(1)
+    return stack_pages([tk.renderToSVG(page) for page in range(1, tk.getPageCount() + 1)])
 
 
-def write_piece(out_dir: str | Path, stem: str, abc: str) -> tuple[dict[str, str], dict[str, str]]:
-    """({kind: path} written, {kind: error} failed) for one post-processed tune."""
+_ROOT = re.compile(r'<svg\b[^>]*?\bwidth="([\d.]+)px"[^>]*?\bheight="([\d.]+)px"')
+
+
+def stack_pages(pages: list[str]) -> str:
+    """One SVG holding verovio's pages one under the other (verovio renders a page per call; a
+    preview of page 1 alone hid the rest of a long piece)."""
+    if len(pages) == 1:
+        return pages[0]
+    sizes = []
+    for page in pages:
+        match = _ROOT.search(page)
+        if match is None:
+            raise ValueError("verovio wrote an SVG page without a width and height")
+        sizes.append((float(match.group(1)), float(match.group(2))))
+    body, top = [], 0.0
+    for page, (_, height) in zip(pages, sizes):
+        page = re.sub(r"^\s*<\?xml[^>]*\?>\s*", "", page)
+        body.append(page.replace("<svg ", f'<svg x="0" y="{top:g}" ', 1))
+        top += height
+    width = max(w for w, _ in sizes)
+    return (f'<svg width="{width:g}px" height="{top:g}px" version="1.1" xmlns="http://www.w3.org/2000/svg" '
+            f'xmlns:xlink="http://www.w3.org/1999/xlink">\n' + "\n".join(body) + "\n</svg>\n")
+
+
+def free_stem(out_dir: Path, stem: str, abc: str) -> str:
+    """``stem`` when none of its files exist or its .abc holds this very tune (a rerun rewrites
+    the same piece); otherwise the first free ``stem_2``, ``stem_3``..."""
+    candidate, n = stem, 1
+    while True:
+        abc_path = out_dir / f"{candidate}.abc"
+        try:
+            if abc_path.read_text(encoding="utf-8") == abc:
+                return candidate
+        except FileNotFoundError:
+            if not any((out_dir / f"{candidate}.{ext}").exists() for ext in EXTENSIONS.values()):
+                return candidate
+        except (OSError, UnicodeDecodeError):
+            pass  # unreadable: not ours to replace
+        n += 1
+        candidate = f"{stem}_{n}"
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def write_piece(out_dir: str | Path, stem: str, abc: str,
+                formats: tuple[str, ...] = FORMATS) -> tuple[dict[str, str], dict[str, str]]:
+    """({kind: path} written, {kind: error} failed) for one post-processed tune; ``formats``
+    beyond ``abc`` are converted from it. A failed write raises NotaGenError (one line)."""
     out_dir = Path(out_dir)
-    files, errors = {}, {}
-    write_atomic(out_dir / f"{stem}.abc", abc)
-    files["abc"] = str(out_dir / f"{stem}.abc")
+    stem = free_stem(out_dir, stem, abc)
+    path = out_dir / f"{stem}.abc"
+    write_atomic(path, abc)
+    files, errors = {"abc": str(path)}, {}
+    wanted = [k for k in FORMATS[1:] if k in formats]
+    if not wanted:
+        return files, errors
     try:
         musicxml = abcio.to_musicxml(abc)
+    except ImportError as exc:
+        return files, {k: f"no MusicXML: {exc}; pip install 'notagen-trt[music]', or ask for --formats abc"
+                       for k in wanted}
     except Exception as exc:  # a malformed generated tune: keep the .abc, report the rest
-        return files, {k: f"no MusicXML: {exc}" for k in ("musicxml", "midi", "svg")}
-    write_atomic(out_dir / f"{stem}.musicxml", musicxml)
-    files["musicxml"] = str(out_dir / f"{stem}.musicxml")
-    for kind, ext, convert in (("midi", "mid", _midi), ("svg", "svg", _svg)):
+        return files, {k: f"no MusicXML: {exc}" for k in wanted}
+    converters = {"musicxml": lambda xml: xml, "midi": _midi, "svg": _svg}
+    for kind in wanted:
         try:
-            write_atomic(out_dir / f"{stem}.{ext}", convert(musicxml))
-            files[kind] = str(out_dir / f"{stem}.{ext}")
+            data = converters[kind](musicxml)
         except Exception as exc:  # converters raise many types on odd scores; report, keep going
-            errors[kind] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            errors[kind] = _reason(exc)
+            continue
+        path = out_dir / f"{stem}.{EXTENSIONS[kind]}"
+        write_atomic(path, data)  # outside the try: a full disk is not a conversion failure
+        files[kind] = str(path)
     return files, errors

@@ -57,6 +57,23 @@ def trained_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A random-weight tiny model: its checkpoint (tiny.pth) and its exported ONNX directory (onnx/)."""
+    import torch
+
+    from notagen_trt.export.checkpoint import save_checkpoint
+    from notagen_trt.export.model import NotaGenModel
+    from notagen_trt.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    model = NotaGenModel(ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32))
+    save_checkpoint(model, root / "tiny.pth")
+    export_onnx(model, root / "onnx", checkpoint_path=root / "tiny.pth")
+    return root
+
+
+@pytest.fixture(scope="session")
 def trained(trained_checkpoint):
     from notagen_trt.export.checkpoint import load_model
 

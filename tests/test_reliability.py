@@ -27,24 +27,6 @@ from notagen_trt.runtime.prompts import resolve_prompt
 FUZZ_CASES = 300  # per fuzzed function; the closing note reports the total
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A random-weight tiny model: its checkpoint and its exported ONNX directory."""
-    import torch
-
-    from notagen_trt.config import ModelConfig
-    from notagen_trt.export.checkpoint import save_checkpoint
-    from notagen_trt.export.model import NotaGenModel
-    from notagen_trt.export.onnx_export import export_onnx
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
-    model = NotaGenModel(ModelConfig(hidden_size=64, patch_num_layers=2, char_num_layers=1, patch_length=32))
-    save_checkpoint(model, root / "tiny.pth")
-    export_onnx(model, root / "onnx", checkpoint_path=root / "tiny.pth")
-    return root
-
-
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     rc = main(list(argv))
     err = capsys.readouterr().err
@@ -147,6 +129,11 @@ class NeverEnding(StepSession):
         return logits
 
 
+def _one_row(session: StepSession) -> StepExecutor:
+    config = ModelConfig(hidden_size=64, patch_num_layers=1, char_num_layers=1, patch_length=10_000)
+    return StepExecutor("never-ending", config, [session])
+
+
 @pytest.mark.parametrize(
     "config, reason",
     [
@@ -155,11 +142,6 @@ class NeverEnding(StepSession):
         (GenerationConfig(), "context_full"),  # no body lines to keep: halving cannot help
     ],
 )
-def _one_row(session: StepSession) -> StepExecutor:
-    config = ModelConfig(hidden_size=64, patch_num_layers=1, char_num_layers=1, patch_length=10_000)
-    return StepExecutor("never-ending", config, [session])
-
-
 def test_a_model_that_never_ends_still_stops(config, reason):
     piece = generate(_one_row(NeverEnding()), None, config, 64)
     assert piece.stop_reason == reason and not piece.complete
@@ -175,7 +157,7 @@ def test_cut_short_piece_is_saved_and_marked(capsys, tiny_dir, tmp_path):
     rc = main(["generate", "--model", str(tiny_dir / "onnx"), "--max-patches", "3", "--out", str(tmp_path), "--json"])
     assert rc == 0
     text = (tmp_path / "piece_seed0.abc").read_text()
-    assert text.startswith("X:1\n")
+    assert text.startswith("% notagen-trt: prompt unconditional; seed 0;") and text.splitlines()[1] == "X:1"
     assert text.rstrip().endswith("% incomplete: generation stopped by max_patches after 3 patches")
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from notagen_trt.demo import demo_checkpoint
+from notagen_trt.files import claim_out_dir, prepare_out_dir
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -14,6 +15,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from notagen_trt.export.onnx_export import export_onnx
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint()
+    claim_out_dir(prepare_out_dir(args.out, "export"), "export", "onnx", "fp32", args.force)  # before the work
     manifest = export_onnx(
         load_model(checkpoint),
         args.out,
@@ -21,6 +23,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         parity=not args.no_parity,
         external_data=True if args.external_data else None,
+        force=args.force,
     )
     parity = manifest.get("parity") or {}
     if args.json:
@@ -43,5 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
+    p.add_argument("--force", action="store_true",
+                   help="replace everything in --out even when it holds something other than an earlier export")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_export)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import prepare_out_dir, refuse_model_dir
 
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
@@ -56,7 +57,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                 max_seconds=args.max_seconds, bars=args.bars)
 
     config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
-    out = Path(args.out)
+    formats = _formats(args.formats)
+    out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
+    refuse_model_dir(out, "generate")
     engine = load_engine(args.model, args.backend, args.precision, args.rows)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
@@ -68,7 +71,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         abc = settings_comment(prompt, cfg, engine.executor.name) + postprocess(piece.text)
         if not piece.complete:  # a piece cut short by a limit is kept, and says so
             abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
-        files, errors = write_piece(out, piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling), abc)
+        files, errors = write_piece(out, piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling), abc, formats)
         return {"seed": cfg.seed, "prompt": prompt.lines() if prompt else None, "patches": piece.patches,
                 "stop_reason": piece.stop_reason, "complete": piece.complete, "seconds": round(piece.seconds, 3),
                 "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3), "files": files,
@@ -82,11 +85,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             progress.piece_done(row)
             summary_rows.append(row)
     seconds = time.perf_counter() - start
+    unconverted = [r for r in summary_rows if len(formats) > 1 and list(r["files"]) == ["abc"]]
     summary = {"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo"),
-               "seconds": round(seconds, 3), "pieces": sorted(summary_rows, key=lambda r: r["seed"])}
+               "seconds": round(seconds, 3), "unconverted": len(unconverted),
+               "pieces": sorted(summary_rows, key=lambda r: r["seed"])}
     if args.json:
         print(json.dumps(summary, indent=2))
+    if unconverted:  # the user asked for scores and got none for these pieces: not a success
+        first = next(iter(unconverted[0]["errors"].values()), "")
+        print(f"notagen-trt generate: error: {len(unconverted)} of {len(summary_rows)} pieces have only their .abc "
+              f"(seed {unconverted[0]['seed']}: {first})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from notagen_trt.runtime.outputs import FORMATS
+
+    asked = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in asked if f not in FORMATS]
+    if unknown:
+        raise NotaGenError(f"unknown --formats {', '.join(unknown)}; choose from {','.join(FORMATS)}")
+    return ("abc", *(f for f in FORMATS[1:] if f in asked))  # the .abc is always written
 
 
 class _Progress:
@@ -159,6 +179,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (0: off)")
     p.add_argument("--top-p", type=float, default=0.9, help="sampling: nucleus mass (default 0.9)")
     p.add_argument("--temperature", type=float, default=1.2, help="sampling temperature (default 1.2)")
-    p.add_argument("--out", default="out", help="folder for the generated files (default: out)")
+    p.add_argument("--out", default="out", help="folder for the generated files (default: out); a new tune "
+                   "whose file name is taken by a different earlier piece is written as NAME_2, NAME_3...")
+    p.add_argument("--formats", default="abc,musicxml,midi,svg",
+                   help="files per piece (default: abc,musicxml,midi,svg; the .abc is always written). The exit "
+                        "status is 1 when a piece got none of the others")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=_cmd_generate)

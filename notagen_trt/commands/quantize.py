@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 
 from notagen_trt.demo import demo_model_dir
+from notagen_trt.files import claim_out_dir, prepare_out_dir
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from notagen_trt.engines.quantize import quantize
 
+    # The output folder is checked before the demo model is exported or anything is calibrated.
+    claim_out_dir(prepare_out_dir(args.out, "quantize"), "quantize", "onnx", args.precision, args.force)
     model = Path(args.model) if args.model else demo_model_dir()
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     manifest = quantize(model, args.precision, args.out, calib=args.calib, calib_pieces=args.calib_pieces,
-                        method=args.method, exclude=args.exclude, log=log)
+                        method=args.method, exclude=args.exclude, log=log, force=args.force)
     recipe = manifest["quantization"]
     if args.json:
         print(json.dumps({"out": str(args.out), "precision": args.precision, "quantization": recipe}))
@@ -38,5 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 activation calibration method (default: minmax)")
     p.add_argument("--exclude", nargs="*", default=[], metavar="NODE",
                    help="int8: node names kept in float (e.g. the lm_head MatMul)")
+    p.add_argument("--force", action="store_true",
+                   help="replace everything in --out even when it holds something other than this precision's variant")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_quantize)
