@@ -160,6 +160,29 @@ def _device_name(gpu: bool) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+# The CPU features that decide which ONNX Runtime kernels run (int8 and fp16 paths above all).
+CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """This machine's CPU model, core count and kernel-relevant flags (Linux), so figures from
+    different machines are never read as one."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def measure_one(spec: dict) -> dict:
     """Run in a subprocess: build one backend's engine, time it, return a Row as a dict."""
     backend, batch, context = spec["backend"], spec["batch"], spec["context"]

@@ -11,6 +11,7 @@ def test_bench_reports_published_reference_and_rows(tmp_path, capsys):
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["reference"]["published_ms_per_patch_median"] > 0
+    assert report["cpu"]["model"] and "flags" in report["cpu"]
     rows = {(r["backend"], r["batch"]): r for r in report["results"]}
     assert set(rows) == {("torch-published", 1), ("ort-cpu", 1), ("ort-cpu", 2), ("torch-cached", 1),
                          ("fast", 1), ("fast", 2)}
@@ -26,3 +27,11 @@ def test_bench_refuses_an_unknown_precision(capsys):
     # before anything is built or timed: a typo must not be timed as fp32 under its own label
     assert main(["bench", "--size", "demo", "--precisions", "fp16,int4"]) != 0
     assert "unknown precisions ['int4']" in capsys.readouterr().err
+
+
+def test_bench_records_the_cpu_it_ran_on():
+    from notagen_trt.bench import CPU_FLAGS, cpu_info
+
+    info = cpu_info()
+    assert info["model"] and info["cores"] >= 1
+    assert set(info["flags"]) <= set(CPU_FLAGS)

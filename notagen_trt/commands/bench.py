@@ -101,7 +101,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "model": config.to_dict(),
         "size": args.size if not args.model else str(args.model),
         "context": args.context,
-        "cpu": next((r["device"] for r in rows if r.get("device", "").startswith("CPU")), None),
+        "cpu": bench.cpu_info(),
         "gpu": next((r["device"] for r in rows if r.get("peak_gpu_mb") is not None), None),
         "reference": {"published_ms_per_patch_median": ref_ms, "algorithm": "PyTorch, no KV cache, numpy sampling per char"},
         "bandwidth_floor": None if bandwidth is None else {
@@ -123,7 +123,9 @@ def _table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"ms per patch at context {report['context']} (median)")
+    cpu = report["cpu"]
+    where = report.get("gpu") or f"{cpu['model']}, {cpu['cores']} cores ({' '.join(cpu['flags'])})"
+    table = Table(title=f"ms per patch at context {report['context']} (median), {where}")
     for col in ("backend", "precision", "rows", "ms/patch", "p90", "x published", "pieces/min", "RSS MB", "GPU MB"):
         table.add_column(col, justify="right" if col not in ("backend", "precision") else "left")
     for r in report["results"]:
@@ -160,7 +162,7 @@ def _plot(report: dict, path: str) -> None:
         ax.legend()
     ax.set_yscale("log")
     ax.set_ylabel("ms per patch (median)")
-    ax.set_title(f"context {report['context']} patches, {report.get('gpu') or report.get('cpu')}")
+    ax.set_title(f"context {report['context']} patches, {report.get('gpu') or report['cpu']['model']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
