@@ -1,6 +1,7 @@
 """Bad input, untrusted files, interruptions and endless generation end in a clear message and a
 safe state: one line on stderr, exit status 2, no traceback, nothing lost."""
 
+import json
 import os
 import signal
 import subprocess
@@ -306,3 +307,56 @@ def test_a_single_graph_file_stands_for_its_model_directory(capsys, tiny_dir, tm
     stray.write_bytes(b"")
     assert_one_line_error(*run_cli(capsys, "generate", "--model", str(stray), "--out", str(tmp_path / "g")),
                           "stray.onnx", "not a graph listed")
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _wait_for_pieces(out, count: int, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if sum(1 for e in os.scandir(out) if e.name.endswith(".abc")) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} pieces were not written in {timeout} s (exit status {proc.poll()})")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc to read a process's RSS")
+def test_many_pieces_run_in_bounded_memory_and_stop_cleanly_on_ctrl_c(tiny_dir, tmp_path):
+    """`--num-pieces 100000`: requests are made as rows free up and nothing grows per piece, so
+    the RSS after 200 pieces is within 10% of the RSS after 20 (the --json summary is streamed,
+    not kept); Ctrl-C then leaves every written piece whole and ends in one line, status 130."""
+    out = tmp_path / "pieces"
+    out.mkdir()
+    stdout, stderr = open(tmp_path / "stdout.txt", "w+"), open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "notagen_trt.cli", "generate", "--model", str(tiny_dir / "onnx"),
+                             "--backend", "ort-cpu", "--num-pieces", "100000", "--max-patches", "2", "--formats", "abc",
+                             "--json", "--out", str(out)], stdout=stdout, stderr=stderr,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            # a shell running the suite in the background ignores SIGINT for its children
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        _wait_for_pieces(out, 20, proc)
+        early = _rss_kib(proc.pid)
+        _wait_for_pieces(out, 200, proc)
+        late = _rss_kib(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    print(f"RSS after 20 pieces {early / 1024:.1f} MiB, after 200 {late / 1024:.1f} MiB")
+    assert late <= 1.10 * early
+    stderr.seek(0)
+    err = stderr.read()
+    assert "Traceback" not in err and err.strip().splitlines() == ["notagen-trt generate: interrupted"]
+    summary = json.loads((tmp_path / "stdout.txt").read_text())  # streamed, and closed on Ctrl-C
+    assert summary["interrupted"] and len(summary["pieces"]) >= 200
+    pieces = sorted(out.iterdir())
+    assert 0 <= len(pieces) - len(summary["pieces"]) <= 1  # Ctrl-C may land between a write and its line
+    assert not [p.name for p in pieces if p.name.startswith(".")]  # no half-written temporary file
+    for piece in pieces:
+        text = piece.read_text()
+        assert text.startswith("% notagen-trt: prompt unconditional;") and "\nX:1\n" in text
+        assert text.endswith("% incomplete: generation stopped by max_patches after 2 patches\n")

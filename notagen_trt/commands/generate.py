@@ -63,7 +63,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args.backend, args.precision, args.rows)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
-    summary_rows: list[dict] = []
+    summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
+                       sys.stdout if args.json else None, wants_scores=len(formats) > 1)
 
     def save(handle) -> dict:
         """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
@@ -78,25 +79,49 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 "errors": errors}
 
     requests = (PieceRequest(prompt, config(k)) for k in range(args.num_pieces))
-    start = time.perf_counter()
-    with engine, _Progress(args.num_pieces, quiet=args.json) as progress:
+    with engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress:
         for handle in engine.run(requests, progress.on_event):
             row = save(handle)
             progress.piece_done(row)
-            summary_rows.append(row)
-    seconds = time.perf_counter() - start
-    unconverted = [r for r in summary_rows if len(formats) > 1 and list(r["files"]) == ["abc"]]
-    summary = {"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo"),
-               "seconds": round(seconds, 3), "unconverted": len(unconverted),
-               "pieces": sorted(summary_rows, key=lambda r: r["seed"])}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    if unconverted:  # the user asked for scores and got none for these pieces: not a success
-        first = next(iter(unconverted[0]["errors"].values()), "")
-        print(f"notagen-trt generate: error: {len(unconverted)} of {len(summary_rows)} pieces have only their .abc "
-              f"(seed {unconverted[0]['seed']}: {first})", file=sys.stderr)
+            summary.add(row)
+    if summary.unconverted:  # the user asked for scores and got none for these pieces: not a success
+        seed, why = summary.first_unconverted
+        print(f"notagen-trt generate: error: {summary.unconverted} of {summary.count} pieces have only their .abc "
+              f"(seed {seed}: {why})", file=sys.stderr)
         return 1
     return 0
+
+
+class _Summary:
+    """The --json summary, printed as pieces end (the header, a line per piece in the order they
+    ended, then the totals), so memory does not grow with --num-pieces. It is closed, as valid
+    JSON, on every way out but a kill (``"interrupted": true`` after Ctrl-C or an error)."""
+
+    def __init__(self, header: dict, stream, wants_scores: bool) -> None:
+        self.header, self.stream, self.wants_scores = header, stream, wants_scores
+        self.count, self.unconverted, self.first_unconverted = 0, 0, None
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> "_Summary":
+        if self.stream is not None:
+            self.stream.write(json.dumps(self.header)[:-1] + ', "pieces": [')
+        return self
+
+    def add(self, row: dict) -> None:
+        if self.wants_scores and list(row["files"]) == ["abc"]:
+            self.unconverted += 1
+            self.first_unconverted = self.first_unconverted or (row["seed"], next(iter(row["errors"].values()), ""))
+        if self.stream is not None:
+            self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
+            self.stream.flush()
+        self.count += 1
+
+    def __exit__(self, kind, *exc: object) -> None:
+        if self.stream is not None:
+            totals = {"seconds": round(time.perf_counter() - self.start, 3), "unconverted": self.unconverted,
+                      "interrupted": kind is not None}
+            self.stream.write("\n], " + json.dumps(totals)[1:] + "\n")
+            self.stream.flush()
 
 
 def _formats(text: str) -> tuple[str, ...]:
