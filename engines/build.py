@@ -24,23 +24,23 @@ from collections.abc import Callable
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import FORMAT_VERSION, GRAPH_NAMES, graph_file, read_manifest, write_manifest
-
 from notagen_trt.files import sha256_file, stage, write_atomic
+from notagen_trt.manifest import FORMAT_VERSION, GRAPH_NAMES, GraphIO, graph_io, read_manifest, write_manifest
+from notagen_trt.runtime.cuda import local_gpu
 
 from .engine_manifest import onnx_digest
-from .flavors import Flavor, get_flavor, local_gpu
+from .flavors import Flavor, get_flavor
 
 PLAN_SUFFIX = ".plan"
 
 
-def dim_ranges(spec: dict[str, Any], max_batch: int) -> dict[str, dict[str, list[int]]]:
+def dim_ranges(io: GraphIO, max_batch: int) -> dict[str, dict[str, list[int]]]:
     """{profile: {dim name: [min, opt, max]}} for a graph's symbolic dims (see the module doc)."""
-    layers, top = int(spec["num_layers"]), int(spec["max_positions"])
-    new_dim = spec["inputs"][0]["shape"][1]
-    past_dims = {s["shape"][2] for s in spec["inputs"][-2 * layers:]}
+    top = io.max_positions
+    new_dim = io.inputs[0].shape[1]
+    past_dims = {s.shape[2] for s in io.past_specs}
     if len(past_dims) != 1 or not isinstance(new_dim, str):
-        raise NotaGenError(f"graph IO {[s['name'] for s in spec['inputs']]} does not have the growing KV layout "
+        raise NotaGenError(f"graph IO {list(io.input_names)} does not have the growing KV layout "
                            "(one symbolic past dim, a symbolic new dim); re-export with `notagen-trt export`")
     (past_dim,) = past_dims
     batch = [1, 1, max_batch]
@@ -50,13 +50,13 @@ def dim_ranges(spec: dict[str, Any], max_batch: int) -> dict[str, dict[str, list
     }
 
 
-def profiles_for(spec: dict[str, Any], max_batch: int) -> list[dict[str, Any]]:
+def profiles_for(io: GraphIO, max_batch: int) -> list[dict[str, Any]]:
     """The manifest's profile list: per profile its dim ranges and each input's [min, opt, max] shapes."""
     out = []
-    for name, dims in dim_ranges(spec, max_batch).items():
+    for name, dims in dim_ranges(io, max_batch).items():
         shapes = {}
-        for s in spec["inputs"]:
-            shapes[s["name"]] = [[dims[d][k] if isinstance(d, str) else d for d in s["shape"]] for k in range(3)]
+        for s in io.inputs:
+            shapes[s.name] = [[dims[d][k] if isinstance(d, str) else d for d in s.shape] for k in range(3)]
         out.append({"name": name, "dims": dims, "shapes": shapes})
     return out
 
@@ -123,8 +123,9 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
     fl = get_flavor(flavor)
     trt = fl.load()
     gpu = local_gpu()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = fl.logger(trt)  # to stderr: stdout is the command's (build --json)
     builder = trt.Builder(logger)
+    fl.set_targets(trt, builder.create_builder_config(), compute_capabilities, gpu)  # refuse bad targets before parsing
     cache: _TimingCache | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -132,11 +133,11 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
     staged: dict[Path, Path] = {}  # final plan path -> its temporary file
     try:
         for name in GRAPH_NAMES:
-            spec = onnx_manifest["graphs"][name]
-            onnx_path = graph_file(model_dir, onnx_manifest, name)
+            spec = graph_io(onnx_manifest, name, model_dir)
+            onnx_path = spec.path(model_dir)
             network, _parser = _parse(trt, fl, builder, logger, onnx_path)
             io = network_io(network)
-            want = [s["name"] for s in spec["inputs"]], [s["name"] for s in spec["outputs"]]
+            want = list(spec.input_names), list(spec.output_names)
             if ([s["name"] for s in io["inputs"]], [s["name"] for s in io["outputs"]]) != want:
                 raise NotaGenError(f"{onnx_path}: the parsed network's IO differs from the manifest's {want}; re-export")
             profiles = profiles_for(spec, max_batch)
@@ -170,16 +171,16 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
             graphs[name] = {
                 "file": path.name,
                 "external_data": None,
-                "num_layers": spec["num_layers"],
-                "max_positions": spec["max_positions"],
-                "kv_layout": spec.get("kv_layout"),
-                "inputs": spec["inputs"],
-                "outputs": spec["outputs"],
+                "num_layers": spec.num_layers,
+                "max_positions": spec.max_positions,
+                "kv_layout": onnx_manifest["graphs"][name].get("kv_layout"),
+                "inputs": [s.to_dict() for s in spec.inputs],
+                "outputs": [s.to_dict() for s in spec.outputs],
                 "network_io": io,
                 "profiles": profiles,
                 "plan": {"bytes": staged[path].stat().st_size, "sha256": sha256_file(staged[path])},
                 "onnx_file": str(onnx_path.resolve()),
-                "onnx_sha256": onnx_digest(model_dir, spec),
+                "onnx_sha256": onnx_digest(model_dir, onnx_manifest["graphs"][name]),
                 "build_seconds": round(seconds, 3),
             }
             log(f"built {path.name} ({graphs[name]['plan']['bytes']:,} bytes, {seconds:.2f} s)")

@@ -109,7 +109,8 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
     config = model_config(manifest)
     backend = OrtBackend(model_dir, "cpu")
     sessions = {"patch_decoder": backend.patch.session, "char_decoder": backend.char.session}
-    names = {g: [i.name for i in s.get_inputs()] for g, s in sessions.items()}
+    names = {"patch_decoder": backend.patch.io.input_names, "char_decoder": backend.char.io.input_names}
+    patch_pasts, char_pasts = len(backend.patch.io.past_names), len(backend.char.io.past_names)
     pieces, source = calibration_pieces(calib, count)
     rng = np.random.default_rng(seed)
     feeds = CalibrationFeeds(pieces=[name for name, _ in pieces], source=source)
@@ -127,7 +128,7 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
             continue
         # Patch level: prefill p0 patches, one step, then the rest as a chunk on the grown cache.
         p0 = int(rng.integers(1, n))
-        hidden, *past = run("patch_decoder", [window[None, :p0]], [empty] * (2 * config.patch_num_layers))
+        hidden, *past = run("patch_decoder", [window[None, :p0]], [empty] * patch_pasts)
         hiddens = [hidden[0]]
         for chunk in (window[p0:p0 + 1], window[p0 + 1:]):
             if len(chunk):
@@ -139,13 +140,13 @@ def collect(model_dir: str | Path, calib: str | Path | None = None, count: int =
         rows = rng.choice(np.arange(1, n), size=min(CHAR_ROWS, n - 1), replace=False)
         ids = np.concatenate([np.full((len(rows), 1), BOS_ID, np.int64), window[rows]], axis=1)
         empty_char = empty_past(config, len(rows))
-        run("char_decoder", [ids, hidden[rows - 1]], [empty_char] * (2 * config.char_num_layers))
+        run("char_decoder", [ids, hidden[rows - 1]], [empty_char] * char_pasts)
 
         # Char level, generation style: bos + forced prefix, then single characters on the cache.
         i = int(rng.integers(1, n))
         j = int(rng.integers(0, 8))
         prefix = np.array([[BOS_ID, *window[i, :j]]], np.int64)
-        _, *past = run("char_decoder", [prefix, hidden[i - 1:i]], [empty] * (2 * config.char_num_layers))
+        _, *past = run("char_decoder", [prefix, hidden[i - 1:i]], [empty] * char_pasts)
         steps = list(range(j, config.patch_size - 1))
         keep = set(rng.choice(steps, size=min(CHAR_STEPS_KEPT, len(steps)), replace=False).tolist()) if steps else set()
         for k in steps:

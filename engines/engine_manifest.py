@@ -11,13 +11,14 @@ No torch, onnx or TensorRT imports: the runtime reads this before it loads anyth
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import sha256_file
-from notagen_trt.manifest import GRAPH_NAMES, graph_file, read_manifest
+from notagen_trt.manifest import GRAPH_NAMES, GraphIO, graph_file, read_manifest
 
 
 def onnx_digest(model_dir: str | Path, graph: dict[str, Any]) -> str:
@@ -114,11 +115,15 @@ def check_source(engine_dir: str | Path, manifest: dict[str, Any], onnx_dir: str
                                f"{want[:12]}…); rebuild it from this model with `notagen-trt build`")
 
 
-def check_engine(engine_dir: str | Path, here: RuntimeInfo | None = None,
+def check_engine(engine_dir: str | Path, here: RuntimeInfo | Callable[[str], RuntimeInfo] | None = None,
                  onnx_dir: str | Path | None = None) -> dict[str, Any]:
     """The engine manifest, once the plans are intact, built for ``here`` (when given) and from
-    the ONNX in ``onnx_dir`` (when given); otherwise a one-line NotaGenError."""
+    the ONNX in ``onnx_dir`` (when given); otherwise a one-line NotaGenError. ``here`` may be a
+    probe taking the engine's flavour (the TensorRT backend's): it runs only once the plans passed,
+    so a damaged engine is refused before any TensorRT module is loaded."""
     manifest = check_plans(engine_dir)
+    if callable(here):
+        here = here(manifest["engine"]["flavor"])
     if here is not None:
         check_runtime(engine_dir, manifest, here)
     if onnx_dir is not None:
@@ -126,11 +131,12 @@ def check_engine(engine_dir: str | Path, here: RuntimeInfo | None = None,
     return manifest
 
 
-def engine_io_mismatch(engine: Any, spec: dict[str, Any], profiles: list[dict[str, Any]]) -> str | None:
+def engine_io_mismatch(engine: Any, io: GraphIO) -> str | None:
     """Compare a deserialized ICudaEngine's IO tensors and optimization profiles with a graph's
     manifest entry; return what differs, or None. (Needs a GPU to obtain ``engine``.)"""
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    want = [s["name"] for s in spec["inputs"] + spec["outputs"]]
+    want = [*io.input_names, *io.output_names]
+    profiles = io.profiles
     if sorted(names) != sorted(want):
         return f"IO tensors {sorted(names)} differ from the manifest's {sorted(want)}"
     if engine.num_optimization_profiles != len(profiles):

@@ -8,17 +8,20 @@ the timing cache does anything.
 - TensorRT-RTX compiles ahead of time for a list of compute capabilities, with or without a GPU
   (``num_compute_capabilities`` + ``set_compute_capability``), and specialises the kernels on the
   user's GPU at first load. Its timing cache calls are no-ops since RTX 1.2, so it gets none.
-No torch, and no import of either module at import time: the runtime and CPU-only installs read this.
+No torch, and no import of either module (or of cuda-python) at import time: the runtime and
+CPU-only installs read this.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
+from notagen_trt.runtime.cuda import INSTALL, find_cudart, local_gpu
 
 # Compute capabilities TensorRT-RTX 1.7 compiles for (its ComputeCapability enum) and the default
 # target list when the build machine has no usable GPU: the consumer RTX generations
@@ -47,6 +50,11 @@ class Flavor:
     def version(self, trt: ModuleType) -> str:
         return str(trt.__version__)
 
+    def logger(self, trt: ModuleType) -> Any:
+        """A TensorRT logger writing warnings and errors to stderr. TensorRT's own ``Logger``
+        prints to stdout, where it would mix into the JSON of ``build --json``."""
+        return _stderr_logger(trt, self.name)
+
     def network_flags(self, trt: ModuleType) -> int:
         """Strongly typed networks: precision comes from the ONNX, never from builder flags (the
         FP16/INT8 flags and calibrators are gone in TensorRT 11). TensorRT 11 networks are always
@@ -59,6 +67,20 @@ class Flavor:
         if self.name == "rtx":
             return _rtx_targets(trt, config, requested, gpu)
         return _trt_targets(trt, config, requested, gpu)
+
+
+def _stderr_logger(trt: ModuleType, label: str) -> Any:
+    limit = int(trt.ILogger.Severity.WARNING)
+
+    class StderrLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            if int(severity) <= limit:  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
+                print(f"[{label}] [{str(severity).rsplit('.', 1)[-1]}] {msg}", file=sys.stderr, flush=True)
+
+    return StderrLogger()
 
 
 def _rtx_targets(trt: ModuleType, config: Any, requested: list[str] | None, gpu: dict | None) -> dict:
@@ -107,24 +129,20 @@ def get_flavor(name: str) -> Flavor:
     return FLAVORS[name]
 
 
-def local_gpu() -> dict | None:
-    """{'name', 'compute_capability'} of CUDA device 0 through cuda-python, or None where there is
-    no driver, no device or no cuda-python (a CPU-only build machine)."""
+def unusable_reason(flavor: str) -> str | None:
+    """Why plans of ``flavor`` cannot run on this machine, or None: no cuda-python, no GPU, the
+    flavour not installed, or (RTX) a GPU its runtime does not run on, such as datacenter Hopper."""
+    fl = get_flavor(flavor)
+    if find_cudart() is None:
+        return f"cuda-python is not installed ({INSTALL})"
+    gpu = local_gpu()
+    if gpu is None:
+        return "no CUDA GPU is visible (cuda-python sees none)"
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            return None
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) != 0 or count < 1:
-            return None
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) != 0:
-            return None
-    except Exception:  # a broken driver install reports itself in many ways; treat it as no GPU
-        return None
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
+        fl.load()
+    except NotaGenError as exc:
+        return f"{exc} (GPU here: {gpu['name']})"
+    if fl.name == "rtx" and gpu["compute_capability"] not in RTX_TARGETS:
+        return (f"TensorRT-RTX does not run on compute capability {gpu['compute_capability']} ({gpu['name']}); "
+                f"it runs on {', '.join(RTX_TARGETS)}")
+    return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -117,6 +119,89 @@ def model_config(manifest: dict[str, Any]) -> ModelConfig:
 def graph_file(directory: str | Path, manifest: dict[str, Any], graph: str) -> Path:
     """The path of a graph's main file (already validated by ``read_manifest``)."""
     return Path(directory) / manifest["graphs"][graph]["file"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as the manifest lists it: symbolic dims are names."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """A graph's IO from its manifest entry, for every stage that feeds or builds it. The export
+    lists inputs as [head..., past key/value per layer] and outputs as [main, present per layer]."""
+
+    name: str
+    file: str
+    num_layers: int
+    max_positions: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profiles: tuple[dict[str, Any], ...] = ()  # engine graphs: the optimization profiles built
+
+    @cached_property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @cached_property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+    @cached_property
+    def head_names(self) -> tuple[str, ...]:
+        """The inputs before the KV caches: ``patches``, or ``input_ids`` and ``patch_hidden``."""
+        return self.input_names[: -2 * self.num_layers]
+
+    @cached_property
+    def past_names(self) -> tuple[str, ...]:
+        return self.input_names[-2 * self.num_layers:]
+
+    @cached_property
+    def present_names(self) -> tuple[str, ...]:
+        return self.output_names[-2 * self.num_layers:]
+
+    @property
+    def past_specs(self) -> tuple[TensorSpec, ...]:
+        return self.inputs[-2 * self.num_layers:]
+
+    @property
+    def output(self) -> str:
+        """The main output: the patch hidden states or the char logits."""
+        return self.outputs[0].name
+
+    def path(self, directory: str | Path) -> Path:
+        return Path(directory) / self.file
+
+
+def graph_io(manifest: dict[str, Any], name: str, directory: str | Path | None = None) -> GraphIO:
+    """The typed IO of graph ``name`` (``patch_decoder`` / ``char_decoder``) of a manifest read by
+    ``read_manifest`` (from ``directory``, named in errors); a malformed entry is one NotaGenError."""
+    entry = manifest["graphs"][name]
+    where = Path(directory) / MANIFEST_NAME if directory is not None else MANIFEST_NAME
+    try:
+        layers = int(entry["num_layers"])
+        io = GraphIO(name=name, file=entry["file"], num_layers=layers, max_positions=int(entry["max_positions"]),
+                     inputs=tuple(_tensor(s) for s in entry["inputs"]),
+                     outputs=tuple(_tensor(s) for s in entry["outputs"]),
+                     profiles=tuple(entry.get("profiles") or ()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NotaGenError(f"{where}: graphs.{name} is malformed ({type(exc).__name__}: {exc}); "
+                           "re-export the model") from None
+    if layers < 1 or len(io.inputs) <= 2 * layers or len(io.outputs) != 1 + 2 * layers:
+        raise NotaGenError(f"{where}: graphs.{name} lists {len(io.inputs)} inputs and {len(io.outputs)} "
+                           f"outputs for {layers} layers (want head inputs + 2 per layer, 1 + 2 per layer); re-export")
+    return io
+
+
+def _tensor(spec: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(str(spec["name"]), str(spec["dtype"]), tuple(spec["shape"]))
 
 
 def _check_file(directory: Path, manifest_path: Path, field: str, name: object) -> None:

@@ -9,6 +9,7 @@
   end on its own hidden states.
 - Validity of N seeded generated pieces: post-processed, they must parse with music21, convert
   with abc2xml, and every bar but each voice's first and last must last what the meter says.
+The pass / fail gate of each precision is ``engines/gates.py``, beside the code that quantizes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from notagen_trt.config import BOS_ID, PAD_ID, VOCAB_SIZE
+from notagen_trt.engines.gates import gate
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
@@ -113,20 +115,21 @@ def teacher_forced(model_dir: str | Path | OrtBackend, pieces: list[str], refere
 def _patch_hidden(backend: OrtBackend, window: np.ndarray) -> np.ndarray:
     g = backend.patch
     empty = empty_past(backend.config, 1)
-    feeds = {g.inputs[0]: window[None], **{n: empty for n in g.past_names}}
-    return g.session.run(g.outputs[:1], feeds)[0][0]
+    feeds = {g.io.head_names[0]: window[None], **{n: empty for n in g.io.past_names}}
+    return g.session.run([g.io.output], feeds)[0][0]
 
 
 def _char_logits(backend: OrtBackend, ids: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """Logits [rows, 16, 128] predicting each row's 16 characters (positions 0..15)."""
     g = backend.char
+    ids_name, hidden_name = g.io.head_names
     out = []
     for start in range(0, len(ids), ROWS_PER_CALL):
         chunk = ids[start:start + ROWS_PER_CALL]
         empty = empty_past(backend.config, len(chunk))
-        feeds = {g.inputs[0]: chunk, g.inputs[1]: hidden[start:start + ROWS_PER_CALL].astype(np.float32),
-                 **{n: empty for n in g.past_names}}
-        out.append(g.session.run(g.outputs[:1], feeds)[0][:, :-1].astype(np.float32))
+        feeds = {ids_name: chunk, hidden_name: hidden[start:start + ROWS_PER_CALL].astype(np.float32),
+                 **{n: empty for n in g.io.past_names}}
+        out.append(g.session.run([g.io.output], feeds)[0][:, :-1].astype(np.float32))
     return np.concatenate(out)
 
 
@@ -270,17 +273,3 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
         result["valid_fraction"] = None
     result["gate"] = gate(result)
     return result
-
-
-# Gates per precision: (largest relative bits/char increase over fp32, smallest top-1 agreement).
-GATES = {"fp16": (0.005, 0.995), "int8-wo": (0.01, 0.99), "int8": (0.03, 0.97)}
-
-
-def gate(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Pass / fail of an ``evaluate`` result against its precision's gate (None for fp32)."""
-    limits = GATES.get(result.get("precision"))
-    if limits is None:
-        return None
-    max_change, min_top1 = limits
-    passed = result["bits_per_char_change"] <= max_change and result["top1_agreement"] >= min_top1
-    return {"max_bits_per_char_change": max_change, "min_top1_agreement": min_top1, "passed": passed}

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from notagen_trt.config import BOS_ID, HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import graph_file, model_config, read_manifest
+from notagen_trt.manifest import graph_io, model_config, read_manifest
 
 from .executor import StepExecutor, StepSession
 from .sampling import SamplingParams
@@ -42,18 +42,13 @@ class _Once:
 
 
 class _Graph:
-    """One decoder graph: its InferenceSession and IO names from the manifest. A ``lazy`` graph
-    loads its session on first use (CPU generation never steps the char decoder on its own)."""
+    """One decoder graph: its InferenceSession and its IO (``io``, from the manifest). A ``lazy``
+    graph loads its session on first use (CPU generation never steps the char decoder on its own)."""
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], name: str, device: Device,
                  threads: int | None, lazy: bool = False) -> None:
-        spec = manifest["graphs"][name]
-        self.layers = int(spec["num_layers"])
-        self.inputs = [s["name"] for s in spec["inputs"]]
-        self.outputs = [s["name"] for s in spec["outputs"]]
-        self.past_names = self.inputs[-2 * self.layers:]
-        self.present_names = self.outputs[-2 * self.layers:]
-        self.path = graph_file(model_dir, manifest, name)
+        self.io = graph_io(manifest, name, model_dir)
+        self.path = self.io.path(model_dir)
         self._device, self._threads = device, threads
         self._session = _Once(self._load)
         if not lazy:
@@ -120,7 +115,7 @@ class OrtBackend:
                                "'notagen-trt[ort]'") from None
         path = self.char.path
         try:
-            return patch_sampler.session(path, self.char.layers, self.config.num_heads, session_options(self._threads))
+            return patch_sampler.session(path, self.char.io.num_layers, self.config.num_heads, session_options(self._threads))
         except NotaGenError:
             raise
         except Exception as exc:  # onnxruntime and protobuf raise their own exception types
@@ -157,26 +152,26 @@ class _Session(StepSession):
         """patches [B, k, 16] -> the last patch's hidden state per row, [B, H]."""
         g = self.backend.patch
         patches = _ids(patches)
-        past = self._patch_past or [empty_past(self.backend.config, len(patches))] * len(g.past_names)
-        hidden, self._patch_past = self._run(g, {g.inputs[0]: patches}, past)
+        past = self._patch_past or [empty_past(self.backend.config, len(patches))] * len(g.io.past_names)
+        hidden, self._patch_past = self._run(g, {g.io.head_names[0]: patches}, past)
         return hidden[:, -1]
 
     def char_start_batch(self, hidden: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """hidden [B, H], tokens [B, t] (bos placeholder + forced prefix) -> next logits [B, 128]."""
-        g = self.backend.char
+        ids_name, hidden_name = self.backend.char.io.head_names
         tokens = _ids(tokens)
-        head = {g.inputs[0]: tokens, g.inputs[1]: np.asarray(hidden, dtype=np.float32)}
-        past = [empty_past(self.backend.config, len(tokens))] * len(g.past_names)
-        logits, self._char_past = self._run(g, head, past)
+        head = {ids_name: tokens, hidden_name: np.asarray(hidden, dtype=np.float32)}
+        past = [empty_past(self.backend.config, len(tokens))] * len(self.backend.char.io.past_names)
+        logits, self._char_past = self._run(self.backend.char, head, past)
         # patch_hidden is ignored after position 0: the patch's char steps share one zero [B, H].
-        self._zero_hidden = np.zeros_like(head[g.inputs[1]])
+        self._zero_hidden = np.zeros_like(head[hidden_name])
         return logits[:, -1]
 
     def char_step_batch(self, tokens: np.ndarray) -> np.ndarray:
         """One more character per row, [B] -> next logits [B, 128]."""
         g = self.backend.char
-        tokens = _ids(tokens)[:, None]
-        logits, self._char_past = self._run(g, {g.inputs[0]: tokens, g.inputs[1]: self._zero_hidden},
+        ids_name, hidden_name = g.io.head_names
+        logits, self._char_past = self._run(g, {ids_name: _ids(tokens)[:, None], hidden_name: self._zero_hidden},
                                             self._char_past)
         return logits[:, -1]
 
@@ -204,7 +199,7 @@ class CpuSession(_Session):
     """Growing numpy KV caches on the host."""
 
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
-        out, *present = graph.session.run(graph.outputs, {**head, **dict(zip(graph.past_names, past))})
+        out, *present = graph.session.run(graph.io.output_names, {**head, **dict(zip(graph.io.past_names, past))})
         return out, present
 
     def sample_patch(self, hidden: np.ndarray, prefix: list[int], uniforms: np.ndarray,
@@ -230,13 +225,13 @@ class CudaSession(_Session):
         binding = graph.session.io_binding()
         for name, value in head.items():
             binding.bind_cpu_input(name, value)
-        for name, value in zip(graph.past_names, past):
+        for name, value in zip(graph.io.past_names, past):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)  # the empty past of a first call
             else:
                 binding.bind_ortvalue_input(name, value)
-        binding.bind_output(graph.outputs[0], "cpu")  # hidden state / logits go to the host sampler
-        for name in graph.present_names:
+        binding.bind_output(graph.io.output, "cpu")  # hidden state / logits go to the host sampler
+        for name in graph.io.present_names:
             binding.bind_output(name, "cuda", self.DEVICE_ID)
         graph.session.run_with_iobinding(binding)
         out, *present = binding.get_outputs()

@@ -30,34 +30,16 @@ from typing import Any
 import numpy as np
 
 from notagen_trt.config import HEAD_DIM
-from notagen_trt.engines.engine_manifest import (RuntimeInfo, check_plans, check_runtime, check_source,
-                                                 engine_io_mismatch)
-from notagen_trt.engines.flavors import get_flavor, local_gpu
+from notagen_trt.engines.engine_manifest import RuntimeInfo, check_engine, engine_io_mismatch
+from notagen_trt.engines.flavors import get_flavor
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import graph_file, model_config
+from notagen_trt.manifest import graph_io, model_config
 
+from . import cuda
+from .cuda import ok as _ok
 from .executor import StepExecutor, StepSession
 
 PREFILL, DECODE = 0, 1
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise NotaGenError("cuda-python is not installed: pip install 'notagen-trt[rtx]' or '[trt]'") from None
-    return cudart
-
-
-def _ok(result: Any) -> Any:
-    """Unwrap a cuda-python (err, *values) tuple; raise on an error code."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise NotaGenError(f"CUDA error {int(err)} ({err}); check the driver and GPU")
-    return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
 class DeviceBuffer:
@@ -93,27 +75,20 @@ class DeviceBuffer:
 
 
 class _EngineGraph:
-    """One plan: its ICudaEngine and the manifest entry it was checked against."""
+    """One plan: its ICudaEngine and the IO (``io``, from the manifest) it was checked against."""
 
     def __init__(self, trt: Any, runtime: Any, engine_dir: Path, manifest: dict[str, Any], name: str) -> None:
-        spec = manifest["graphs"][name]
-        path = graph_file(engine_dir, manifest, name)
+        io = graph_io(manifest, name, engine_dir)
+        path = io.path(engine_dir)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise NotaGenError(f"{path}: TensorRT could not deserialize the plan (see the message above); rebuild it "
                                f"here with `notagen-trt build`")
-        problem = engine_io_mismatch(engine, spec, spec["profiles"])
+        problem = engine_io_mismatch(engine, io)
         if problem:
             raise NotaGenError(f"{path}: {problem}; rebuild it with `notagen-trt build`")
-        self.trt, self.engine, self.spec, self.path = trt, engine, spec, path
-        self.layers = int(spec["num_layers"])
-        self.inputs = [s["name"] for s in spec["inputs"]]
-        self.outputs = [s["name"] for s in spec["outputs"]]
-        self.past_names = self.inputs[-2 * self.layers:]
-        self.present_names = self.outputs[-2 * self.layers:]
-        self.head_names = self.inputs[: -2 * self.layers]
-        self.max_positions = int(spec["max_positions"])
-        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self.inputs + self.outputs}
+        self.trt, self.engine, self.io, self.path = trt, engine, io, path
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in io.input_names + io.output_names}
 
     def max_shape(self, name: str, profile: int) -> tuple[int, ...]:
         return tuple(self.engine.get_tensor_profile_shape(name, profile)[2])
@@ -131,16 +106,16 @@ class _GraphState:
                 raise NotaGenError(f"{graph.path}: could not create an execution context (GPU memory?)")
             ctx.set_optimization_profile_async(profile, stream)
             self.contexts.append(ctx)
-        kv_item = graph.dtypes[graph.past_names[0]].itemsize
-        kv_bytes = heads * graph.max_positions * HEAD_DIM * kv_item  # batch 1 per session
-        self.kv = [[DeviceBuffer(cudart, kv_bytes) for _ in graph.past_names] for _ in range(2)]
+        io = graph.io
+        kv_item = graph.dtypes[io.past_names[0]].itemsize
+        kv_bytes = heads * io.max_positions * HEAD_DIM * kv_item  # batch 1 per session
+        self.kv = [[DeviceBuffer(cudart, kv_bytes) for _ in io.past_names] for _ in range(2)]
         self.empty = DeviceBuffer(cudart, 0)
-        self.io = {}
-        for name in graph.head_names:
-            self.io[name] = DeviceBuffer(cudart, _volume(graph.max_shape(name, PREFILL)) * graph.dtypes[name].itemsize)
-        out = graph.outputs[0]
-        width = graph.spec["outputs"][0]["shape"][-1]
-        self.io[out] = DeviceBuffer(cudart, graph.max_positions * width * graph.dtypes[out].itemsize)
+        self.bufs: dict[str, DeviceBuffer] = {}
+        for name in io.head_names:
+            self.bufs[name] = DeviceBuffer(cudart, _volume(graph.max_shape(name, PREFILL)) * graph.dtypes[name].itemsize)
+        width = io.outputs[0].shape[-1]
+        self.bufs[io.output] = DeviceBuffer(cudart, io.max_positions * width * graph.dtypes[io.output].itemsize)
         self.width, self.heads = int(width), heads
         self.past = 0
         self.graphs: dict[int, Any] = {}  # past length -> instantiated CUDA graph (decode steps)
@@ -151,12 +126,12 @@ class _GraphState:
         output row (hidden state or logits) on the host."""
         g, past = self.g, self.past
         total = past + new
-        if total > g.max_positions:
-            raise NotaGenError(f"{g.path}: {total} positions exceed the engine's {g.max_positions}")
+        if total > g.io.max_positions:
+            raise NotaGenError(f"{g.path}: {total} positions exceed the engine's {g.io.max_positions}")
         profile = DECODE if (new == 1 and past > 0) else PREFILL
         ctx = self.contexts[profile]
         for name, value in feeds.items():
-            self.io[name].upload(value.astype(g.dtypes[name], copy=False), self.stream)
+            self.bufs[name].upload(value.astype(g.dtypes[name], copy=False), self.stream)
         if profile == DECODE and past in self.graphs:
             _ok(self.cudart.cudaGraphLaunch(self.graphs[past], self.stream))
         else:
@@ -169,9 +144,8 @@ class _GraphState:
                 self._capture(ctx, past)
             self.seen.add(past)
         self.past = total
-        out = np.empty(self.width, dtype=g.dtypes[g.outputs[0]])
-        itemsize = out.itemsize
-        self.io[g.outputs[0]].download(out, self.stream, offset=(new - 1) * self.width * itemsize)
+        out = np.empty(self.width, dtype=g.dtypes[g.io.output])
+        self.bufs[g.io.output].download(out, self.stream, offset=(new - 1) * self.width * out.itemsize)
         _ok(self.cudart.cudaStreamSynchronize(self.stream))
         return out.astype(np.float32)
 
@@ -179,15 +153,15 @@ class _GraphState:
         g = self.g
         for name, value in feeds.items():
             ctx.set_input_shape(name, value.shape)
-            ctx.set_tensor_address(name, self.io[name].ptr)
-        src = self.kv[past % 2] if past else [self.empty] * len(g.past_names)
+            ctx.set_tensor_address(name, self.bufs[name].ptr)
+        src = self.kv[past % 2] if past else [self.empty] * len(g.io.past_names)
         dst = self.kv[total % 2]
-        for name, buf in zip(g.past_names, src):
+        for name, buf in zip(g.io.past_names, src):
             ctx.set_input_shape(name, (1, self.heads, past, HEAD_DIM))
             ctx.set_tensor_address(name, buf.ptr)
-        for name, buf in zip(g.present_names, dst):
+        for name, buf in zip(g.io.present_names, dst):
             ctx.set_tensor_address(name, buf.ptr)
-        ctx.set_tensor_address(g.outputs[0], self.io[g.outputs[0]].ptr)
+        ctx.set_tensor_address(g.io.output, self.bufs[g.io.output].ptr)
 
     def _capture(self, ctx: Any, past: int) -> None:
         """Capture the decode enqueue at this past length into a CUDA graph (not launched now)."""
@@ -221,7 +195,7 @@ def runtime_info(flavor: str) -> RuntimeInfo:
     """This machine's flavour version and GPU (GPU fields None where there is none)."""
     fl = get_flavor(flavor)
     trt = fl.load()
-    gpu = local_gpu()
+    gpu = cuda.local_gpu()
     return RuntimeInfo(fl.name, fl.version(trt), gpu and gpu["name"], gpu and gpu["compute_capability"])
 
 
@@ -232,16 +206,14 @@ class TrtBackend:
 
     def __init__(self, engine_dir: str | Path, onnx_dir: str | Path | None = None, cuda_graphs: bool = True) -> None:
         engine_dir = Path(engine_dir)
-        manifest = check_plans(engine_dir)  # intact plans first: no TensorRT call on a damaged file
+        # Intact plans first (no TensorRT call on a damaged file), then this runtime and GPU.
+        manifest = check_engine(engine_dir, here=runtime_info, onnx_dir=onnx_dir)
         flavor = manifest["engine"]["flavor"]
-        check_runtime(engine_dir, manifest, runtime_info(flavor))
-        if onnx_dir is not None:
-            check_source(engine_dir, manifest, onnx_dir)
         fl = get_flavor(flavor)
         self.trt = fl.load()
-        self.cudart = _cudart()
+        self.cudart = cuda.cudart()
         _ok(self.cudart.cudaSetDevice(0))
-        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.logger = fl.logger(self.trt)  # stderr: `generate --json` owns stdout
         self.runtime = self.trt.Runtime(self.logger)
         self.manifest = manifest
         self.config = model_config(manifest)
@@ -263,12 +235,12 @@ class TrtBackend:
         cudart = self.cudart
         stream = _ok(cudart.cudaStreamCreate())
         try:
-            past = int(feeds[g.past_names[0]].shape[2])
-            new = int(feeds[g.inputs[0]].shape[1])
+            past = int(feeds[g.io.past_names[0]].shape[2])
+            new = int(feeds[g.io.head_names[0]].shape[1])
             ctx = g.engine.create_execution_context()
             ctx.set_optimization_profile_async(DECODE if (new == 1 and past > 0) else PREFILL, stream)
             buffers = []
-            for name in g.inputs:
+            for name in g.io.input_names:
                 value = np.ascontiguousarray(feeds[name].astype(g.dtypes[name], copy=False))
                 buf = DeviceBuffer(cudart, value.nbytes)
                 buf.upload(value, stream)
@@ -276,7 +248,7 @@ class TrtBackend:
                 ctx.set_tensor_address(name, buf.ptr)
                 buffers.append(buf)
             outs = {}
-            for name in g.outputs:
+            for name in g.io.output_names:
                 shape = tuple(ctx.get_tensor_shape(name))
                 outs[name] = np.empty(shape, dtype=g.dtypes[name])
                 buf = DeviceBuffer(cudart, outs[name].nbytes)
@@ -309,19 +281,18 @@ class TrtSession(StepSession):
         self.patch.reset()
 
     def extend(self, patches: np.ndarray) -> np.ndarray:
-        g = self.backend.patch
         ids = np.asarray(patches, dtype=np.int64)[None]
-        return self.patch.run({g.inputs[0]: ids}, ids.shape[1])
+        return self.patch.run({self.backend.patch.io.head_names[0]: ids}, ids.shape[1])
 
     def char_start(self, hidden: np.ndarray, tokens: list[int]) -> np.ndarray:
-        g = self.backend.char
+        ids_name, hidden_name = self.backend.char.io.head_names
         self.char.reset()
         ids = np.asarray([tokens], dtype=np.int64)
-        return self.char.run({g.inputs[0]: ids, g.inputs[1]: np.asarray(hidden, dtype=np.float32)[None]}, len(tokens))
+        return self.char.run({ids_name: ids, hidden_name: np.asarray(hidden, dtype=np.float32)[None]}, len(tokens))
 
     def char_step(self, token: int) -> np.ndarray:
-        g = self.backend.char
-        return self.char.run({g.inputs[0]: np.asarray([[token]], dtype=np.int64), g.inputs[1]: self._zero_hidden}, 1)
+        ids_name, hidden_name = self.backend.char.io.head_names
+        return self.char.run({ids_name: np.asarray([[token]], dtype=np.int64), hidden_name: self._zero_hidden}, 1)
 
     def close(self) -> None:
         self.char.close()

@@ -1,7 +1,11 @@
 """TensorRT plans: TensorRT-RTX builds of the demo model (fp32, fp16, int8-wo) on this CPU-only
 machine, their manifests, the timing cache, and the refusals of mismatched or damaged engines.
-Running a plan needs a GPU TensorRT supports: those tests are marked ``tensorrt`` / ``gpu``."""
+Running a plan needs a GPU TensorRT supports: those tests are marked ``tensorrt`` / ``gpu`` and
+skip, saying why, where the runtime cannot run (no GPU, no TensorRT, or TensorRT-RTX on a GPU it
+does not support, such as datacenter Hopper). Nothing here loads TensorRT at import, so the
+module collects on any machine."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,15 +18,20 @@ import pytest
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.engines import build as build_mod
 from notagen_trt.engines.build import build_engines, dim_ranges
-from notagen_trt.engines.engine_manifest import RuntimeInfo, check_engine, onnx_digest, version_accepts
-from notagen_trt.engines.flavors import FLAVORS, local_gpu
+from notagen_trt.engines.engine_manifest import (RuntimeInfo, check_engine, engine_io_mismatch, onnx_digest,
+                                                 version_accepts)
+from notagen_trt.engines.flavors import FLAVORS, unusable_reason
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import sha256_file
-from notagen_trt.manifest import GRAPH_NAMES, read_manifest
+from notagen_trt.manifest import GRAPH_NAMES, graph_io, read_manifest
 
-trt = FLAVORS["rtx"].load()  # CI installs TensorRT-RTX (Makefile): a missing install fails here, loudly
-RTX_VERSION = trt.__version__
 PRECISIONS = ("fp32", "fp16", "int8-wo")
+
+
+@pytest.fixture(scope="module")
+def rtx_version() -> str:
+    """CI installs TensorRT-RTX (Makefile): a missing install fails the CPU build tests loudly."""
+    return FLAVORS["rtx"].version(FLAVORS["rtx"].load())
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +58,13 @@ def _report(capsys, line: str) -> None:
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_rtx_plans_match_their_manifest(engines, onnx_dirs, precision, capsys):
+def test_rtx_plans_match_their_manifest(engines, onnx_dirs, precision, rtx_version, capsys):
     engine_dir, manifest, seconds = engines[precision]
-    assert read_manifest(engine_dir, expect_kind="engine") == manifest
+    written = read_manifest(engine_dir, expect_kind="engine")
+    assert {k: v for k, v in written.items() if k != "checksum"} == {k: v for k, v in manifest.items() if k != "checksum"}
     onnx_manifest = read_manifest(onnx_dirs[precision], expect_kind="onnx")
     engine = manifest["engine"]
-    assert (engine["flavor"], engine["version"]) == ("rtx", RTX_VERSION)
+    assert (engine["flavor"], engine["version"]) == ("rtx", rtx_version)
     assert engine["compute_capabilities"] == ["8.6", "8.9", "12.0"] and engine["gpu"] is None
     assert manifest["precision"] == onnx_manifest["precision"] == precision
     sizes = []
@@ -72,7 +82,7 @@ def test_rtx_plans_match_their_manifest(engines, onnx_dirs, precision, capsys):
         prefill, decode = graph["profiles"]
         assert (prefill["name"], decode["name"]) == ("prefill", "decode")
         top = spec["max_positions"]
-        assert prefill["dims"] == dim_ranges(spec, 1)["prefill"]
+        assert prefill["dims"] == dim_ranges(graph_io(onnx_manifest, name), 1)["prefill"]
         assert {n: r for n, r in prefill["dims"].items() if n.startswith("past")} == {n: [0, 0, top - 1] for n in
                                                                                          prefill["dims"] if
                                                                                          n.startswith("past")}
@@ -165,17 +175,67 @@ def test_flipped_bytes_are_refused(engine_copy):
     assert str(plan) in _refused("corrupt", check_engine, engine_copy)
 
 
-def test_other_compute_capability_is_refused(engine_copy):
-    here = RuntimeInfo("rtx", RTX_VERSION, "NVIDIA H100 80GB HBM3", "9.0")
+def test_other_compute_capability_is_refused(engine_copy, rtx_version):
+    here = RuntimeInfo("rtx", rtx_version, "NVIDIA H100 80GB HBM3", "9.0")
     message = _refused("compute capability 8.6, 8.9, 12.0", check_engine, engine_copy, here)
     assert str(engine_copy / "manifest.json") in message and "9.0" in message
 
 
-def test_other_tensorrt_version_is_refused(engine_copy):
+def test_other_tensorrt_version_is_refused(engine_copy, rtx_version):
     here = RuntimeInfo("rtx", "1.6.1.120", "NVIDIA GeForce RTX 4090", "8.9")
-    _refused(f"built with rtx {RTX_VERSION}, this is 1.6.1.120", check_engine, engine_copy, here)
+    _refused(f"built with rtx {rtx_version}, this is 1.6.1.120", check_engine, engine_copy, here)
     _refused("flavour 'rtx'", check_engine, engine_copy, RuntimeInfo("trt", "10.14.1", "RTX 4090", "8.9"))
-    check_engine(engine_copy, RuntimeInfo("rtx", RTX_VERSION, "NVIDIA GeForce RTX 4090", "8.9"))  # a match passes
+    check_engine(engine_copy, RuntimeInfo("rtx", rtx_version, "NVIDIA GeForce RTX 4090", "8.9"))  # a match passes
+
+
+def test_the_runtime_probe_runs_only_on_intact_plans(engine_copy, rtx_version):
+    """The TensorRT backend hands check_engine a probe of this machine: it gets the engine's
+    flavour, and is not called at all when a plan is damaged (no TensorRT load for a bad file)."""
+    asked = []
+
+    def probe(flavor: str) -> RuntimeInfo:
+        asked.append(flavor)
+        return RuntimeInfo(flavor, rtx_version, "NVIDIA H200", "9.0")
+
+    _refused("this GPU \\(NVIDIA H200\\) is 9.0", check_engine, engine_copy, probe)
+    assert asked == ["rtx"]
+    plan = engine_copy / "char_decoder.plan"
+    plan.write_bytes(plan.read_bytes()[:100])
+    _refused("truncated", check_engine, engine_copy, probe)
+    assert asked == ["rtx"]
+
+
+class _FakeEngine:
+    """The ICudaEngine calls engine_io_mismatch makes, answering from a manifest (what a plan
+    that matches its manifest would say) with one profile shape changed when asked."""
+
+    def __init__(self, io, bad=None) -> None:
+        self.io, self.bad = io, bad  # (tensor, profile index, shapes it reports instead)
+        self.names = [*io.input_names, *io.output_names]
+        self.num_optimization_profiles = len(io.profiles)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.names)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_profile_shape(self, name: str, index: int):
+        shapes = self.io.profiles[index]["shapes"][name]
+        return self.bad[2] if self.bad and (name, index) == self.bad[:2] else [tuple(s) for s in shapes]
+
+
+def test_engine_io_is_checked_against_the_manifest_after_deserialization(engines):
+    _, manifest, _ = engines["fp32"]
+    io = graph_io(manifest, "char_decoder")
+    assert len(io.profiles) == 2 and io.past_names[0] == "past_key_values.0.key"
+    assert engine_io_mismatch(_FakeEngine(io), io) is None
+    wrong = _FakeEngine(io)
+    wrong.names = wrong.names[:-1]
+    assert "differ from the manifest" in engine_io_mismatch(wrong, io)
+    bad = _FakeEngine(io, ("input_ids", 1, [(1, 1), (1, 1), (1, 2)]))
+    assert engine_io_mismatch(bad, io).startswith("profile 1 (decode) gives input_ids [[1, 1], [1, 1], [1, 2]]")
 
 
 def test_version_compatible_engines_accept_newer_runtimes_of_the_same_major():
@@ -218,29 +278,40 @@ def test_cli_refusals_are_one_line(engine_copy, tmp_path):
 def test_cli_build_writes_an_engine_directory(tmp_path):
     r = _cli("build", "--flavor", "rtx", "--compute-capability", "8.9", "--out", str(tmp_path / "e"), "--json")
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout)  # stdout is the JSON alone: TensorRT's warnings and progress go to stderr
     assert out["engine"]["compute_capabilities"] == ["8.9"]
-    check_engine(tmp_path / "e", RuntimeInfo("rtx", RTX_VERSION, "NVIDIA GeForce RTX 4090", "8.9"))
+    assert "building patch_decoder" in r.stderr and "{" not in r.stderr
+    check_engine(tmp_path / "e", RuntimeInfo("rtx", out["engine"]["version"], "NVIDIA GeForce RTX 4090", "8.9"))
 
 
 # ---------------------------------------------------------------- needs a GPU TensorRT runs on
 
-def _runnable_gpu(flavor: str) -> str | None:
-    """Why TensorRT ``flavor`` cannot run here, or None."""
-    gpu = local_gpu()
-    if gpu is None:
-        return "no CUDA GPU here (cuda-python sees none)"
-    try:
-        FLAVORS[flavor].load()
-    except NotaGenError as exc:
-        return str(exc)
-    if flavor == "rtx" and gpu["compute_capability"] not in ("8.0", "8.6", "8.9", "12.0", "12.1"):
-        return f"TensorRT-RTX does not run on compute capability {gpu['compute_capability']} ({gpu['name']})"
-    return None
+def test_why_tensorrt_cannot_run_here_names_the_missing_piece(monkeypatch, rtx_version):
+    """The reason the GPU tests skip with: no cuda-python, no GPU, no TensorRT, or TensorRT-RTX
+    on datacenter Hopper, which it does not run on."""
+    from notagen_trt.engines import flavors
+
+    monkeypatch.setattr(flavors, "find_cudart", lambda: None)
+    assert "cuda-python is not installed" in unusable_reason("rtx")
+    monkeypatch.setattr(flavors, "find_cudart", lambda: object())
+    monkeypatch.setattr(flavors, "local_gpu", lambda: None)
+    assert "no CUDA GPU" in unusable_reason("rtx")
+    monkeypatch.setattr(flavors, "local_gpu", lambda: {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    assert unusable_reason("rtx").startswith("TensorRT-RTX does not run on compute capability 9.0 (NVIDIA H200)")
+    monkeypatch.setitem(FLAVORS, "trt", dataclasses.replace(FLAVORS["trt"], modules=("no_such_tensorrt_module",)))
+    assert "TensorRT is not installed" in unusable_reason("trt") and "NVIDIA H200" in unusable_reason("trt")
+    monkeypatch.setattr(flavors, "local_gpu", lambda: {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"})
+    assert unusable_reason("rtx") is None
 
 
-needs_rtx_gpu = pytest.mark.skipif(_runnable_gpu("rtx") is not None, reason=f"{_runnable_gpu('rtx')}")
-needs_trt_gpu = pytest.mark.skipif(_runnable_gpu("trt") is not None, reason=f"{_runnable_gpu('trt')}")
+def _runs_here(flavor: str) -> pytest.MarkDecorator:
+    """Skip, with the reason, where plans of ``flavor`` cannot run on this machine."""
+    why = unusable_reason(flavor)
+    return pytest.mark.skipif(why is not None, reason=f"{FLAVORS[flavor].title} cannot run here: {why}")
+
+
+needs_rtx_gpu = _runs_here("rtx")
+needs_trt_gpu = _runs_here("trt")
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
 """Precision variants of the demo model: each must meet its accuracy gate on held-out ABC.
 
-The gates (runtime/evaluate.py GATES), measured by the same code as `notagen-trt eval`:
+The gates (engines/gates.py GATES), measured by the same code as `notagen-trt eval`:
 fp16 bits/char within 0.5% of fp32 and top-1 agreement >= 99.5%; int8 weight-only within 1%
 and >= 99%; int8 (W8A8, calibrated) within 3% and >= 97%. To keep the suite fast on 2 cores the
 gates run on a deterministic subset: 32 of the 254 heldout pieces, every 8th of the sorted split
@@ -20,7 +20,8 @@ from notagen_trt.demo import demo_checkpoint, demo_model_dir
 from notagen_trt.engines.quantize import PRECISIONS, quantize
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import read_manifest
-from notagen_trt.runtime.evaluate import GATES, bars_match_meter, evaluate, teacher_forced
+from notagen_trt.engines.gates import GATES
+from notagen_trt.runtime.evaluate import bars_match_meter, evaluate, teacher_forced
 from notagen_trt.runtime.onnx_backend import OrtBackend
 
 SUBSET = 32
@@ -139,3 +140,14 @@ def test_bar_check_follows_the_meter():
     ok, why = bars_match_meter(head + "[V:1]C2|\n[V:1]CDEF GAB|\n[V:1]c8|\n[V:1]C6|]\n")
     assert not ok and "lasts 7" in why
     assert bars_match_meter(head + "[V:1]C2|\n[V:1][M:3/4]CDEF GA|\n[V:1]c6|\n[V:1]C6|]\n")[0]
+
+
+def test_gate_is_pass_or_fail_at_the_precisions_limits():
+    from notagen_trt.engines.gates import gate
+
+    assert gate({"precision": "fp32"}) is None
+    max_change, min_top1 = GATES["int8"]
+    at_limit = {"precision": "int8", "bits_per_char_change": max_change, "top1_agreement": min_top1}
+    assert gate(at_limit) == {"max_bits_per_char_change": 0.03, "min_top1_agreement": 0.97, "passed": True}
+    assert not gate({**at_limit, "bits_per_char_change": max_change + 1e-4})["passed"]
+    assert not gate({**at_limit, "top1_agreement": min_top1 - 1e-4})["passed"]

@@ -1,15 +1,19 @@
 """`notagen-trt verify`: Polygraphy's comparator over real held-out inputs (ONNX Runtime vs
-PyTorch in CI; TensorRT vs ONNX Runtime where a GPU runs TensorRT)."""
+PyTorch in CI; TensorRT vs ONNX Runtime where a GPU runs TensorRT), with each precision's
+default tolerance."""
 
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from notagen_trt.commands.verify import real_feeds, resolve
 from notagen_trt.corpus import default_split
 from notagen_trt.demo import demo_model_dir
+from notagen_trt.engines.flavors import unusable_reason
+from notagen_trt.engines.gates import VERIFY_TOLERANCES, verify_tolerance
+from notagen_trt.engines.verify import Target, compare, real_feeds, resolve, verify
 from notagen_trt.manifest import GRAPH_NAMES, read_manifest
 
 
@@ -21,8 +25,9 @@ def _verify(*args: str) -> subprocess.CompletedProcess:
 def test_feeds_are_real_pieces_with_caches_from_the_reference():
     model = demo_model_dir()
     manifest = read_manifest(model)
-    _, infer = resolve(str(model), manifest, None)
-    feeds = real_feeds(manifest, infer, default_split("heldout"), pieces=2)
+    target = resolve(str(model), model)
+    assert (target.label, target.precision) == ("onnxruntime:fp32", "fp32")
+    feeds = real_feeds(manifest, target.infer, default_split("heldout"), pieces=2)
     patch_prefill, patch_step = feeds["patch_decoder"][:2]
     assert patch_prefill["patches"].shape[1] > 1 and patch_prefill["past_key_values.0.key"].shape[2] == 0
     assert patch_step["patches"].shape[1] == 1
@@ -30,6 +35,9 @@ def test_feeds_are_real_pieces_with_caches_from_the_reference():
     char_prefill, char_step = feeds["char_decoder"][:2]
     assert char_step["past_key_values.0.key"].shape[2] == char_prefill["input_ids"].shape[1]
     assert all(len(feeds[g]) == 4 for g in GRAPH_NAMES)
+    # The step's past is the prefill's present, layer by layer (keys to keys, values to values).
+    present = target.infer("char_decoder", char_prefill)
+    assert np.array_equal(char_step["past_key_values.1.value"], present["present.1.value"])
 
 
 def test_onnx_runtime_matches_pytorch_on_heldout_pieces(capsys):
@@ -51,21 +59,64 @@ def test_onnx_runtime_matches_pytorch_on_heldout_pieces(capsys):
 def test_differences_beyond_tolerance_fail():
     r = _verify("--atol", "0", "--rtol", "0", "--pieces", "1")
     assert r.returncode == 1 and "differ beyond the tolerance" in r.stderr and "FAIL" in r.stdout
+    assert "(atol 0.0, rtol 0.0), 1 held-out pieces" in r.stdout
 
 
-def test_missing_reference_is_one_line():
-    r = _verify("--against", "/nonexistent/model")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "/nonexistent/model" in r.stderr
+def test_default_tolerance_is_the_looser_precisions():
+    assert verify_tolerance("fp32", "fp32") == VERIFY_TOLERANCES["fp32"] == (1e-4, 1e-3)
+    assert verify_tolerance("int8-wo", "fp32") == verify_tolerance("fp16", "int8-wo") == VERIFY_TOLERANCES["int8-wo"]
+    assert verify_tolerance(None, "int8") == VERIFY_TOLERANCES["int8"]
+    atol = [VERIFY_TOLERANCES[p][0] for p in ("fp32", "fp16", "int8-wo", "int8")]
+    assert atol == sorted(atol)  # less precision, more tolerance
+
+
+def _broken_graph_infer(variant, scratch, graph: str, layer: str, factor: float):
+    """ONNX Runtime on the variant's graphs with one layer's weight scales of ``graph`` multiplied:
+    a broken int8-wo variant (run from bare files: a model directory would refuse the edited graph)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(variant / f"{graph}.onnx")
+    hits = [t for t in model.graph.initializer if layer in t.name and t.name.endswith("weight_scale")]
+    assert hits
+    for t in hits:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), t.name))
+    onnx.save(model, scratch / f"{graph}.onnx")
+    sessions = {g: ort.InferenceSession(str((scratch if g == graph else variant) / f"{g}.onnx")) for g in GRAPH_NAMES}
+
+    def infer(name, feeds):
+        session = sessions[name]
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    return infer
+
+
+@pytest.mark.slow
+def test_a_quantized_variant_passes_at_its_defaults_and_a_broken_one_fails(demo_variant, tmp_path):
+    variant = demo_variant("int8-wo")
+    report = verify(variant, pieces=2)
+    assert report["subject"] == "onnxruntime:int8-wo" and report["reference"].startswith("pytorch:")
+    assert (report["atol"], report["rtol"]) == VERIFY_TOLERANCES["int8-wo"]
+    assert report["passed"], report
+    logits = report["graphs"]["char_decoder"]["outputs"]["logits"]
+    assert 1e-3 < logits["max_abs"] < report["atol"]  # really int8: far above fp32's tolerance, within its own
+
+    reference = resolve("torch", variant)
+    feeds = real_feeds(read_manifest(variant), reference.infer, default_split("heldout"), pieces=2)
+    assert not compare(resolve(str(variant), variant), reference, feeds, *VERIFY_TOLERANCES["fp32"])["passed"]
+    broken = Target("broken", "int8-wo", _broken_graph_infer(variant, tmp_path, "char_decoder", "h.1.attn.c_proj", 1.5))
+    report = compare(broken, reference, feeds, *verify_tolerance(broken.precision, reference.precision))
+    assert not report["passed"] and not report["graphs"]["char_decoder"]["outputs"]["logits"]["passed"]
+    assert report["graphs"]["patch_decoder"]["outputs"]["last_hidden_state"]["passed"]  # only the char graph broke
+
+
+_RTX_UNUSABLE = unusable_reason("rtx")
 
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
+@pytest.mark.skipif(_RTX_UNUSABLE is not None, reason=f"TensorRT-RTX cannot run here: {_RTX_UNUSABLE}")
 def test_tensorrt_matches_onnx_runtime(tmp_path):
-    from test_engines import _runnable_gpu
-
-    why = _runnable_gpu("rtx")
-    if why:
-        pytest.skip(why)
     from notagen_trt.engines.build import build_engines
 
     build_engines(demo_model_dir(), tmp_path / "engine", flavor="rtx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -15,7 +16,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     manifest = build_engines(model, args.out, flavor=args.flavor, max_batch=args.max_batch, compute_capabilities=ccs,
                              timing_cache=args.timing_cache, version_compatible=args.version_compatible,
                              optimization_level=args.optimization_level,
-                             log=(lambda _: None) if args.json else print)
+                             log=_stderr if args.json else print)  # --json: stdout holds the JSON alone
     engine = manifest["engine"]
     rows = {name: {"bytes": g["plan"]["bytes"], "build_seconds": g["build_seconds"]}
             for name, g in manifest["graphs"].items()}
@@ -25,6 +26,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"{engine['flavor']} {engine['version']}, precision {manifest['precision']}, compute capability "
               f"{', '.join(engine['compute_capabilities'])}; manifest {args.out}/manifest.json")
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,5 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="plans that newer TensorRT versions of the same major version can run")
     p.add_argument("--optimization-level", type=int, choices=range(6), metavar="0-5",
                    help="builder optimization level (default: the builder's, 3)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (progress and TensorRT's messages go to stderr)")
     p.set_defaults(func=_cmd_build)
