@@ -47,6 +47,8 @@ from abctoolkit.utils import (
 from music21.musicxml.m21ToXml import GeneralObjectExporter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from notagen_trt.runtime.postprocess import clean_voice_names
+
 CORPUS_ROOT = Path(music21.__file__).parent / "corpus"
 PROMPTS_FILE = resources.files("notagen_trt") / "data" / "prompts.txt"
 SPLITS = ("train", "calib", "heldout")
@@ -282,7 +284,9 @@ def clean_abc(abc_lines: list[str]) -> list[str]:
             if any(barline in quoted for barline in Barlines):  # would split bars wrongly
                 line = line.replace(quoted, "")
         lines[i] = line
-    return lines
+    # Part names keep MusicXML's layout whitespace through xml2abc (nm="\\n\t\t\t:Viola"); a
+    # model trained on them writes such names back.
+    return [clean_voice_names(line) for line in lines]
 
 
 def shorten_annotations(abc_lines: list[str]) -> list[str]:

@@ -13,6 +13,26 @@ _STREAM = re.compile(r"^(\[r:[^\]]*\])+")  # a line's stream prefix (repeated on
 _BARLINE = r"(\|\]|\|\||:\||::|\|:|\[\||\|)"
 _BAR_END = re.compile(_BARLINE + r"\s*$")
 _BAR_START = re.compile(r"^\s*" + _BARLINE)
+_NAME_ATTR = re.compile(r'\s*\b(s?nm)="([^"]*)"')
+
+
+def clean_part_name(name: str) -> str:
+    """A part name without the MusicXML layout whitespace xml2abc carries into it: a part-group
+    name of only whitespace, joined by ':' and with newlines escaped, makes ``\\n\t\t\t:Viola``."""
+    text = re.sub(r"(?:\\n|\s)+", " ", name)
+    return re.sub(r"\s*:\s*", ":", text).strip(" :")
+
+
+def clean_voice_names(line: str) -> str:
+    """A ``V:`` line with clean ``nm`` / ``snm`` names; a name left empty is dropped."""
+    if not line.startswith("V:"):
+        return line
+
+    def clean(match: re.Match) -> str:
+        name = clean_part_name(match.group(2))
+        return f' {match.group(1)}="{name}"' if name else ""
+
+    return _NAME_ATTR.sub(clean, line)
 
 
 def _bar_duration(text: str) -> Fraction | None:
@@ -96,11 +116,12 @@ def restore_line(line: str, voices: list[str], leaders: set[str]) -> str:
 
 def postprocess(abc: str) -> str:
     """Strip ``[r:]`` prefixes, restore rest-reduced voices, balance %%score brackets, drop
-    ``%`` comment lines (keeping ``%%`` directives) and prepend ``X:1``."""
+    ``%`` comment lines (keeping ``%%`` directives), clean part names (models trained on a corpus
+    that kept MusicXML whitespace in them write ``nm="\\n\t\t\t:Viola"``) and prepend ``X:1``."""
     lines = [line if line.endswith("\n") else line + "\n" for line in abc.splitlines() if line.strip()]
     lines = [line for line in lines if not (line.startswith("%") and not line.startswith("%%"))]
     lines = [line for line in lines if not line.startswith("X:")]
-    lines = [_STREAM.sub("", line, count=1) for line in lines]
+    lines = [clean_voice_names(_STREAM.sub("", line, count=1)) for line in lines]
     score = next((i for i, line in enumerate(lines) if line.startswith("%%score")), None)
     if score is not None:
         lines[score] = fix_score_brackets(lines[score])

@@ -112,3 +112,12 @@ def test_reprepared_pieces_are_byte_identical(manifest: dict, files: dict, tmp_p
         out.parent.mkdir(exist_ok=True)
         out.write_bytes(piece.text.encode("utf-8"))
         assert out.read_bytes() == files[entry["id"]][1], entry["id"]
+
+
+def test_part_names_carry_no_layout_whitespace(files: dict) -> None:
+    names = re.compile(r'\bs?nm="([^"]*)"')
+    for name, (_, data) in files.items():
+        for line in data.decode("ascii").splitlines():
+            if line.startswith("V:"):
+                for part in names.findall(line):
+                    assert part and part == part.strip(" \t:") and "\\n" not in part, (name, line)

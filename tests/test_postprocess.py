@@ -60,3 +60,10 @@ def test_duration_of_restored_rest_is_the_commonest_bar_length():
     assert _bar_duration("c2 e2 g2|") == Fraction(6)
     out = postprocess("L:1/8\nM:2/4\nK:C\nV:1\nV:2\n[V:2]c/d/e/f/ g2|\n")
     assert "[V:1]z4|[V:2]c/d/e/f/ g2|" in out
+
+
+def test_part_names_lose_the_musicxml_layout_whitespace():
+    """Models trained on the old corpus write xml2abc's nm="\\n\\t\\t\\t:Viola"; scores show "Viola"."""
+    out = postprocess('L:1/8\nM:2/4\nK:C\nV:1 treble nm="\\n\t\t\t:Violin I" snm="\\n\t\t\t"\n'
+                      'V:2 alto nm="Viola " snm="Vla."\n[V:1]c4|[V:2]C4|\n')
+    assert 'V:1 treble nm="Violin I"\n' in out and 'V:2 alto nm="Viola" snm="Vla."\n' in out
