@@ -27,28 +27,37 @@ def valid_prompts() -> tuple[Prompt, ...]:
     return tuple(Prompt(*line.split("_")) for line in text.splitlines() if line.strip())
 
 
-def _check(kind: str, value: str, allowed: list[str]) -> None:
+def _fold(value: str, allowed: list[str] | set[str]) -> str:
+    """``value`` as spelled in the list when it differs only in case or spacing, else unchanged."""
+    key = " ".join(value.split()).casefold()
+    return next((a for a in allowed if a.casefold() == key), value)
+
+
+def _canonical(kind: str, value: str, allowed: list[str]) -> str:
+    value = _fold(value, allowed)
     if value in allowed:
-        return
+        return value
     close = difflib.get_close_matches(value, allowed, n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"valid: {', '.join(allowed)}"
-    raise NotaGenError(f"unknown {kind} {value!r}: {hint}")
+    raise NotaGenError(f"unknown {kind} {value!r}: {hint} (`notagen-trt prompts` lists them all)")
 
 
 def resolve_prompt(period: str | None, composer: str | None, instrumentation: str | None) -> Prompt | None:
-    """A valid Prompt, or None for unconditional generation (all three omitted)."""
+    """A valid Prompt, or None for unconditional generation (all three omitted). Values are
+    matched ignoring case and repeated spaces ("baroque", "bach,  johann sebastian")."""
     given = (period, composer, instrumentation)
     if all(v is None for v in given):
         return None
     if any(v is None for v in given):
         raise NotaGenError("give all three of --period, --composer and --instrumentation, or none of them")
     prompts = valid_prompts()
-    _check("period", period, sorted({p.period for p in prompts}))
+    period = _canonical("period", period, sorted({p.period for p in prompts}))
+    composer = _fold(composer, {p.composer for p in prompts})
     periods_of = sorted({p.period for p in prompts if p.composer == composer})
     if periods_of and period not in periods_of:
         raise NotaGenError(f"composer {composer!r} is not in period {period!r}; use --period {periods_of[0]!r}")
-    _check("composer", composer, sorted({p.composer for p in prompts if p.period == period}))
-    _check(
+    composer = _canonical("composer", composer, sorted({p.composer for p in prompts if p.period == period}))
+    instrumentation = _canonical(
         "instrumentation",
         instrumentation,
         sorted({p.instrumentation for p in prompts if (p.period, p.composer) == (period, composer)}),

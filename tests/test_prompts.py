@@ -32,3 +32,26 @@ def test_no_prompt_means_unconditional():
 def test_typos_get_did_you_mean(args, message):
     with pytest.raises(NotaGenError, match=message):
         resolve_prompt(*args)
+
+
+def test_case_and_spacing_do_not_matter():
+    assert resolve_prompt("baroque", "bach,  JOHANN sebastian", "CHORAL") == Prompt(
+        "Baroque", "Bach, Johann Sebastian", "Choral")
+    with pytest.raises(NotaGenError, match="not in period 'Classical'; use --period 'Baroque'"):
+        resolve_prompt("classical", "bach, johann sebastian", "choral")
+
+
+def test_prompts_command_lists_every_combination(capsys):
+    import json
+
+    from notagen_trt.cli import main
+
+    assert main(["prompts", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {Prompt(**p) for p in listed} == set(valid_prompts())
+    assert main(["prompts"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bach = next(line for line in lines if '"Bach, Johann Sebastian"' in line)  # quoted: the name has a comma
+    assert bach.split() == ["Baroque", '"Bach,', "Johann", 'Sebastian"', "Chamber,", "Choral,", "Keyboard,",
+                            "Orchestral,", "Vocal-Orchestral"]
+    assert "112 combinations" in lines[-1]

@@ -103,6 +103,8 @@ def test_invalid_values(capsys, tiny_dir, tmp_path, argv, needle):
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(NotaGenError):
         main(["--debug", "export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")])
+    with pytest.raises(NotaGenError):  # after the subcommand too
+        main(["export", "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o"), "--debug"])
 
 
 class NeverEnding(StepSession):

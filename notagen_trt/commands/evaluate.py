@@ -37,11 +37,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, pieces, args.num_generated, "cuda" if args.backend == "ort-cuda" else "cpu")
         if args.baseline:
             result["unigram_bits_per_char"] = _unigram(pieces, result)
-        if not args.json:
-            result.pop("generated", None)
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    print(json.dumps(result) if args.json else report(result))
     gate = result.get("gate")
     return 1 if gate and not gate["passed"] else 0
+
+
+def report(result: dict) -> str:
+    """The eval result as aligned lines a person reads (``--json`` has every field)."""
+    rows = [("model", f"{result['model']} ({result['precision']})")]
+    if "pieces" in result:
+        rows.append(("scored", f"{result['pieces']} pieces, {result['chars']:,} characters"))
+    bits = f"{result['bits_per_char']:.4f}"
+    if result.get("unigram_bits_per_char") is not None:
+        bits += f" (unigram baseline {result['unigram_bits_per_char']:.4f})"
+    rows.append(("bits/char", bits))
+    if result.get("reference_bits_per_char") is not None:
+        rows.append(("vs fp32", f"{100 * result['bits_per_char_change']:+.2f}% (fp32 "
+                                f"{result['reference_bits_per_char']:.4f}, {result['reference']})"))
+        rows.append(("top-1 agreement", f"{100 * result['top1_agreement']:.2f}%"))
+        rows.append(("logit diff", f"max {result['max_abs_logit_diff']:.3g}, mean {result['mean_abs_logit_diff']:.3g}"))
+    rows.extend(_generated_rows(result.get("generated")))
+    if result.get("gate"):
+        g = result["gate"]
+        rows.append(("gate", f"{'pass' if g['passed'] else 'FAIL'} (bits/char within "
+                             f"{100 * g['max_bits_per_char_change']:g}% of fp32, top-1 at least "
+                             f"{100 * g['min_top1_agreement']:g}%)"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _generated_rows(generated: list[dict] | None) -> list[tuple[str, str]]:
+    if not generated:
+        return []
+    valid = sum(g["valid"] for g in generated)
+    rows = [("valid pieces", f"{valid}/{len(generated)} generated (seeds 0..{len(generated) - 1}) parse, "
+                             "convert and keep the meter")]
+    for g in generated:
+        if not g["valid"]:
+            why = g["error"] or "a bar does not last what the meter says"
+            rows.append((f"  seed {g['seed']}", f"invalid: {why}"))
+    return rows
 
 
 def _eval_checkpoint(args: argparse.Namespace, pieces: list[str]) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, refuse_model_dir
 
+SHORTEST_TRAINED_BARS = 7  # [r:0/N] of the demo corpus's shortest pieces (8 bars, prepare.py's MIN_BARS)
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
 
@@ -63,6 +64,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args.backend, args.precision, args.rows)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
+        if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS:
+            print(f"note: --bars {args.bars} is shorter than any piece the demo model was trained on; the model "
+                  "may write more bars (see --help)", file=sys.stderr)
     summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
                        sys.stdout if args.json else None, wants_scores=len(formats) > 1)
 
@@ -198,7 +202,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instrumentation")
     p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k")
     p.add_argument("--num-pieces", type=int, default=1)
-    p.add_argument("--bars", type=int, default=None, help="force the length: [r:0/N] (N more bar lines)")
+    p.add_argument("--bars", type=int, default=None,
+                   help="ask for N+1 bar lines: the body starts with the forced prefix [r:0/N], which the model "
+                        "was trained to count down to [r:N/0]. It conditions, it does not cut: a model follows it "
+                        f"only for lengths it was trained on (the demo model from N={SHORTEST_TRAINED_BARS}: its "
+                        "corpus has no piece under 8 bars; shorter asks come out longer)")
     p.add_argument("--max-patches", type=int, default=None, help="stop a piece after this many patches")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long (default 600)")
     p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (0: off)")
