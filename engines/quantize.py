@@ -7,17 +7,21 @@ accuracy is checked on the CPU before an engine is built from it.
   activations, measured on the calibration set, come near the fp16 range.
 - ``int8-wo``: int8 weights, per output channel, symmetric, stored as int8 initializers behind
   DequantizeLinear; activations stay fp32. No calibration.
-- ``int8``: W8A8 Q/DQ from ONNX Runtime's ``quantize_static``: symmetric int8 activations with
+- ``int8``: W8A8 Q/DQ as ONNX Runtime's ``quantize_static`` writes it: symmetric int8 activations with
   ranges calibrated on real ABC (see calibration.py), per-channel symmetric int8 weights, bias in
   float: the layout TensorRT fuses.
 
 Graph IO names and dtypes do not change (fp32 in, fp32 out), so every backend feeds a variant
 exactly as it feeds the fp32 model. The manifest records the source fp32 directory and its hash,
 the library and settings, the calibration set and what was kept in higher precision.
+
+A source whose weights are stored as external data (NotaGen-X, 2 GB in fp32) gives variants
+stored the same way (``<graph>.onnx.data``); each tool loads the graph by path or one copy of it.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -33,7 +37,7 @@ import onnxruntime as ort
 import notagen_trt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import claim_out_dir, prepare_out_dir, stage, staging_prefix, writing
-from notagen_trt.manifest import (GRAPH_NAMES, MANIFEST_NAME, file_checksums, graph_file, manifest_digest,
+from notagen_trt.manifest import (GRAPH_NAMES, MANIFEST_NAME, file_checksums, manifest_digest,
                                   read_manifest, with_checksum)
 
 from . import calibration
@@ -77,9 +81,10 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     # given, so they get links to the source graphs in here, never the source folder itself.
     with writing(out_dir), tempfile.TemporaryDirectory(prefix=staging_prefix("quantize"), dir=out_dir) as tmp:
         scratch = Path(tmp)
-        details = {name: _variant_graph(_linked_source(graph_file(model_dir, manifest, name), scratch),
-                                        scratch / f"{name}.onnx", precision, feeds.graph(name) if feeds else None,
-                                        method, exclude or [], log)
+        graphs = manifest["graphs"]
+        details = {name: _variant_graph(_linked_source(model_dir, graphs[name], scratch), scratch / f"{name}.onnx",
+                                        precision, feeds.graph(name) if feeds else None, method, exclude or [], log,
+                                        external=bool(graphs[name].get("external_data")))
                    for name in GRAPH_NAMES}
         variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch,
                                                   _recipe(precision, method, feeds, details)))
@@ -93,32 +98,39 @@ def _fp32_source(model_dir: Path) -> dict[str, Any]:
     if manifest.get("precision") != "fp32":
         raise NotaGenError(f"{model_dir}: variants are made from the fp32 model, this one is "
                            f"{manifest.get('precision')!r}; pass the directory written by `notagen-trt export`")
-    if any(manifest["graphs"][g].get("external_data") for g in GRAPH_NAMES):
-        raise NotaGenError(f"{model_dir}: weights stored as external data are not supported by quantize yet; "
-                           "re-export without --external-data")
     return manifest
 
 
-def _linked_source(src: Path, scratch: Path) -> Path:
-    """A link to (or, where links are not allowed, a copy of) a source graph inside ``scratch``."""
+def _linked_source(model_dir: Path, graph: dict, scratch: Path) -> Path:
+    """A link to (or, where links are not allowed, a copy of) a source graph inside ``scratch``,
+    with a copy of its external data beside it: onnx refuses to read weights through a symlink or
+    a hard link (its path-traversal guard), and the tools resolve them next to the graph."""
+    src = model_dir / graph["file"]
     link = scratch / "source" / src.name
     link.parent.mkdir(exist_ok=True)
     try:
         link.symlink_to(src.resolve())
     except OSError:
         shutil.copyfile(src, link)
+    if graph.get("external_data"):
+        shutil.copyfile(model_dir / graph["external_data"], link.parent / graph["external_data"])
     return link
 
 
 def _variant_graph(src: Path, dst: Path, precision: str, feeds: list[dict] | None, method: str,
-                   exclude: list[str], log) -> dict:
+                   exclude: list[str], log, external: bool = False) -> dict:
+    """Write the variant of graph ``src`` to ``dst``, its weights in ``dst.data`` when ``external``
+    (the source's are: a variant is never larger than its fp32 source, so the 2 GB cap holds too)."""
+    # The calibration run's sessions (OrtBackend's lazy loaders are reference cycles) and the
+    # previous graph's models wait for the cycle collector: free them before loading another copy.
+    gc.collect()
     log(f"{precision}: {src.stem}")
     if precision == "fp16":
-        details = _fp16(src, dst, feeds)
+        details = _fp16(src, dst, feeds, external)
     elif precision == "int8-wo":
-        details = _int8_weight_only(src, dst)
+        details = _int8_weight_only(src, dst, external)
     else:
-        details = _int8(src, dst, feeds, method, exclude)
+        details = _int8(src, dst, feeds, method, exclude, external)
     onnx.checker.check_model(str(dst))
     _check_io(src, dst)
     return details
@@ -135,26 +147,35 @@ def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: 
             "checkpoint": manifest.get("source", {}).get("checkpoint"),
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
         },
-        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": None,
-                       "checksums": file_checksums(scratch, [f"{g}.onnx"])} for g in GRAPH_NAMES},
+        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": _data_file(scratch, g),
+                       "checksums": file_checksums(scratch, [f"{g}.onnx", _data_file(scratch, g)])}
+                   for g in GRAPH_NAMES},
         "quantization": recipe,
         "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                   "notagen_trt": notagen_trt.__version__},
     }
 
 
+def _data_file(scratch: Path, graph: str) -> str | None:
+    """The name of a written variant graph's external data file, None when it has none."""
+    name = f"{graph}.onnx.data"
+    return name if (scratch / name).is_file() else None
+
+
 def _commit(scratch: Path, out_dir: Path, variant: dict) -> list[str]:
-    """Stage the manifest (the write that can run out of space), rename the graphs in, then the manifest."""
+    """Stage the manifest (the write that can run out of space), rename the graphs in (weights
+    before the graphs that point at them), then the manifest."""
     staged = stage(out_dir / MANIFEST_NAME, json.dumps(variant, indent=2) + "\n")
+    names = [n for g in GRAPH_NAMES for n in (variant["graphs"][g]["external_data"], f"{g}.onnx") if n]
     try:
-        for name in GRAPH_NAMES:
-            os.chmod(scratch / f"{name}.onnx", 0o644)
-            os.replace(scratch / f"{name}.onnx", out_dir / f"{name}.onnx")
+        for name in names:
+            os.chmod(scratch / name, 0o644)
+            os.replace(scratch / name, out_dir / name)
         os.replace(staged, out_dir / MANIFEST_NAME)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
-    return [*(f"{g}.onnx" for g in GRAPH_NAMES), MANIFEST_NAME]
+    return [*names, MANIFEST_NAME]
 
 
 def _recipe(precision: str, method: str, feeds: CalibrationFeeds | None, details: dict) -> dict:
@@ -171,7 +192,7 @@ def _recipe(precision: str, method: str, feeds: CalibrationFeeds | None, details
                 "weights": "int8 symmetric per-channel (QDQ)", "activations": "float32",
                 "settings": {"op_types": QUANTIZED_OPS, "per_channel": True, "weight_symmetric": True},
                 "calibration": None, "kept_in_higher_precision": details}
-    return {"library": f"{library} (onnxruntime.quantization.quantize_static, QDQ)",
+    return {"library": f"{library} (onnxruntime.quantization calibrator + QDQQuantizer, quantize_static's QDQ recipe)",
             "weights": "int8 symmetric per-channel (QDQ)", "activations": "int8 symmetric per-tensor (QDQ)",
             "settings": {"op_types": QUANTIZED_OPS, "per_channel": True, **_INT8_OPTIONS},
             "calibration": {**feeds.describe(), "method": method},
@@ -191,16 +212,32 @@ def _check_io(src: Path, dst: Path) -> None:
 
 # ---------------------------------------------------------------- fp16
 
-def activation_peaks(model_path: Path, feeds: list[dict]) -> dict[str, float]:
-    """Max |value| of every float tensor over the feeds (fp32 graph, ONNX Runtime's MinMax
-    calibrator), ignoring attention-mask fill values."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+def _calibrate(model_path: Path, feeds: list[dict], method: Any, op_types: list[str] | None,
+               external: bool) -> Any:
+    """ONNX Runtime's calibrator over ``feeds``, one feed per collection pass (feeds differ in
+    shape, which the histogram collectors cannot stack, and a big model's augmented outputs for
+    all feeds at once would not fit in memory): its TensorsData. Its augmented copy of the model
+    goes beside ``model_path`` (external data when ``external``: over 2 GB it must)."""
+    from onnxruntime.quantization.calibrate import create_calibrator
 
     with tempfile.TemporaryDirectory(prefix="ort.calib.", dir=model_path.parent) as tmp:
-        calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax)
-        calibrator.collect_data(FeedReader(feeds))
+        calibrator = create_calibrator(model_path, op_types, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=method, use_external_data_format=external)
+        reader = FeedReader(feeds)
+        for i in range(len(feeds)):
+            reader.set_range(i, i + 1)
+            calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
+        del calibrator  # its session maps the augmented model's weights: release it before the folder goes
+    return ranges
+
+
+def activation_peaks(model_path: Path, feeds: list[dict], external: bool = False) -> dict[str, float]:
+    """Max |value| of every float tensor over the feeds (fp32 graph, ONNX Runtime's MinMax
+    calibrator), ignoring attention-mask fill values."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    ranges = _calibrate(model_path, feeds, CalibrationMethod.MinMax, None, external)
     peaks = {}
     for name, r in ranges.data.items():
         lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in r.range_value)
@@ -209,23 +246,34 @@ def activation_peaks(model_path: Path, feeds: list[dict]) -> dict[str, float]:
     return peaks
 
 
-def _fp16(src: Path, dst: Path, feeds: list[dict]) -> dict:
+def _fp16(src: Path, dst: Path, feeds: list[dict], external: bool = False) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = onnx.load(str(src))
-    peaks = activation_peaks(src, feeds)
+    peaks = activation_peaks(src, feeds, external)  # first: its calibrator holds a copy of the weights
+    nodes = onnx.load(str(src), load_external_data=False).graph.node  # names only, no weights
     hot = {t for t, p in peaks.items() if p > FP16_HEADROOM}
     # A tensor out of fp16 range must be produced *and* consumed in fp32.
-    blocked = sorted({n.name for n in model.graph.node if hot & (set(n.output) | set(n.input))})
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_ALWAYS_FP32,
+    blocked = sorted({n.name for n in nodes if hot & (set(n.output) | set(n.input))})
+    # By path: the converter then infers shapes on the file (a ModelProto over 2 GB cannot be
+    # serialized for that) and loads the weights once, converting them in place.
+    converted = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP16_ALWAYS_FP32,
                                          node_block_list=blocked)
     sorted_model = OnnxModel(converted)
     sorted_model.topological_sort()  # the converter appends its IO casts; builders want sorted nodes
-    onnx.save(sorted_model.model, str(dst))
-    kept = [n.name for n in model.graph.node if n.op_type in FP16_ALWAYS_FP32]
+    _save(sorted_model.model, dst, external)
+    kept = [n.name for n in nodes if n.op_type in FP16_ALWAYS_FP32]
     return {"op_types": FP16_ALWAYS_FP32, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
             "max_abs_activation": round(max(peaks.values(), default=0.0), 3)}
+
+
+def _save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
+    """Save ``model`` to ``dst``; when ``external``, its weights to ``dst.data`` as export does."""
+    if external:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{dst.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))
 
 
 # ---------------------------------------------------------------- int8
@@ -243,7 +291,7 @@ def _quiet_quantizer():
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 
-def _int8_weight_only(src: Path, dst: Path) -> dict:
+def _int8_weight_only(src: Path, dst: Path, external: bool = False) -> dict:
     """ONNX Runtime's QDQ quantizer with activation quantization switched off: it writes the int8
     per-channel weights and their DequantizeLinear nodes, and leaves every activation in float."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
@@ -262,26 +310,27 @@ def _int8_weight_only(src: Path, dst: Path) -> dict:
     quantizer = WeightOnly(model, True, False, QuantType.QInt8, QuantType.QInt8,
                            TensorsData(CalibrationMethod.MinMax, {}), [], [], QUANTIZED_OPS, dict(_INT8_OPTIONS))
     quantizer.quantize_model()
-    quantizer.model.save_model_to_file(str(dst))
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)  # weights in dst.data
     return _float_gemms(dst, "weights")
 
 
-def _int8(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str]) -> dict:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _int8(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str], external: bool = False) -> dict:
+    """What ``quantize_static`` (QDQ, per-channel, one feed per calibration pass) does, in two
+    steps: calibrate, release the calibrator's copy of the model, then quantize the one copy
+    loaded for that (quantize_static holds both at once, and puts the augmented model in /tmp)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     _quiet_quantizer()
     names = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
-    quantize_static(str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=[n for n in exclude if n in names],
-                    calibrate_method=methods[method],
-                    # One feed per collection pass: feeds differ in shape (batch, new and past
-                    # lengths), which the histogram collectors cannot stack, and the augmented
-                    # model's outputs for all feeds at once would not fit in memory for big models.
-                    extra_options={**_INT8_OPTIONS, "CalibStridedMinMax": 1})
+    ranges = _calibrate(src, feeds, methods[method], QUANTIZED_OPS, external)
+    quantizer = QDQQuantizer(load_model_with_shape_infer(src), True, False, QuantType.QInt8, QuantType.QInt8, ranges,
+                             [], [n for n in exclude if n in names], QUANTIZED_OPS, dict(_INT8_OPTIONS))
+    quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)  # weights in dst.data
     return _float_gemms(dst, "inputs")
 
 
