@@ -3,27 +3,56 @@
 A ``PieceState`` owns everything the published loop decides for a piece: its seeded rng (one
 uniform per drawn character), the forced body prefix ``[r:0/`` (or ``[r:0/N]`` for a chosen
 length), the EOS patch, the character / patch / seconds limits, and halving a full context
-(header plus the last half of the body lines, the last bar left open). It never computes a
-model step: an executor samples the patch it asks for (``request``) and the state says what
-happens to it (``take``). Every backend and every front end goes through this class.
+(header plus the last half of the body lines, the last bar left open). Beyond the published
+rules it can force the header's ``M:`` and ``K:`` lines (``GenerationConfig.meter`` / ``key``)
+with the same forced-prefix mechanism. It never computes a model step: an executor samples the
+patch it asks for (``request``) and the state says what happens to it (``take``). Every backend
+and every front end goes through this class.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from notagen_trt.config import PATCH_SIZE
+from notagen_trt.config import EOS_ID, PATCH_SIZE
 
 from . import codec
 from .prompts import Prompt
 from .sampling import SamplingParams
 
 MAX_SECONDS = 600.0
+# ABC modes as the corpus spells them (xml2abc writes Dmin, Ador, ...); a major key has none.
+MODES = {"": "", "maj": "", "major": "", "ion": "", "ionian": "", "m": "min", "min": "min", "minor": "min",
+         "aeo": "min", "aeolian": "min", "dor": "dor", "dorian": "dor", "mix": "mix", "mixolydian": "mix",
+         "lyd": "lyd", "lydian": "lyd", "phr": "phr", "phrygian": "phr"}
+_KEY = re.compile(r"([A-Ga-g])([#b]?)\s*([A-Za-z]*)")
+_METER = re.compile(r"(\d{1,2})/(\d{1,2})")
+
+
+def normalize_meter(meter: str) -> str:
+    """'3/4', 'C' or 'C|' as an ABC M: value; ValueError (one line) otherwise."""
+    text = meter.strip()
+    m = _METER.fullmatch(text)
+    if text in ("C", "C|") or (m and 0 < int(m.group(1)) and int(m.group(2)) in (1, 2, 4, 8, 16, 32)):
+        return text
+    raise ValueError(f"meter must look like 3/4, 6/8, 2/2 or C (a count over 1, 2, 4, 8, 16 or 32), got {meter!r}")
+
+
+def normalize_key(key: str) -> str:
+    """'D', 'Dm', 'Bb', 'F#m', 'D dorian'... as the corpus spells K: (D, Dmin, Bb, F#min, Ddor);
+    ValueError (one line) otherwise."""
+    m = _KEY.fullmatch(key.strip())
+    mode = m and MODES.get(m.group(3).lower())
+    if m is None or mode is None:
+        raise ValueError(f"key must be a tonic A-G with an optional # or b and a mode (m, min, dor, mix, lyd, phr), "
+                         f"e.g. D, Dm, Bb, F#m, Ddor; got {key!r}")
+    return m.group(1).upper() + m.group(2) + mode
 
 
 @dataclass(frozen=True)
@@ -34,6 +63,8 @@ class GenerationConfig:
     max_seconds: float = MAX_SECONDS
     max_patches: int | None = None
     bars: int | None = None  # force ``[r:0/N]``: N more lines (bars) after the first
+    meter: str | None = None  # force the header's ``M:`` line (normalised: '3/4')
+    key: str | None = None  # force the header's ``K:`` line (normalised as the corpus spells it: 'F#min')
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
@@ -45,9 +76,18 @@ class GenerationConfig:
             raise ValueError(f"max_patches must be positive, got {self.max_patches}")
         if self.bars is not None and self.bars < 0:
             raise ValueError(f"bars must be >= 0, got {self.bars}")
+        if self.meter is not None:
+            object.__setattr__(self, "meter", normalize_meter(self.meter))
+        if self.key is not None:
+            object.__setattr__(self, "key", normalize_key(self.key))
 
     def forced_body_prefix(self) -> str:
         return "[r:0/" if self.bars is None else f"[r:0/{self.bars}]"
+
+    def forced_header_lines(self) -> dict[str, str]:
+        """{field: the whole line} for the header fields this piece fixes, in header order."""
+        lines = {"M": self.meter, "K": self.key}
+        return {name: f"{name}:{value}\n" for name, value in lines.items() if value is not None}
 
 
 @dataclass
@@ -92,6 +132,7 @@ class PieceState:
         self.in_body = False
         self._prefix: list[int] = []  # characters forced at the start of the next patch
         self._prefix_in_text = False  # True when they are an open bar already in the text
+        self._header_seen: set[str] = set()  # forced header fields (M, K) already written
         self._context = 0
         self._context_text = self.piece.text  # what ``context`` loads next
         self._start = time.perf_counter()
@@ -102,13 +143,21 @@ class PieceState:
 
     def context(self) -> np.ndarray:
         """The patches [n, 16] to load into a row now: the whole text at the start, the halved
-        text after a RELOAD. An open last bar becomes the next patch's forced prefix."""
+        text after a RELOAD. A text that does not fit (a long piece to continue, or a halved one
+        still too long) is halved again, header kept, until it does. An open last bar becomes the
+        next patch's forced prefix."""
         patches, self._prefix = codec.encode_generate(self._context_text)
+        while len(patches) >= self.patch_length:
+            header, body = codec.split_lines(self._context_text)
+            if len(body) < 2:  # the header (and one line) alone fill the context
+                self.stop("context_full")
+                break
+            self._context_text = "".join(header + body[-(len(body) // 2):])
+            self.piece.rebuilds += 1
+            patches, self._prefix = codec.encode_generate(self._context_text)
         self._prefix_in_text = True
         self.in_body = self.in_body or bool(codec.split_lines(self._context_text)[1])
         self._context = len(patches)
-        if self._context >= self.patch_length:  # even the halved text does not fit
-            self.stop("context_full")
         return patches
 
     def request(self) -> PatchRequest:
@@ -124,6 +173,10 @@ class PieceState:
         piece, cfg = self.piece, self.config
         already = len(self._prefix) if self._prefix_in_text else 0
         self._prefix, self._prefix_in_text = [], False
+        forced = self._forced_header_line(codec.decode_patch(patch))
+        if forced is not None:  # sampled again, as the whole wanted line and its eos
+            self._prefix = codec.to_ids(forced, pad=False) + [EOS_ID]
+            return Decision.RESAMPLE
         if not self.in_body and codec.decode_patch(patch).startswith("[r:"):
             self.in_body = True  # the first body patch is sampled again with the forced prefix
             self._prefix = codec.to_ids(cfg.forced_body_prefix(), pad=False)
@@ -142,6 +195,24 @@ class PieceState:
         if self._context >= self.patch_length:
             return self._rebuild()
         return Decision.ACCEPT
+
+    def _forced_header_line(self, text: str) -> str | None:
+        """The line to force instead of a sampled header patch: a wanted field's line when the
+        patch is that field with another value, or when the header moves on (to K:, a V: line or
+        the body) before the field was written. None: the patch stands."""
+        wanted = self.config.forced_header_lines()
+        if not wanted or self.in_body or not self.piece.text.endswith("\n") and self.piece.text:
+            return None  # the patch continues a line (or the header is over): not a field's start
+        later = {"M": ("K:", "V:", "[V:", "[r:"), "K": ("V:", "[V:", "[r:")}
+        for name, line in wanted.items():
+            if text.startswith(f"{name}:") and text != line:
+                return line
+            if name not in self._header_seen and text.startswith(later[name]):
+                return line
+        for name in wanted:
+            if text.startswith(f"{name}:"):
+                self._header_seen.add(name)
+        return None
 
     def _rebuild(self) -> Decision:
         """Context full: continue from the header plus the last half of the body lines."""
