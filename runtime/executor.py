@@ -14,7 +14,8 @@ time (PyTorch reference, ONNX Runtime, TensorRT): one session per row, a patch s
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -95,13 +96,22 @@ class StepSession(abc.ABC):
 
 
 class StepExecutor(Executor):
-    """Rows as independent ``StepSession``s, stepped in turn (the shared default)."""
+    """Rows as independent ``StepSession``s (the shared default), stepped in turn, or ``workers``
+    at a time on threads where the sessions release the GIL while they compute (ONNX Runtime on
+    a CPU with one intra-op thread per call: each core runs a row)."""
 
-    def __init__(self, name: str, config: ModelConfig, sessions: Sequence[StepSession]) -> None:
+    def __init__(self, name: str, config: ModelConfig, sessions: Sequence[StepSession], workers: int = 1) -> None:
         self.name, self.config, self.rows = name, config, len(sessions)
         self.sessions = list(sessions)
         self._hidden: list[np.ndarray | None] = [None] * self.rows
         self._sampled: dict[int, np.ndarray] = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="notagen-row") if workers > 1 else None
+
+    def _each(self, work: Callable[[int], object], rows: Iterable[int]) -> list:
+        rows = list(rows)
+        if self._pool is None or len(rows) < 2:
+            return [work(row) for row in rows]
+        return list(self._pool.map(work, rows))
 
     def load(self, row: int, patches: np.ndarray) -> None:
         session = self.sessions[row]
@@ -109,19 +119,25 @@ class StepExecutor(Executor):
         self._hidden[row] = session.extend(np.asarray(patches, dtype=np.int64))
 
     def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
-        self._sampled = {
-            row: np.asarray(self.sessions[row].sample_patch(self._hidden[row], r.prefix, r.uniforms, r.params),
-                            dtype=np.int64)
-            for row, r in requests.items()}
+        def one(row: int) -> np.ndarray:
+            r = requests[row]
+            return np.asarray(self.sessions[row].sample_patch(self._hidden[row], r.prefix, r.uniforms, r.params),
+                              dtype=np.int64)
+
+        self._sampled = dict(zip(requests, self._each(one, requests)))
         return dict(self._sampled)
 
     def accept(self, rows: Sequence[int]) -> None:
-        for row in rows:
+        def one(row: int) -> None:
             self._hidden[row] = self.sessions[row].extend(codec.clean_patch(self._sampled[row])[None])
+
+        self._each(one, rows)
 
     def free(self, row: int) -> None:
         self._hidden[row] = None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for session in self.sessions:
             session.close()

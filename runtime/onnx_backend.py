@@ -9,6 +9,7 @@ objects are shared by every session of a backend (``run`` is thread-safe in ONNX
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +84,10 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 class OrtBackend:
     """A backend (see executor.py) running the exported ONNX graphs in ONNX Runtime."""
 
-    default_rows = 1  # rows step one after another: more rows add no speed here
+    @property
+    def default_rows(self) -> int:
+        """CPU: a row per core (up to 4) when each call runs on one thread; CUDA: one."""
+        return min(4, os.cpu_count() or 1) if self.device == "cpu" and self._threads == 1 else 1
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | None = None) -> None:
         if device not in ("cpu", "cuda"):
@@ -126,7 +130,10 @@ class OrtBackend:
         return CudaSession(self) if self.device == "cuda" else CpuSession(self)
 
     def executor(self, rows: int = 1) -> StepExecutor:
-        return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)])
+        # CPU sessions of one intra-op thread run rows side by side, a core each; sessions that
+        # use every core themselves (the default) step rows in turn.
+        workers = min(rows, os.cpu_count() or 1) if self.device == "cpu" and self._threads == 1 else 1
+        return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)], workers)
 
 
 Past = list  # np.ndarray on the CPU path, ort.OrtValue (device memory) on the CUDA path

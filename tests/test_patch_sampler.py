@@ -180,7 +180,9 @@ def test_every_prefix_length(models, model):
 def test_rows_share_one_patch_sampler(trained_onnx):
     backend = OrtBackend(trained_onnx, threads=1)
     requests = [PieceRequest(resolve_prompt(*BACH), GenerationConfig(seed=s, max_patches=30)) for s in range(4)]
-    many = Engine(backend.executor(3)).generate(requests)
+    executor = backend.executor(3)
+    assert executor._pool is not None  # one-thread CPU sessions: rows run side by side on threads
+    many = Engine(executor).generate(requests)
     one = Engine(OrtBackend(trained_onnx, threads=1).executor(1)).generate(requests)
     assert [p.text for p in many] == [p.text for p in one]
     assert backend.patch_sampler() is backend.patch_sampler()
