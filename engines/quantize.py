@@ -36,7 +36,8 @@ import onnxruntime as ort
 
 import notagen_trt
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import claim_out_dir, prepare_out_dir, stage, staging_prefix, writing
+from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space, stage,
+                               staging_prefix, writing)
 from notagen_trt.manifest import (GRAPH_NAMES, MANIFEST_NAME, file_checksums, manifest_digest,
                                   read_manifest, with_checksum)
 
@@ -72,6 +73,10 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     if out_dir.resolve() == model_dir.resolve():
         raise NotaGenError(f"{out_dir}: the variant would overwrite its source; choose another --out")
     claim = claim_out_dir(prepare_out_dir(out_dir, "quantize"), "quantize", "onnx", precision, force)
+    # ONNX Runtime writes an "-inferred" copy (and for int8 an augmented one) beside the variant.
+    source_bytes = sum((model_dir / g[k]).stat().st_size for g in manifest["graphs"].values()
+                       for k in ("file", "external_data") if g.get(k))
+    require_free_space(out_dir, 3 * source_bytes, "quantize")
     feeds = None
     if precision in ("fp16", "int8"):
         log(f"collecting calibration inputs from {calib_pieces} pieces")
@@ -79,7 +84,8 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     # Scratch inside the output folder, removed on every way out (SIGKILL aside: the next run
     # removes that); ONNX Runtime's tools write "-inferred" copies beside the graph they are
     # given, so they get links to the source graphs in here, never the source folder itself.
-    with writing(out_dir), tempfile.TemporaryDirectory(prefix=staging_prefix("quantize"), dir=out_dir) as tmp:
+    with writing(out_dir), out_of_space_is_one_line(out_dir), \
+            tempfile.TemporaryDirectory(prefix=staging_prefix("quantize"), dir=out_dir) as tmp:
         scratch = Path(tmp)
         graphs = manifest["graphs"]
         details = {name: _variant_graph(_linked_source(model_dir, graphs[name], scratch), scratch / f"{name}.onnx",

@@ -27,7 +27,8 @@ from torch.nn import functional as F
 import notagen_trt
 from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import claim_out_dir, prepare_out_dir, sha256_file, stage, staging_prefix, writing
+from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space,
+                               sha256_file, stage, staging_prefix, writing)
 from notagen_trt.manifest import FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
 
 from .model import KV, CharLevelDecoder, NotaGenModel, PatchLevelDecoder
@@ -236,12 +237,15 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
     config = model.config
     out_dir = prepare_out_dir(out_dir, "export")
     claim = claim_out_dir(out_dir, "export", "onnx", "fp32", force)
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    require_free_space(out_dir, int(1.1 * weight_bytes), "export")  # both graphs hold the fp32 weights
     if external_data is None:
-        external_data = sum(p.numel() * 4 for p in model.parameters()) > EXTERNAL_DATA_BYTES
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
     specs = graph_specs(config)
     # Build in a scratch directory beside the output, then move finished files in: a failed or
     # interrupted export never leaves half a model, and the manifest is written last.
-    with writing(out_dir), tempfile.TemporaryDirectory(prefix=staging_prefix("export"), dir=out_dir) as scratch:
+    with writing(out_dir), out_of_space_is_one_line(out_dir), \
+            tempfile.TemporaryDirectory(prefix=staging_prefix("export"), dir=out_dir) as scratch:
         files = _export_graphs(model, Path(scratch), specs, opset, external_data)
         results = check_parity(model, Path(scratch)) if parity else None
         manifest = with_checksum({

@@ -52,6 +52,36 @@ def writing(path: str | Path, fix: str = OUT_FIX) -> Iterator[None]:
         raise write_error(path, exc, fix) from None
 
 
+FULL_BELOW = 1 << 20  # a disk with less free space than this after a failure ran out of it
+
+
+def require_free_space(path: Path, need: int, stage: str, fix: str = OUT_FIX) -> None:
+    """Refuse before the work when ``path``'s file system cannot hold what the stage will write."""
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise NotaGenError(f"{path}: notagen-trt {stage} needs about {need / 1e6:,.1f} MB free here, the disk has "
+                           f"{free / 1e6:,.1f} MB; free some disk space or {fix}")
+
+
+@contextlib.contextmanager
+def out_of_space_is_one_line(path: Path, fix: str = OUT_FIX) -> Iterator[None]:
+    """Libraries that write files (ONNX Runtime's quantizer, the ONNX exporter) can fail on a full
+    disk with unrelated messages (a truncated file read back): say what happened instead."""
+    try:
+        yield
+    except NotaGenError:
+        raise
+    except Exception as exc:
+        try:
+            full = shutil.disk_usage(path).free < FULL_BELOW
+        except OSError:
+            full = False
+        if not full:
+            raise
+        raise NotaGenError(f"{path}: the disk ran out of space while writing ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); free some disk space or {fix}") from None
+
+
 def staging_prefix(kind: str) -> str:
     return f".{kind}-{os.getpid()}-"
 

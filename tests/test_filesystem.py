@@ -100,7 +100,7 @@ def _tiny(tiny_dir):
 
 # ---------------------------------------------------------------- --out that cannot be written
 
-@pytest.mark.parametrize("stage", ["generate", "export", "quantize"])
+@pytest.mark.parametrize("stage", ["generate", "export", "quantize", "reference"])
 def test_out_naming_a_file_is_refused_before_the_work(capsys, tiny_dir, tmp_path, stage):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
@@ -109,7 +109,7 @@ def test_out_naming_a_file_is_refused_before_the_work(capsys, tiny_dir, tmp_path
     assert target.read_text() == "mine"
 
 
-@pytest.mark.parametrize("stage", ["generate", "export", "quantize"])
+@pytest.mark.parametrize("stage", ["generate", "export", "quantize", "reference"])
 def test_read_only_out_is_refused_before_the_work(capsys, tiny_dir, tmp_path, fs_faults, stage):
     ro = fs_faults.readonly(tmp_path / "ro")
     rc, err = run_cli(capsys, *_argv(stage, tiny_dir, ro / "out"))
@@ -121,7 +121,10 @@ def _argv(stage, tiny_dir, out):
         return ["generate", "--model", _tiny(tiny_dir), "--max-patches", "2", "--formats", "abc", "--json", "--out", str(out)]
     if stage == "export":
         return ["export", "--checkpoint", str(tiny_dir / "tiny.pth"), "--no-parity", "--out", str(out)]
-    return ["quantize", "--model", _tiny(tiny_dir), "--precision", "int8-wo", "--out", str(out)]
+    if stage == "reference":
+        return ["reference", "--checkpoint", str(tiny_dir / "tiny.pth"), "--max-patches", "2", "--no-check",
+                "--out", str(out)]
+    return ["quantize", "--model", _tiny(tiny_dir), "--precision", "int8-wo", "--json", "--out", str(out)]
 
 
 def test_full_disk_while_generating_is_one_line_and_leaves_no_half_piece(capsys, tiny_dir, tmp_path, fs_faults):
@@ -132,11 +135,16 @@ def test_full_disk_while_generating_is_one_line_and_leaves_no_half_piece(capsys,
     assert _snapshot(out) == before  # no piece, no temporary file
 
 
-def test_full_disk_while_exporting_keeps_the_previous_model(capsys, tiny_dir, tmp_path, fs_faults):
-    out = fs_faults.full(tmp_path / "model", like=tiny_dir / "onnx")
+@pytest.mark.parametrize("stage", ["export", "quantize"])
+def test_full_disk_keeps_the_previous_model(capsys, tiny_dir, tmp_path, fs_faults, stage):
+    previous = tiny_dir / "onnx"
+    if stage == "quantize":
+        previous = tmp_path / "variant"
+        assert run_cli(capsys, *_argv(stage, tiny_dir, previous))[0] == 0
+    out = fs_faults.full(tmp_path / "model", like=previous)
     before = _snapshot(out)
-    rc, err = run_cli(capsys, "export", "--checkpoint", str(tiny_dir / "tiny.pth"), "--no-parity", "--out", str(out))
-    assert_one_line_error(rc, err, str(out), "could not write", "free some disk space")
+    rc, err = run_cli(capsys, *_argv(stage, tiny_dir, out))
+    assert_one_line_error(rc, err, str(out), "free some disk space")
     assert _snapshot(out) == before
 
 
@@ -289,3 +297,21 @@ def test_a_damaged_checkpoint_cache_is_rebuilt(capsys, tiny_dir, tmp_path, monke
     from notagen_trt.manifest import read_manifest
 
     read_manifest(cache)  # whole again
+
+
+def test_a_library_failing_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    """ONNX Runtime's quantizer reads back a truncated file and complains about an ONNX domain:
+    when the disk is full after a failure, the error says that instead."""
+    import collections
+
+    from notagen_trt import files
+
+    with pytest.raises(ValueError, match="unrelated"):  # room left: the library's own error stands
+        with files.out_of_space_is_one_line(tmp_path):
+            raise ValueError("unrelated")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage(100, 100, 0))
+    with pytest.raises(NotaGenError, match=r"the disk ran out of space while writing \(ValueError: Failed to find "
+                                           r"proper ai.onnx domain\); free some disk space"):
+        with files.out_of_space_is_one_line(tmp_path):
+            raise ValueError("Failed to find proper ai.onnx domain")

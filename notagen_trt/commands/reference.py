@@ -7,26 +7,28 @@ import json
 from pathlib import Path
 
 from notagen_trt.demo import demo_checkpoint
+from notagen_trt.files import prepare_out_dir, refuse_model_dir, write_atomic
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
     from notagen_trt.export.checkpoint import load_model
     from notagen_trt.export.reference import ReferenceBackend
     from notagen_trt.runtime import abcio
+    from notagen_trt.runtime.outputs import free_stem
     from notagen_trt.runtime.piece import GenerationConfig
     from notagen_trt.runtime.postprocess import postprocess
     from notagen_trt.runtime.prompts import resolve_prompt
 
     prompt = resolve_prompt(args.period, args.composer, args.instrumentation)
+    out = prepare_out_dir(Path(args.out), "reference")  # before the model loads
+    refuse_model_dir(out, "reference")
     backend = ReferenceBackend(load_model(args.checkpoint or demo_checkpoint()), args.mode, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in range(args.seed, args.seed + args.num_pieces):
         piece = backend.generate(prompt, GenerationConfig(seed=seed, max_patches=args.max_patches))
         abc = postprocess(piece.text)
-        path = out / f"piece_seed{seed}.abc"
-        path.write_text(abc, encoding="utf-8")
+        path = out / f"{free_stem(out, f'piece_seed{seed}', abc)}.abc"  # never over a different earlier piece
+        write_atomic(path, abc)
         rows.append(
             {
                 "seed": seed,
