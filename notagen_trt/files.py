@@ -267,6 +267,13 @@ def _refuse_to_clear(path: Path) -> None:
                                f"or a folder above them; {OUT_FIX} (a new folder)")
 
 
+def prepare_engine_out(path: str | Path, model_dir: str | Path | None, force: bool = False) -> Claim:
+    """`notagen-trt build`'s check before any work: ``path`` is a writable folder that is empty or
+    holds an earlier engine of the ONNX model's precision (the demo model's, fp32, when None)."""
+    precision = (_manifest_of(Path(model_dir)) or {}).get("precision", "fp32") if model_dir else "fp32"
+    return claim_out_dir(prepare_out_dir(path, "build"), "build", "engine", precision, force)
+
+
 def refuse_model_dir(path: str | Path, stage: str) -> None:
     """Generated pieces never go into a model or engine directory."""
     path = Path(path)

@@ -12,7 +12,7 @@ import pytest
 from test_reliability import assert_one_line_error, run_cli
 
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import Claim, claim_out_dir, clean_stale_staging, prepare_out_dir
+from notagen_trt.files import Claim, claim_out_dir, clean_stale_staging, prepare_engine_out, prepare_out_dir
 
 ROOT = os.geteuid() == 0
 
@@ -211,11 +211,16 @@ def test_a_rerun_replaces_its_own_stale_files(tiny_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["char_decoder.onnx", "manifest.json", "patch_decoder.onnx"]
 
 
-def test_build_precheck_refuses_an_onnx_directory(tiny_dir, tmp_path):
-    """The helper `notagen-trt build` calls before building (kind "engine")."""
-    with pytest.raises(NotaGenError, match="fp32 onnx directory.*--force"):
-        claim_out_dir(tiny_dir / "onnx", "build", "engine", "fp32")
-    assert isinstance(claim_out_dir(tmp_path / "new", "build", "engine", "fp32"), Claim)
+@pytest.mark.parametrize("make_out, needle", [
+    (lambda tiny_dir, tmp_path: tiny_dir / "onnx", "fp32 onnx directory"),  # the model's own folder
+    (lambda tiny_dir, tmp_path: _fake_output(tmp_path / "e", "engine", "int8", ["patch_decoder.plan"]), "int8 engine"),
+    (lambda tiny_dir, tmp_path: (tmp_path / "f").write_text("") or tmp_path / "f", "is a file"),
+])
+def test_build_refuses_a_bad_out_before_any_work(capsys, tiny_dir, tmp_path, make_out, needle):
+    out = make_out(tiny_dir, tmp_path)
+    rc, err = run_cli(capsys, "build", "--model", _tiny(tiny_dir), "--flavor", "rtx", "--out", str(out))
+    assert_one_line_error(rc, err, str(out), needle)
+    assert isinstance(prepare_engine_out(tmp_path / "new", tiny_dir / "onnx"), Claim)
 
 
 def test_force_never_empties_home_or_the_current_folder(tmp_path, monkeypatch):

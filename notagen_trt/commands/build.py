@@ -10,7 +10,9 @@ import sys
 def _cmd_build(args: argparse.Namespace) -> int:
     from notagen_trt.demo import demo_model_dir
     from notagen_trt.engines.build import build_engines
+    from notagen_trt.files import prepare_engine_out
 
+    prepare_engine_out(args.out, args.model, getattr(args, "force", False))  # a bad --out fails before any work
     model = args.model or demo_model_dir()
     ccs = [c.strip() for c in args.compute_capability.split(",") if c.strip()] if args.compute_capability else None
     manifest = build_engines(model, args.out, flavor=args.flavor, max_batch=args.max_batch, compute_capabilities=ccs,
