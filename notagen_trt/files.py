@@ -146,7 +146,8 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
         raise NotaGenError(f"{path}: is a file, but notagen-trt {stage} writes a folder of files there; {fix}")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)  # the only test that sees ro mounts, ACLs
+        # Creating a file is the only test that sees read-only mounts and ACLs (root passes access()).
+        fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
