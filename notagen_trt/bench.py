@@ -118,7 +118,9 @@ def _backend(spec: dict, config: ModelConfig):
         return ReferenceBackend(model.to(dtype), backend.split("-")[1], device)
     from notagen_trt.runtime.onnx_backend import OrtBackend
 
-    return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu")
+    # generate's threading (runtime/engine.py load_engine): one intra-op thread per call, and
+    # several rows side by side.
+    return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu", threads=1)
 
 
 def _peak_rss_mb() -> float:
