@@ -28,8 +28,11 @@ def to_musicxml(abc: str) -> str:
 def uninterleave(abc: str) -> str:
     from abctoolkit.rotate import unrotate_abc
 
+    # unrotate_abc takes every line after the header for a bar line; a comment (a continuation's
+    # marker) carries no music, so it is left out.
+    lines = [line for line in abc.splitlines(keepends=True) if not (line.startswith("%") and not line.startswith("%%"))]
     with contextlib.redirect_stdout(io.StringIO()):
-        return "".join(unrotate_abc(abc.splitlines(keepends=True)))
+        return "".join(unrotate_abc(lines))
 
 
 def parse_music21(abc: str):

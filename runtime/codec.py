@@ -98,13 +98,14 @@ def encode_train(abc: str, stream: bool = True) -> np.ndarray:
     return np.array([to_ids(p) for p in patches], dtype=np.int64)
 
 
-def encode_generate(abc: str) -> tuple[np.ndarray, list[int]]:
+def encode_generate(abc: str, open_end: bool = True) -> tuple[np.ndarray, list[int]]:
     """Text generated so far -> (full patches [n, 16], open prefix of the patch in progress).
 
     The last bar gets no eos and a trailing partial patch is left unpadded, so generation
-    continues it (its chars become the char decoder's prefix)."""
+    continues it (its chars become the char decoder's prefix). ``open_end=False``: the last bar
+    is closed (a bar taken back leaves the one before it whole); the next patch starts anew."""
     header, body = split_lines(abc)
-    patches = _patches_for(header, body, open_end=True)
+    patches = _patches_for(header, body, open_end=open_end)
     prefix: list[int] = []
     if body and len(patches[-1]) < PATCH_SIZE:
         prefix = to_ids(patches.pop(), pad=False)

@@ -160,6 +160,8 @@ class Engine:
             decision = state.take(patches[row])
             if len(state.piece.text) > before:
                 handle._added(state.piece.text[before:])
+            elif len(state.piece.text) < before:  # an open bar taken back (a forced meter)
+                handle._bars.take_back(before - len(state.piece.text))
             if decision is Decision.ACCEPT:
                 accept.append(row)
             elif decision is Decision.RELOAD:

@@ -16,6 +16,7 @@ import enum
 import math
 import re
 import time
+from fractions import Fraction
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,11 @@ from .prompts import Prompt
 from .sampling import SamplingParams
 
 MAX_SECONDS = 600.0
+MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter, then it stands
+_STREAM_COUNTS = re.compile(r"\[r:(\d+)/(\d+)\]")
+_FIELDS = re.compile(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!")  # inline fields, annotations, decorations
+_BAR_START = re.compile(r"^\s*(\|\]|\|\||:\||::|\|:|\[\||\|)\s*")
+_UNIT = re.compile(r"(?m)^L:\s*(\d+/\d+)")
 # ABC modes as the corpus spells them (xml2abc writes Dmin, Ador, ...); a major key has none.
 MODES = {"": "", "maj": "", "major": "", "ion": "", "ionian": "", "m": "min", "min": "min", "minor": "min",
          "aeo": "min", "aeolian": "min", "dor": "dor", "dorian": "dor", "mix": "mix", "mixolydian": "mix",
@@ -116,7 +122,7 @@ class PatchRequest:
 class Decision(enum.Enum):
     ACCEPT = "accept"  # the patch joins the row's context
     RESAMPLE = "resample"  # drop it; sample again from the same context (forced body prefix)
-    RELOAD = "reload"  # accepted, and the context is full: load ``state.context()`` into the row
+    RELOAD = "reload"  # the context changed (full and halved, or a bar taken back): load ``state.context()``
     STOP = "stop"  # the piece ended (the patch may be part of the text, but the row is free)
 
 
@@ -133,6 +139,10 @@ class PieceState:
         self._prefix: list[int] = []  # characters forced at the start of the next patch
         self._prefix_in_text = False  # True when they are an open bar already in the text
         self._header_seen: set[str] = set()  # forced header fields (M, K) already written
+        self._bar_retries = 0  # resamples of the bar in progress (a forced meter)
+        self._loaded = (0, "")  # (len(piece.text), the context text) when the row was last loaded
+        self._full_patch = False  # the last body patch had 16 characters and no eos: its bar may go on
+        self._closed_end = False  # the next ``context`` ends with a whole bar (one was taken back)
         self._context = 0
         self._context_text = self.piece.text  # what ``context`` loads next
         self._start = time.perf_counter()
@@ -146,7 +156,8 @@ class PieceState:
         text after a RELOAD. A text that does not fit (a long piece to continue, or a halved one
         still too long) is halved again, header kept, until it does. An open last bar becomes the
         next patch's forced prefix."""
-        patches, self._prefix = codec.encode_generate(self._context_text)
+        closed, self._closed_end = self._closed_end, False
+        patches, self._prefix = codec.encode_generate(self._context_text, open_end=not closed)
         while len(patches) >= self.patch_length:
             header, body = codec.split_lines(self._context_text)
             if len(body) < 2:  # the header (and one line) alone fill the context
@@ -154,10 +165,11 @@ class PieceState:
                 break
             self._context_text = "".join(header + body[-(len(body) // 2):])
             self.piece.rebuilds += 1
-            patches, self._prefix = codec.encode_generate(self._context_text)
+            patches, self._prefix = codec.encode_generate(self._context_text, open_end=not closed)
         self._prefix_in_text = True
         self.in_body = self.in_body or bool(codec.split_lines(self._context_text)[1])
         self._context = len(patches)
+        self._loaded = (len(self.piece.text), self._context_text)  # both end with the same (open) text
         return patches
 
     def request(self) -> PatchRequest:
@@ -172,6 +184,7 @@ class PieceState:
         """Apply the published rules to the sampled patch [16] (forced prefix included)."""
         piece, cfg = self.piece, self.config
         already = len(self._prefix) if self._prefix_in_text else 0
+        sampled_under = self._prefix, self._prefix_in_text
         self._prefix, self._prefix_in_text = [], False
         forced = self._forced_header_line(codec.decode_patch(patch))
         if forced is not None:  # sampled again, as the whole wanted line and its eos
@@ -181,10 +194,14 @@ class PieceState:
             self.in_body = True  # the first body patch is sampled again with the forced prefix
             self._prefix = codec.to_ids(cfg.forced_body_prefix(), pad=False)
             return Decision.RESAMPLE
+        verdict = self._meter_rule(patch, codec.decode_patch(patch)[already:], sampled_under)
+        if verdict is not None:
+            return verdict
         piece.patches += 1
         if codec.is_eos_patch(patch):
             return self.stop("eos")
         piece.text += codec.decode_patch(patch)[already:]
+        self._full_patch = self.in_body and EOS_ID not in patch
         self._context += 1
         if len(piece.text) > cfg.max_chars:
             return self.stop("max_chars")
@@ -213,6 +230,58 @@ class PieceState:
             if text.startswith(f"{name}:"):
                 self._header_seen.add(name)
         return None
+
+    def _meter_rule(self, patch: np.ndarray, added: str, sampled_under: tuple[list[int], bool]) -> Decision | None:
+        """A forced meter: a voice's bar whose length disagrees with it is sampled again (when it
+        is all in this patch) or taken back to where it started (RELOAD), at most MAX_BAR_RETRIES
+        times, then it stands. None: the patch goes on to the published rules."""
+        if not (self.config.meter and self.in_body) or codec.is_eos_patch(patch):
+            return None
+        text, start = self.piece.text, None
+        if self._full_patch and (text.endswith("\n") or added.startswith(("|", ":", "[|"))):
+            start = self._off_meter(text)  # the last patch ended a bar without an eos; this one starts the next
+        if start is None and EOS_ID in patch:  # this patch closes a bar
+            start = self._off_meter(text + added)
+        # The row's context ends as the text does; it can give back as much as it holds of the body.
+        context = self._loaded[1] + text[self._loaded[0]:]
+        header = len("".join(codec.split_lines(context)[0]))
+        if start is None or self._bar_retries >= MAX_BAR_RETRIES or len(context) - (len(text) - start) <= header:
+            if EOS_ID in patch:
+                self._bar_retries = 0  # the bar stands
+            return None
+        self._bar_retries += 1
+        if start >= len(text):  # the bar is this patch: sample it again
+            self._prefix, self._prefix_in_text = sampled_under
+            return Decision.RESAMPLE
+        self.piece.text = text[:start]
+        self._context_text = context[: len(context) - (len(text) - start)]
+        self._full_patch, self._closed_end = False, True
+        return Decision.RELOAD
+
+    def _off_meter(self, text: str) -> int | None:
+        """Where the last voice bar of ``text`` starts, if its length disagrees with the forced
+        meter; None when it agrees or is not judged. As ``evaluate.bars_match_meter`` judges a
+        piece, the first and last lines (pickups, endings) are not, nor alternate endings or
+        anything after an inline M: / L: change."""
+        if "[M:" in text or "[L:" in text:
+            return None
+        line_start = text.rfind("\n", 0, len(text) - 1) + 1
+        line = text[line_start:]
+        counts = _STREAM_COUNTS.match(line)
+        if not line.strip() or counts and "0" in counts.groups():
+            return None
+        segment = codec.split_bars(line)[-1]
+        notes = _FIELDS.sub("", segment)
+        notes = notes[_BAR_START.match(notes).end():] if _BAR_START.match(notes) else notes
+        start = len(text) - len(segment)
+        if not any(c.isalpha() for c in notes):  # a barline alone: an empty bar (x::|), or the line's tail
+            return start if any(c in notes for c in "|:") else None
+        if notes[:1].isdigit():  # an alternate ending (|1, :|2) may be short
+            return None
+        unit = _UNIT.findall(text[:line_start])
+        duration = _bar_duration(notes)
+        want = _meter_units(self.config.meter, unit[-1] if unit else "1/8")
+        return None if duration == want else start
 
     def _rebuild(self) -> Decision:
         """Context full: continue from the header plus the last half of the body lines."""
@@ -254,3 +323,22 @@ class BarSplitter:
     def flush(self) -> list[str]:
         rest, self._pending = self._pending, ""
         return [rest] if rest else []
+
+    def take_back(self, n: int) -> None:
+        """The last ``n`` characters were taken back (a bar off a forced meter): they were all in
+        the open bar, which no event has shown yet."""
+        self._pending = self._pending[: max(0, len(self._pending) - n)]
+
+
+def _meter_units(meter: str, unit: str) -> Fraction:
+    """A bar's length in units of L (``M:3/4`` with ``L:1/8`` -> 6)."""
+    value = {"C": "4/4", "C|": "2/2"}.get(meter, meter)
+    return Fraction(value) / Fraction(unit)
+
+
+def _bar_duration(notes: str) -> Fraction | None:
+    """A voice's bar length in units of L by the authors' bar arithmetic (abctoolkit, the
+    ``music`` extra), as post-processing and evaluation measure it; None when it cannot tell."""
+    from .postprocess import _bar_duration as duration
+
+    return duration(notes)

@@ -149,3 +149,130 @@ def test_generated_pieces_carry_the_asked_meter_and_key(trained):
         assert f"M:{meter}\n" in header and f"K:{GenerationConfig(key=key).key}\n" in header
         assert not [line for line in header if line[:2] in ("M:", "K:") and line not in
                     (f"M:{meter}\n", f"K:{GenerationConfig(key=key).key}\n")]
+
+
+# ---- a forced meter: bars of another length are sampled again -------------------------------------
+def _in_body(meter="3/4", **config) -> PieceState:
+    """A piece whose header (L:1/8, the meter) is written and whose body has begun: line 0 closed."""
+    state = PieceState(None, GenerationConfig(meter=meter, **config), patch_length=64,
+                       text=f"L:1/8\nM:{meter}\nK:D\nV:1\n[r:0/9][V:1]d|\n")
+    state.context()
+    prefix = state.request().prefix
+    assert codec.decode_patch(prefix) == "[r:0/9][V:1]d|\n"  # the open last bar: its patch closes it
+    assert state.take(np.array(prefix + [EOS_ID], dtype=np.int64)) is Decision.ACCEPT
+    return state
+
+
+def _full(text: str) -> np.ndarray:
+    """A patch of 16 characters and no eos (a bar that may go on in the next patch)."""
+    assert len(text) == 16
+    return np.array([ord(c) for c in text], dtype=np.int64)
+
+
+def test_rule_a_bar_of_another_length_in_one_patch_is_sampled_again():
+    state = _in_body()
+    assert state.take(_patch("[r:1/8][V:1]ab")) is Decision.RESAMPLE  # 2 eighths, the meter asks 6
+    assert state.request().prefix == []  # no forced characters: drawn again from the same context
+    assert state.take(_patch("[r:1/8][V:1]a6")) is Decision.ACCEPT
+    assert state.piece.text.endswith("d|\n[r:1/8][V:1]a6")
+
+
+def test_rule_a_bar_begun_in_earlier_patches_is_taken_back():
+    state = _in_body()
+    assert state.take(_full("[r:1/8][V:1]abcd")) is Decision.ACCEPT
+    assert state.take(_patch("efg|\n")) is Decision.RELOAD  # 7 eighths: the whole bar goes
+    assert state.piece.text.endswith("[V:1]d|\n") and not state.done
+    patches = state.context()
+    assert codec.decode(patches).endswith("[V:1]d|\n") and state.request().prefix == []  # the bar before stays whole
+    assert state.take(_full("[r:1/8][V:1]abcd")) is Decision.ACCEPT
+    assert state.take(_patch("ef|\n")) is Decision.ACCEPT
+
+
+def test_rule_a_bar_that_fills_its_patches_exactly_is_judged_when_the_next_begins():
+    state = _in_body("2/4")
+    assert state.take(_full("[r:1/8][V:1]abcd")) is Decision.ACCEPT  # 4 eighths, no eos: it may go on
+    assert state.take(_full("[r:2/7][V:1]abcd")) is Decision.ACCEPT  # it did not: judged (right) now
+    state = _in_body("2/4")
+    assert state.take(_full("[r:1/8][V:1]abc3")) is Decision.ACCEPT  # 5 eighths
+    assert state.take(_patch("|[V:2]ab")) is Decision.RELOAD  # the next bar begins: the last is taken back
+    assert state.piece.text.endswith("d|\n")
+
+
+@pytest.mark.parametrize("line", ["[r:9/0][V:1]ab|", "|1 ab", "[r:1/8][V:1][M:2/4]ab|"])
+def test_rule_last_lines_endings_and_meter_changes_are_not_judged(line):
+    state = _in_body()
+    assert state.take(_patch(line)) is Decision.ACCEPT
+
+
+def test_rule_the_first_line_is_not_judged():
+    state = _state(meter="3/4", key="D")
+    for line in ("L:1/8\n", "M:3/4\n", "K:D\n", "V:1\n"):
+        state.take(_patch(line))
+    state.take(_patch("[r:0/9][V:1]d|"))
+    assert state.take(_forced(state.request().prefix + [ord(c) for c in "9][V:1]d|"])) is Decision.ACCEPT  # a pickup
+
+
+def test_rule_a_bar_stands_after_the_retries():
+    from notagen_trt.runtime.piece import MAX_BAR_RETRIES
+
+    state = _in_body()
+    for _ in range(MAX_BAR_RETRIES):
+        assert state.take(_patch("[r:1/8][V:1]ab")) is Decision.RESAMPLE
+    assert state.take(_patch("[r:1/8][V:1]ab")) is Decision.ACCEPT
+    assert state.take(_patch("|[V:2]a")) is Decision.RESAMPLE  # the next bar is judged afresh
+
+
+def test_bar_splitter_forgets_a_bar_taken_back():
+    from notagen_trt.runtime.piece import BarSplitter
+
+    splitter = BarSplitter()
+    assert splitter.feed("[V:1]ab|\n[V:1]abc") == ["[V:1]ab|\n"]
+    splitter.take_back(len("[V:1]abc"))
+    assert splitter.feed("[V:1]abcdef|\n") == ["[V:1]abcdef|\n"]
+
+
+# ---- the demo model, end to end --------------------------------------------------------------------
+COMBOS = [("3/4", "D"), ("6/8", "Am"), ("4/4", "Bb"), ("2/4", "G"), ("3/4", "Dm")]
+
+
+@pytest.mark.slow
+def test_demo_pieces_carry_the_asked_meter_and_key_and_keep_to_the_meter():
+    """20 seeds on the demo model (ONNX Runtime CPU): every header has the asked M: and K:, and
+    at least 90% of the pieces parse with music21 with every bar one bar of the meter."""
+    from notagen_trt.runtime import PieceRequest, load_engine
+    from notagen_trt.runtime.abcio import check
+    from notagen_trt.runtime.evaluate import bars_match_meter
+    from notagen_trt.runtime.postprocess import postprocess
+
+    configs = [GenerationConfig(seed=s, meter=COMBOS[s % 5][0], key=COMBOS[s % 5][1], max_patches=400) for s in range(20)]
+    with load_engine(backend="ort-cpu", rows=4) as engine:
+        pieces = engine.generate(PieceRequest(None, c) for c in configs)
+    good, why = 0, []
+    for config, piece in zip(configs, pieces):
+        abc = postprocess(piece.text)
+        fields = [line for line in abc.splitlines() if line[:2] in ("M:", "K:")]
+        assert fields == [f"M:{config.meter}", f"K:{config.key}"], (config.seed, fields)
+        parsed, (bars_ok, bars_why) = check(abc), bars_match_meter(abc)
+        good += parsed.music21 and bars_ok
+        why += [] if parsed.music21 and bars_ok else [f"seed {config.seed}: {parsed.error or bars_why}"]
+    assert good >= 18, why
+
+
+def test_generate_cli_meter_key_and_their_errors(tmp_path, capsys):
+    import json
+
+    from notagen_trt.cli import main
+
+    out = tmp_path / "out"
+    assert main(["generate", "--backend", "ort-cpu", "--meter", "6/8", "--key", "F#m", "--seed", "3", "--num-pieces", "2",
+                 "--max-patches", "60", "--formats", "abc", "--out", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["pieces"]
+    for row in rows:
+        abc = open(row["files"]["abc"]).read()
+        assert "\nM:6/8\n" in abc and "\nK:F#min\n" in abc and "; meter 6/8; key F#min;" in abc.splitlines()[0]
+        assert "_M6-8_KFsharpmin" in row["files"]["abc"]
+    for flags, message in ((["--meter", "3/5"], "--meter must look like"), (["--key", "H#"], "--key must be"),
+                           (["--key", "D", "--continue", "x.abc"], "a continued piece keeps its file's")):
+        assert main(["generate", "--backend", "ort-cpu", *flags, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -16,16 +16,22 @@ SHORTEST_TRAINED_BARS = 7  # [r:0/N] of the demo corpus's shortest pieces (8 bar
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
 
-def piece_stem(prompt, seed: int, bars: int | None, sampling) -> str:
+def piece_stem(prompt, seed: int, bars: int | None, sampling, meter: str | None = None, key: str | None = None,
+               continues: str | None = None) -> str:
     """File name of a piece: its prompt, seed and any non-default setting, so runs with other
     prompts or settings never overwrite each other's pieces."""
     from notagen_trt.runtime.sampling import SamplingParams
 
-    parts = [re.sub(r"[^A-Za-z0-9]+", "-", p).strip("-") for p in (prompt.period, prompt.composer,
-                                                                     prompt.instrumentation)] if prompt else []
+    def name(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9#]+", "-", text).strip("-").replace("#", "sharp")
+
+    parts = [name(p) for p in (prompt.period, prompt.composer, prompt.instrumentation)] if prompt else []
+    if continues:
+        parts.append(f"after-{name(Path(continues).stem)}")
     parts.append(f"seed{seed}")
     if bars is not None:
         parts.append(f"bars{bars}")
+    parts += [f"{field}{name(value)}" for field, value in (("M", meter), ("K", key)) if value]
     if sampling != SamplingParams():
         parts.append(f"k{sampling.top_k}-p{sampling.top_p:g}-t{sampling.temperature:g}")
     return "piece_" + "_".join(parts)
@@ -37,6 +43,7 @@ def settings_comment(prompt, config, backend: str) -> str:
     who = f"{prompt.period} / {prompt.composer} / {prompt.instrumentation}" if prompt else "unconditional"
     return (f"% notagen-trt: prompt {who}; seed {config.seed}; top_k {s.top_k}, top_p {s.top_p:g}, "
             f"temperature {s.temperature:g}" + (f"; bars {config.bars}" if config.bars is not None else "")
+            + (f"; meter {config.meter}" if config.meter else "") + (f"; key {config.key}" if config.key else "")
             + f"; backend {backend}\n")
 
 
@@ -52,12 +59,24 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise NotaGenError(f"--num-pieces must be at least 1 and at most {MAX_PIECES:,}, got {args.num_pieces}")
     prompt = resolve_prompt(args.period, args.composer, args.instrumentation)
     sampling = SamplingParams(args.top_k, args.top_p, args.temperature)
+    if args.continue_ and (args.meter or args.key):
+        raise NotaGenError("--meter and --key set a new piece's header; a continued piece keeps its file's "
+                           "(drop them, or drop --continue)")
 
     def config(k: int) -> GenerationConfig:
-        return GenerationConfig(seed=args.seed + k, sampling=sampling, max_patches=args.max_patches,
-                                max_seconds=args.max_seconds, bars=args.bars)
+        try:
+            return GenerationConfig(seed=args.seed + k, sampling=sampling, max_patches=args.max_patches,
+                                    max_seconds=args.max_seconds, bars=args.bars, meter=args.meter, key=args.key)
+        except ValueError as exc:  # meter / key: name the flag
+            raise NotaGenError(f"--{str(exc)}" if str(exc).startswith(("meter", "key")) else str(exc)) from None
 
     config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
+    continuation = None
+    if args.continue_:  # an unreadable file fails here too
+        from notagen_trt.runtime.continuation import read_continuation
+
+        continuation = read_continuation(args.continue_)
+        prompt = prompt or continuation.prompt  # a corpus piece carries its own prompt lines
     formats = _formats(args.formats)
     out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
     refuse_model_dir(out, "generate")
@@ -76,13 +95,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         abc = settings_comment(prompt, cfg, engine.executor.name) + postprocess(piece.text)
         if not piece.complete:  # a piece cut short by a limit is kept, and says so
             abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
-        files, errors = write_piece(out, piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling), abc, formats)
+        if continuation is not None:  # the user's bars, a marker comment, the new bars
+            abc = continuation.mark(abc)
+        stem = piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling, cfg.meter, cfg.key, args.continue_)
+        files, errors = write_piece(out, stem, abc, formats)
         return {"seed": cfg.seed, "prompt": prompt.lines() if prompt else None, "patches": piece.patches,
                 "stop_reason": piece.stop_reason, "complete": piece.complete, "seconds": round(piece.seconds, 3),
                 "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3), "files": files,
                 "errors": errors}
 
-    requests = (PieceRequest(prompt, config(k)) for k in range(args.num_pieces))
+    requests = (PieceRequest(prompt, config(k), text=continuation.text(prompt, config(k)) if continuation else None)
+                for k in range(args.num_pieces))
     with engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress:
         for handle in engine.run(requests, progress.on_event):
             row = save(handle)
@@ -207,6 +230,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "was trained to count down to [r:N/0]. It conditions, it does not cut: a model follows it "
                         f"only for lengths it was trained on (the demo model from N={SHORTEST_TRAINED_BARS}: its "
                         "corpus has no piece under 8 bars; shorter asks come out longer)")
+    p.add_argument("--meter", help="the piece's meter, forced into its header: 3/4, 6/8, 2/2, C ...")
+    p.add_argument("--key", help="the piece's key, forced into its header: D, Dm, Bb, F#m, or a mode such as "
+                                 "Ddor, Gmix (written as the corpus spells it: Dmin, F#min)")
+    p.add_argument("--continue", dest="continue_", metavar="FILE",
+                   help="continue this piece (.abc, .musicxml, .xml, .mxl, .mid): its bars are the context, the "
+                        "output is them, a comment line, then the new bars (--bars: how many to ask for, default "
+                        "16; a file longer than the context keeps its header and last bars)")
     p.add_argument("--max-patches", type=int, default=None, help="stop a piece after this many patches")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long (default 600)")
     p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (0: off)")
