@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: an unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# TensorRT-RTX (rtx) is part of CI: its builder makes real plans on this CPU-only machine.
-	$(PY) -m pip install -q -e ".[export,ort,music,test,rtx,verify]"
+	$(PY) -m pip install -q -e ".[export,ort,music,test,rtx,verify,serve,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

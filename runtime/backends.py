@@ -26,12 +26,13 @@ def _ort_backend():
 
 
 def select_backend(model: str | Path, choice: str = "auto", precision: str | None = None,
-                   threads: int | None = None) -> tuple[Any, str]:
+                   threads: int | None = None, device: str | None = None) -> tuple[Any, str]:
     """(backend, note): the backend object and a one-line note on why it was chosen.
 
     ``model`` is a model directory (ONNX export, precision variant or engine) or a checkpoint.
     ``precision`` (fp32 / fp16 / int8-wo) is what the fast CUDA path runs (fp16 when not given);
-    ONNX Runtime and TensorRT run the precision their directory holds, which must match it."""
+    ONNX Runtime and TensorRT run the precision their directory holds, which must match it.
+    ``device`` (``cuda:N``) is the GPU the fast CUDA path runs on (default: the current one)."""
     if choice not in CHOICES:
         raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
     if precision is not None and precision not in PRECISIONS:
@@ -47,7 +48,7 @@ def select_backend(model: str | Path, choice: str = "auto", precision: str | Non
         reason = fastpath.unavailable_reason()
         if not reason:
             try:
-                backend = fastpath.load(model, precision or "fp16")
+                backend = fastpath.load(model, precision or "fp16", device or "cuda")
             except NotaGenError as exc:
                 reason = str(exc)
             else:

@@ -316,15 +316,17 @@ def generate(executor: Executor, prompt: Prompt | None = None, config: Generatio
 
 
 def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
-                rows: int | None = None, threads: int | None = None) -> Engine:
+                rows: int | None = None, threads: int | None = None, device: str | None = None) -> Engine:
     """The library entry point: a model directory or checkpoint (default: the demo model) on the
     fastest backend that runs here (or the one named), as an engine with ``rows`` rows (default:
-    what suits the backend). ``engine.note`` says which backend was chosen and why."""
+    what suits the backend). ``engine.note`` says which backend was chosen and why. ``device``
+    (e.g. ``cuda:1``) places the fast CUDA path on one GPU (a service runs one engine per GPU)."""
     from notagen_trt.demo import demo_model_dir
 
     from .backends import select_backend
 
-    chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads)
+    chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
+                                  device)
     rows = rows or chosen.default_rows
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")

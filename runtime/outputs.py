@@ -88,6 +88,28 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def convert(abc: str, formats: tuple[str, ...] | list[str] = FORMATS) -> tuple[dict[str, str | bytes], dict[str, str]]:
+    """({kind: MusicXML text, MIDI bytes or SVG text}, {kind: why it failed}) for the ``formats``
+    beyond ``abc`` (the CLI writes them, the service returns them); failures are reported, never raised."""
+    wanted = [k for k in FORMATS[1:] if k in formats]
+    if not wanted:
+        return {}, {}
+    try:
+        musicxml = abcio.to_musicxml(abc)
+    except ImportError as exc:
+        return {}, {k: f"no MusicXML: {exc}; pip install 'notagen-trt[music]', or ask for abc only" for k in wanted}
+    except Exception as exc:  # a malformed generated tune: keep the .abc, report the rest
+        return {}, {k: f"no MusicXML: {exc}" for k in wanted}
+    converters = {"musicxml": lambda xml: xml, "midi": _midi, "svg": _svg}
+    made, errors = {}, {}
+    for kind in wanted:
+        try:
+            made[kind] = converters[kind](musicxml)
+        except Exception as exc:  # converters raise many types on odd scores; report, keep going
+            errors[kind] = _reason(exc)
+    return made, errors
+
+
 def write_piece(out_dir: str | Path, stem: str, abc: str,
                 formats: tuple[str, ...] = FORMATS) -> tuple[dict[str, str], dict[str, str]]:
     """({kind: path} written, {kind: error} failed) for one post-processed tune; ``formats``
@@ -96,25 +118,10 @@ def write_piece(out_dir: str | Path, stem: str, abc: str,
     stem = free_stem(out_dir, stem, abc)
     path = out_dir / f"{stem}.abc"
     write_atomic(path, abc)
-    files, errors = {"abc": str(path)}, {}
-    wanted = [k for k in FORMATS[1:] if k in formats]
-    if not wanted:
-        return files, errors
-    try:
-        musicxml = abcio.to_musicxml(abc)
-    except ImportError as exc:
-        return files, {k: f"no MusicXML: {exc}; pip install 'notagen-trt[music]', or ask for --formats abc"
-                       for k in wanted}
-    except Exception as exc:  # a malformed generated tune: keep the .abc, report the rest
-        return files, {k: f"no MusicXML: {exc}" for k in wanted}
-    converters = {"musicxml": lambda xml: xml, "midi": _midi, "svg": _svg}
-    for kind in wanted:
-        try:
-            data = converters[kind](musicxml)
-        except Exception as exc:  # converters raise many types on odd scores; report, keep going
-            errors[kind] = _reason(exc)
-            continue
+    files = {"abc": str(path)}
+    made, errors = convert(abc, formats)
+    for kind, data in made.items():
         path = out_dir / f"{stem}.{EXTENSIONS[kind]}"
-        write_atomic(path, data)  # outside the try: a full disk is not a conversion failure
+        write_atomic(path, data)  # after converting: a full disk is not a conversion failure
         files[kind] = str(path)
     return files, errors

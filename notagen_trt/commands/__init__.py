@@ -1,5 +1,5 @@
 """One module per subcommand, each with ``register(subparsers)``; listed in pipeline order."""
 
-from . import bench, build, evaluate, export, generate, prompts, quantize, reference, train, verify
+from . import bench, build, evaluate, export, generate, loadtest, prompts, quantize, reference, serve, train, verify
 
-COMMANDS = [export, quantize, build, verify, generate, prompts, reference, evaluate, train, bench]
+COMMANDS = [export, quantize, build, verify, generate, prompts, reference, evaluate, train, bench, serve, loadtest]

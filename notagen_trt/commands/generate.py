@@ -37,22 +37,12 @@ def piece_stem(prompt, seed: int, bars: int | None, sampling, meter: str | None 
     return "piece_" + "_".join(parts)
 
 
-def settings_comment(prompt, config, backend: str) -> str:
-    """An ABC comment line recording how a piece was made (converters ignore comments)."""
-    s = config.sampling
-    who = f"{prompt.period} / {prompt.composer} / {prompt.instrumentation}" if prompt else "unconditional"
-    return (f"% notagen-trt: prompt {who}; seed {config.seed}; top_k {s.top_k}, top_p {s.top_p:g}, "
-            f"temperature {s.temperature:g}" + (f"; bars {config.bars}" if config.bars is not None else "")
-            + (f"; meter {config.meter}" if config.meter else "") + (f"; key {config.key}" if config.key else "")
-            + f"; backend {backend}\n")
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     from notagen_trt.runtime.engine import PieceRequest, load_engine
     from notagen_trt.runtime.outputs import write_piece
     from notagen_trt.runtime.piece import GenerationConfig
-    from notagen_trt.runtime.postprocess import postprocess
     from notagen_trt.runtime.prompts import resolve_prompt
+    from notagen_trt.runtime.render import piece_abc
     from notagen_trt.runtime.sampling import SamplingParams
 
     if not 1 <= args.num_pieces <= MAX_PIECES:
@@ -92,9 +82,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     def save(handle) -> dict:
         """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
         piece, cfg = handle.piece, handle.request.config
-        abc = settings_comment(prompt, cfg, engine.executor.name) + postprocess(piece.text)
-        if not piece.complete:  # a piece cut short by a limit is kept, and says so
-            abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
+        abc = piece_abc(prompt, cfg, piece, engine.executor.name)  # the service returns the same text
         if continuation is not None:  # the user's bars, a marker comment, the new bars
             abc = continuation.mark(abc)
         stem = piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling, cfg.meter, cfg.key, args.continue_)

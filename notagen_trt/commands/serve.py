@@ -1,0 +1,111 @@
+"""`notagen-trt serve`: the HTTP service (FastAPI on uvicorn) over one engine per GPU, or the same
+app on Ray Serve with one replica per GPU."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+import sys
+
+from notagen_trt.errors import NotaGenError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _need_extra(ray: bool) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise NotaGenError(f"the service needs {exc.name}: pip install 'notagen-trt[serve]'") from None
+    if ray:
+        try:
+            import ray as _  # noqa: F401
+        except ImportError:
+            raise NotaGenError("--ray needs Ray Serve: pip install 'notagen-trt[ray]'") from None
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading a model, in one line, when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            why = "the port is in use; pick another --port" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise NotaGenError(f"cannot listen on {host}:{port}: {why}") from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from notagen_trt.serve.settings import ServeSettings, read_api_key
+
+    _need_extra(args.ray)
+    if not 0 < args.port < 65536:
+        raise NotaGenError(f"--port must be in 1..65535, got {args.port}")
+    settings = ServeSettings(model=args.model, backend=args.backend, precision=args.precision, rows=args.rows,
+                             threads=args.threads, gpus=args.gpus, max_queue=args.max_queue,
+                             max_patches=args.max_patches, max_body=args.max_body,
+                             api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
+
+    def log(line: str) -> None:
+        print(f"serve: {line}", file=sys.stderr)
+
+    if args.host not in LOOPBACK and settings.api_key is None:
+        log(f"warning: listening on {args.host} without --api-key-file: anyone who reaches it can use it")
+    _check_port(args.host, args.port)
+    if args.ray:
+        from notagen_trt.serve.ray_app import run
+
+        run(settings, args.host, args.port, args.replicas, args.min_replicas, log)
+        return 0
+    import uvicorn
+
+    from notagen_trt.serve.app import create_app
+    from notagen_trt.serve.settings import load_pool
+
+    pool = load_pool(settings, log)
+    try:
+        app = create_app(pool, api_key=settings.api_key, max_body=settings.max_body, max_patches=settings.max_patches)
+        log(f"http://{args.host}:{args.port} (OpenAPI docs at /docs; Ctrl-C stops)")
+        # One process, one event loop: the engines' threads do the work; uvicorn workers would each load a model.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        pool.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from notagen_trt.runtime.backends import CHOICES, PRECISIONS
+    from notagen_trt.serve.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_ROWS
+
+    p = sub.add_parser("serve", help="serve pieces over HTTP (FastAPI; in-flight batching; optional Ray Serve)")
+    p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
+    p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
+                   help="as for generate (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                   help=f"pieces in flight per engine; requests beyond wait in the queue (default {DEFAULT_ROWS})")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: its own choice)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--gpus", default="all",
+                   help="all (default): one engine per visible GPU (fast CUDA path); 0,1: those GPUs; none: the CPU")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"pieces that may wait for a row; more are answered 503 (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--max-patches", type=int, default=None,
+                   help="cap every piece at this many patches (requests may ask for fewer)")
+    p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
+                   help=f"request body limit in bytes; larger is 413 (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--api-key-file", help="a file holding the API key every endpoint but /healthz requires "
+                                          "(Authorization: Bearer KEY or X-API-Key: KEY)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default info)")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve (RAY_ADDRESS, or a local Ray): one replica per GPU or CPU process")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="--ray: most replicas (default: the cluster's GPUs, or half its CPUs)")
+    p.add_argument("--min-replicas", type=int, default=1, help="--ray: fewest replicas (default 1)")
+    p.set_defaults(func=_cmd_serve)

@@ -1,0 +1,170 @@
+"""The HTTP API over an engine pool (``create_app``). Every request shares the engines' running
+batches: a new piece joins at the next patch. Every refusal is a 4xx (or 503) JSON body
+``{"error": "<one line>"}``, and nothing a client sends stops the service."""
+
+# No `from __future__ import annotations`: FastAPI reads the body type of the routes from a local
+# (the request model, capped per server) when the function is defined.
+import math
+import os
+import secrets
+import socket
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from notagen_trt import __version__
+from notagen_trt.errors import NotaGenError
+from notagen_trt.runtime.piece import GenerationConfig
+from notagen_trt.runtime.prompts import Prompt, resolve_prompt, valid_prompts
+from notagen_trt.runtime.sampling import SamplingParams
+
+from .guard import Guard
+from .jobs import ApiError, Job
+from .metrics import ServiceMetrics
+from .pool import EnginePool, QueueFull
+from .schemas import BarOut, ErrorOut, Health, PieceIn, PieceOut, PromptsOut, Ready, piece_request_model
+from .settings import DEFAULT_MAX_BODY
+
+ERRORS = {status: {"model": ErrorOut, "description": why} for status, why in (
+    (400, "Malformed JSON"), (401, "Missing or wrong API key"), (413, "Body too large"),
+    (422, "A value out of bounds, or an unknown prompt"), (503, "The queue is full (see Retry-After)"))}
+STREAM_DOC = {"description": f"Server-sent events: `bar` ({', '.join(BarOut.model_fields)}) for each closed bar, "
+                             "then `done` with the PieceOut body (or `error` with an ErrorOut body)",
+              "content": {"text/event-stream": {"schema": {  # one event (OpenAPI before 3.2 describes each)
+                  "type": "object", "required": ["event", "data"],
+                  "properties": {"event": {"type": "string", "enum": ["bar", "done", "error"]},
+                                 "data": {"type": "string", "contentMediaType": "application/json"}}}}}}
+
+
+def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+               max_patches: int | None = None, replica: str | None = None) -> FastAPI:
+    """The service's ASGI app; ``max_patches`` caps every piece; shutting the app down closes the pool."""
+    metrics = ServiceMetrics(pool)
+    request_model = piece_request_model(max_patches)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.close()  # queued and running pieces end as cancelled
+
+    app = FastAPI(title="notagen-trt", version=__version__, lifespan=lifespan,
+                  description="NotaGen symbolic music (ABC notation) from a prompt and a seed, in-flight batched.")
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, rejected=metrics.outcome,
+                       replica=replica or f"{socket.gethostname()}:{os.getpid()}")
+    _error_handlers(app, metrics)
+
+    def start(body: PieceIn, path: str, stream: bool) -> Job:
+        prompt = _prompt(body)
+        try:
+            config = GenerationConfig(
+                seed=secrets.randbelow(2**32) if body.seed is None else body.seed,
+                sampling=SamplingParams(body.top_k, body.top_p, body.temperature),
+                max_patches=body.max_patches or max_patches, max_seconds=body.max_seconds, bars=body.bars)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        formats = list(dict.fromkeys(body.outputs))
+        try:
+            return Job(pool, metrics, path, prompt, config, formats, stream)
+        except QueueFull as exc:
+            retry = max(1, min(600, math.ceil(metrics.mean_piece_seconds * (pool.waiting() + 1) / pool.rows)))
+            raise ApiError(503, f"{exc}; retry later", "busy", {"Retry-After": str(retry)}) from None
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="The process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Ready, tags=["health"], summary="New pieces are taken now",
+             responses={503: ERRORS[503], 401: ERRORS[401]})
+    async def readyz():
+        why = pool.unready()
+        if why:
+            return JSONResponse({"error": why}, 503)
+        return {"status": "ready", "backend": pool.backend, "engines": len(pool.engines), "rows": pool.rows,
+                "active": pool.active, "waiting": pool.waiting()}
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: ERRORS[401]})
+    async def metrics_endpoint():
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/prompts", response_model=PromptsOut, summary="Valid period / composer / instrumentation",
+             responses={401: ERRORS[401]})
+    async def prompts():
+        return {"prompts": [vars(p) for p in valid_prompts()]}
+
+    @app.post("/v1/pieces", response_model=PieceOut, summary="Generate a piece", responses=ERRORS)
+    async def create_piece(body: request_model, request: Request):
+        job = start(body, "/v1/pieces", stream=False)
+        try:
+            if not await job.wait(request.is_disconnected):
+                return Response(status_code=499)  # nobody reads it
+        finally:  # the request task was cancelled (a proxy saw the client leave): free the row
+            job.cancel()
+        return await job.result()
+
+    @app.post("/v1/pieces/stream", summary="Generate a piece, streaming each bar",
+              response_class=StreamingResponse, responses={200: STREAM_DOC, **ERRORS})
+    async def stream_piece(body: request_model):
+        job = start(body, "/v1/pieces/stream", stream=True)
+        return StreamingResponse(job.events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def _prompt(body: PieceIn) -> Prompt | None:
+    given = (body.period, body.composer, body.instrumentation)
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise ApiError(422, "give all three of period, composer and instrumentation, or none of them")
+    try:
+        return resolve_prompt(*given)
+    except NotaGenError as exc:  # its hints name the CLI's flags; here they are fields
+        raise ApiError(422, str(exc).replace("--period", "period")) from None
+
+
+def _validation_line(exc: RequestValidationError) -> tuple[int, str]:
+    """(status, one line) for pydantic's list of errors: the first, naming its field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        where = first["loc"][-1] if len(first.get("loc", ())) > 1 else "?"
+        return 400, f"malformed JSON at character {where}: {first.get('ctx', {}).get('error', 'cannot decode')}"
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request body"
+    msg = str(first.get("msg", "invalid")).replace("\n", " ")
+    line = f"{field}: {msg[:1].lower()}{msg[1:]}"
+    if "input" in first and first.get("type") != "missing":
+        given = repr(first["input"])
+        line += f", got {given if len(given) <= 60 else given[:57] + '...'}"
+    return 422, line + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def reply(request: Request, status: int, message: str, outcome: str, headers: dict | None = None) -> JSONResponse:
+        metrics.outcome(request.url.path, outcome)
+        return JSONResponse({"error": message}, status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        if exc.outcome in ("error", "cancelled"):  # the job recorded its own outcome
+            return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+        return reply(request, exc.status, exc.message, exc.outcome, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        status, line = _validation_line(exc)
+        return reply(request, status, line, "invalid")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        message = {404: f"no such endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return reply(request, exc.status_code, message, "invalid", getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # a bug: say so in one line, keep serving
+        line = str(exc).splitlines()[0] if str(exc) else ""
+        return reply(request, 500, f"internal error: {type(exc).__name__}: {line}", "error")

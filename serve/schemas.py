@@ -1,0 +1,99 @@
+"""The service's request and response bodies. Their bounds are the API's validation (a value out
+of bounds is a 422 naming the field) and its OpenAPI documentation at once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Format = Literal["abc", "musicxml", "midi", "svg"]
+MAX_PATCHES = 100_000  # more than the published 102,400-character limit lets a piece reach
+MAX_BARS = 10_000  # [r:0/N] must leave room in its 16-character patch
+MAX_SEED = 2**63  # numpy's seed range as GenerationConfig takes it
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What was wrong, in one line")
+
+
+class PromptOut(BaseModel):
+    period: str
+    composer: str
+    instrumentation: str
+
+
+class PromptsOut(BaseModel):
+    prompts: list[PromptOut] = Field(description="Every period / composer / instrumentation the model was tuned on")
+
+
+class PieceIn(BaseModel):
+    """A piece to generate: all three of period, composer and instrumentation, or none of them
+    (unconditional). The same seed and settings give the piece `notagen-trt generate` writes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"period": "Baroque", "composer": "Bach, Johann Sebastian", "instrumentation": "Choral", "seed": 3}]})
+
+    period: str | None = Field(None, max_length=100, examples=["Baroque"])
+    composer: str | None = Field(None, max_length=100, examples=["Bach, Johann Sebastian"])
+    instrumentation: str | None = Field(None, max_length=100, examples=["Choral"])
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="Random when absent; the response says which")
+    bars: int | None = Field(None, ge=0, le=MAX_BARS, description="Force the length: N more bar lines ([r:0/N])")
+    max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, description="Stop the piece after this many patches")
+    max_seconds: float = Field(600.0, gt=0, le=600, description="Stop the piece after this long")
+    top_k: int = Field(9, ge=0, le=128, description="Keep the k most likely characters (0: off)")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass")
+    temperature: float = Field(1.2, ge=0.01, le=10, description="Sampling temperature")
+    outputs: list[Format] = Field(["abc"], min_length=1, max_length=4,
+                                  description="What to return: the ABC and any of its MusicXML, MIDI and SVG")
+
+
+def piece_request_model(cap: int | None) -> type[PieceIn]:
+    """PieceIn, or PieceIn whose max_patches is capped by the server (``serve --max-patches``)."""
+    if cap is None:
+        return PieceIn
+
+    class CappedPieceIn(PieceIn):
+        model_config = ConfigDict(title="PieceIn")
+        max_patches: int | None = Field(None, ge=1, le=cap, description=f"Stop the piece after this many patches "
+                                                                        f"(at most and by default {cap} here)")
+
+    return CappedPieceIn
+
+
+class Outputs(BaseModel):
+    abc: str | None = Field(None, description="The tune, exactly as `notagen-trt generate` writes its .abc")
+    musicxml: str | None = None
+    midi: str | None = Field(None, description="A standard MIDI file, base64")
+    svg: str | None = Field(None, description="The score, every page")
+
+
+class PieceOut(BaseModel):
+    seed: int
+    prompt: PromptOut | None
+    outputs: Outputs = Field(description="The formats asked for; one whose conversion failed is null")
+    errors: dict[str, str] = Field(description="Why a format asked for could not be made")
+    complete: bool = Field(description="The model ended the piece (stop_reason eos)")
+    stop_reason: str = Field(description="eos, or the limit that ended it: max_patches, max_seconds, max_chars, "
+                                         "context_full")
+    patches: int
+    seconds: float
+    backend: str
+
+
+class BarOut(BaseModel):
+    index: int = Field(description="0 for the first closed bar of the piece")
+    text: str = Field(description="A header line or one voice's bar as the model wrote it (training format)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    backend: str
+    engines: int
+    rows: int
+    active: int = Field(description="Rows generating a piece now")
+    waiting: int = Field(description="Pieces waiting for a row")

@@ -1,0 +1,287 @@
+"""The HTTP service, started for real on a loopback port over the demo model on ONNX Runtime's CPU
+backend: the pieces `generate` writes, concurrent clients, cancellation, the API key, a full
+queue, bad requests, the OpenAPI schema under schemathesis, and two Ray Serve replicas."""
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BACH
+from hypothesis import HealthCheck, settings
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from notagen_trt.cli import main  # noqa: E402
+from notagen_trt.serve.app import create_app  # noqa: E402
+from notagen_trt.serve.settings import ServeSettings, load_pool  # noqa: E402
+
+pytestmark = pytest.mark.serve
+PROMPT = dict(zip(("period", "composer", "instrumentation"), BACH))
+KEY = "s3cret-key"
+# A piece of the demo model that runs past 1,000 patches: it holds its row while a test looks.
+LONG = {"period": "Romantic", "composer": "Chopin, Frederic", "instrumentation": "Keyboard", "seed": 1, "bars": 200}
+
+
+class Server:
+    """uvicorn on a thread, on a free 127.0.0.1 port."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        import uvicorn
+
+        self.pool = load_pool(settings)
+        app = create_app(self.pool, api_key=settings.api_key, max_body=settings.max_body,
+                         max_patches=settings.max_patches)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def metric(self, name: str, **labels) -> float:
+        text = httpx.get(f"{self.url}/metrics", headers=_auth()).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == want)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.pool.close()
+
+
+def _auth() -> dict:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(ServeSettings(backend="ort-cpu", rows=8, threads=1))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    """One row, a queue of one, an API key."""
+    s = Server(ServeSettings(backend="ort-cpu", rows=1, threads=1, max_queue=1, api_key=KEY))
+    yield s
+    s.stop()
+
+
+def _stream_events(response) -> list[tuple[str, dict]]:
+    events, kind = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            events.append((kind, json.loads(line[5:])))
+    return events
+
+
+def test_same_piece_as_generate_plain_and_streaming(server, tmp_path):
+    assert main(["generate", "--backend", "ort-cpu", "--seed", "3", "--out", str(tmp_path), "--json",
+                 *(f"--{k}={v}" for k, v in PROMPT.items())]) == 0
+    written = next(tmp_path.glob("*.abc")).read_text()
+    plain = httpx.post(f"{server.url}/v1/pieces", json={**PROMPT, "seed": 3, "outputs": ["abc", "midi"]}, timeout=120)
+    assert plain.status_code == 200, plain.text
+    body = plain.json()
+    assert body["outputs"]["abc"] == written and body["seed"] == 3 and body["complete"]
+    assert body["outputs"]["midi"] and body["outputs"]["svg"] is None
+    with httpx.stream("POST", f"{server.url}/v1/pieces/stream", json={**PROMPT, "seed": 3}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _stream_events(r)
+    bars = [data for kind, data in events if kind == "bar"]
+    assert [b["index"] for b in bars] == list(range(len(bars))) and len(bars) > 10
+    assert events[-1][0] == "done" and events[-1][1]["outputs"]["abc"] == written
+    body_lines = [line for line in "".join(b["text"] for b in bars).splitlines() if line.startswith("[r:")]
+    assert len(body_lines) == sum(line.startswith("[V:") for line in written.splitlines())
+
+
+def test_eight_concurrent_clients_all_answered_once(server, capsys):
+    """Through `loadtest --check`: every response is the piece the local engine makes for its seed."""
+    assert main(["loadtest", "--url", server.url, "--clients", "8", "--requests", "8", "--seed", "100",
+                 "--max-patches", "24", "--stream", "--check", "--backend", "ort-cpu", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == 8 and summary["errors"] == 0 and summary["check"]["differ"] == 0
+    assert summary["first_bar_seconds"]["p50"] <= summary["end_to_end_seconds"]["p50"]
+    from notagen_trt.serve.loadgen import request_bodies, run_load
+
+    outcomes, _ = asyncio.run(run_load(server.url, request_bodies(8, 200, max_patches=8), clients=8))
+    assert sorted(o.result["seed"] for o in outcomes) == list(range(200, 208))
+    assert [o.result["seed"] for o in outcomes] == [200 + o.index for o in outcomes]
+
+
+def _wait_for(check, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_client_that_leaves_frees_its_row(server):
+    before = server.metric("notagen_requests_total", endpoint="/v1/pieces/stream", outcome="cancelled")
+    with httpx.stream("POST", f"{server.url}/v1/pieces/stream", json=LONG, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: bar"):
+                break  # leave after the first bar: closing the stream closes the connection
+    _wait_for(lambda: server.metric("notagen_requests_total", endpoint="/v1/pieces/stream", outcome="cancelled")
+              == before + 1)
+    _wait_for(lambda: server.metric("notagen_active_rows", engine="0") == 0)
+    assert server.pool.engines[0].active == 0 and server.pool.waiting() == 0
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({**PROMPT, "composer": "Bahc"}, 422, "unknown composer"),
+    ({"period": "Baroque"}, 422, "all three"),
+    ({"seed": -1}, 422, "seed"),
+    ({"bars": -1}, 422, "bars"),
+    ({"max_patches": 10**12}, 422, "max_patches"),
+    ({"top_p": 0}, 422, "top_p"),
+    ({"outputs": ["pdf"]}, 422, "outputs"),
+    ({"colour": "blue"}, 422, "colour"),
+    ('{"seed": 1', 400, "malformed JSON"),
+    ("x" * (65 * 1024), 413, "larger than"),
+])
+def test_bad_requests_get_a_one_line_4xx(server, body, status, words):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
+    r = httpx.post(f"{server.url}/v1/pieces", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert words in error and "\n" not in error
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # still serving
+
+
+def test_unknown_paths_and_methods(server):
+    assert httpx.get(f"{server.url}/v2/nothing").json() == {"error": "no such endpoint: /v2/nothing"}
+    assert httpx.delete(f"{server.url}/v1/pieces").status_code == 405
+    prompts = httpx.get(f"{server.url}/v1/prompts").json()["prompts"]
+    assert len(prompts) == 112 and PROMPT in prompts
+
+
+def test_api_key_guards_every_endpoint_but_healthz(guarded):
+    assert httpx.get(f"{guarded.url}/healthz").status_code == 200
+    for path in ("/readyz", "/metrics", "/v1/prompts", "/openapi.json"):
+        r = httpx.get(f"{guarded.url}{path}")
+        assert r.status_code == 401 and "API key" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(f"{guarded.url}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{guarded.url}{path}", headers=_auth()).status_code == 200
+        assert httpx.get(f"{guarded.url}{path}", headers={"X-API-Key": KEY}).status_code == 200
+    assert httpx.post(f"{guarded.url}/v1/pieces", json={"seed": 1}).status_code == 401
+    assert guarded.metric("notagen_requests_total", endpoint="/v1/pieces", outcome="unauthorized") == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after(guarded):
+    """One row and a queue of one: a third piece is refused until the first two are done."""
+    with httpx.stream("POST", f"{guarded.url}/v1/pieces/stream", json=LONG, headers=_auth(), timeout=60) as first:
+        lines = first.iter_lines()  # kept: a closed line iterator would close the stream
+        next(line for line in lines if line.startswith("event: bar"))  # it holds the row
+        waiter = threading.Thread(target=httpx.post, args=(f"{guarded.url}/v1/pieces",),
+                                  kwargs={"json": {"seed": 1, "max_patches": 3}, "headers": _auth(), "timeout": 60})
+        waiter.start()
+        _wait_for(lambda: httpx.get(f"{guarded.url}/readyz", headers=_auth()).status_code == 503)
+        third = httpx.post(f"{guarded.url}/v1/pieces", json={"seed": 2, "max_patches": 3}, headers=_auth())
+        assert third.status_code == 503 and "queue is full" in third.json()["error"]
+        assert int(third.headers["retry-after"]) >= 1
+    waiter.join(60)  # the first one left: the waiting piece took its row and finished
+    assert httpx.get(f"{guarded.url}/readyz", headers=_auth()).json()["waiting"] == 0
+    assert guarded.metric("notagen_requests_total", endpoint="/v1/pieces", outcome="busy") == 1
+    assert guarded.metric("notagen_requests_total", endpoint="/v1/pieces", outcome="stopped") == 1
+
+
+# ---- schemathesis: the service's own OpenAPI schema, no 5xx ------------------------------------
+schemathesis = pytest.importorskip("schemathesis")
+
+
+@pytest.fixture(scope="module")
+def capped():
+    s = Server(ServeSettings(backend="ort-cpu", rows=4, threads=1, max_patches=4))
+    yield s
+    s.stop()
+
+
+@pytest.mark.slow
+def test_openapi_schema_finds_no_server_error(capped):
+    """Every operation of the live schema, 25 valid and 25 invalid generated requests each
+    (schemathesis' pytest plugin is driven by hand: its lazy fixture loader fails under pytest 9)."""
+    from hypothesis import given
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
+                                     status_code_conformance)
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    schema = schemathesis.openapi.from_url(f"{capped.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/pieces", "POST /v1/pieces/stream", "GET /v1/prompts"}
+    for operation, mode in itertools.product(operations, (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)):
+        if mode is GenerationMode.NEGATIVE and operation.method.upper() != "POST":
+            continue  # nothing to get wrong in a GET without parameters
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def fuzz(case):
+            case.call_and_validate(base_url=capped.url, checks=checks, timeout=60)
+
+        fuzz()
+    assert httpx.get(f"{capped.url}/readyz").json()["active"] == 0
+    for outcome in ("invalid", "stopped"):  # refused requests, and pieces made (4 patches at most here)
+        assert capped.metric("notagen_requests_total", endpoint="/v1/pieces", outcome=outcome) > 0
+
+
+# ---- Ray Serve: two replicas on the CPU ------------------------------------------------------
+@pytest.mark.slow
+def test_ray_serve_spreads_requests_over_two_replicas(tmp_path):
+    pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'notagen-trt[ray]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("notagen-trt", path=str(Path(sys.executable).parent)) or "notagen-trt"
+    log = open(tmp_path / "ray.log", "w")
+    proc = subprocess.Popen([exe, "serve", "--ray", "--replicas", "2", "--min-replicas", "2", "--gpus", "none",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "ray.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "Ray Serve did not come up"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(seed: int) -> httpx.Response:
+            return httpx.post(f"{url}/v1/pieces", json={"seed": seed, "max_patches": 10}, timeout=60)
+
+        with ThreadPoolExecutor(6) as ex:
+            responses = list(ex.map(one, range(16)))
+        assert all(r.status_code == 200 for r in responses)
+        replicas = {r.headers["x-notagen-replica"] for r in responses}
+        assert len(replicas) == 2, replicas
+        assert sorted(r.json()["seed"] for r in responses) == list(range(16))
+    finally:
+        proc.send_signal(signal.SIGINT)  # the CLI shuts Serve and its local Ray down
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
