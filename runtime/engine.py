@@ -325,6 +325,11 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
 
     from .backends import select_backend
 
+    if threads is None:
+        # ONNX Runtime CPU: one intra-op thread per call and the rows side by side, a core each
+        # (runtime/onnx_backend.py). Intra-op threads that spin for work made a demo patch 4x
+        # slower on a busy 2-core machine, and a patch's ops are too small to split anyway.
+        threads = 1
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
     rows = rows or chosen.default_rows
