@@ -15,6 +15,7 @@ which reproduce the reference exactly. The published rules are not here: the eng
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -176,10 +177,20 @@ class FastExecutor(Executor):
             self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
 
     # ---- the Executor interface --------------------------------------------------------------
+    # Each call makes this executor's GPU the current one: Triton launches, the capture's side
+    # stream and the graph pool follow the current device, and a service runs one engine per GPU.
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def load(self, row: int, patches: np.ndarray) -> None:
-        self._prefill(row, np.asarray(patches, dtype=np.int64))
+        with self._on_device():
+            self._prefill(row, np.asarray(patches, dtype=np.int64))
 
     def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
+        with self._on_device():
+            return self._sample(requests)
+
+    def _sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
         n = PATCH_SIZE
         host = self._staging.numpy()
         host[:] = 0
@@ -202,9 +213,10 @@ class FastExecutor(Executor):
         keep = self._keep_host.numpy()
         keep[:] = False
         keep[list(rows)] = True
-        self._keep.copy_(self._keep_host, non_blocking=True)
-        self.position += self._keep.long()
-        self.hidden.copy_(torch.where(self._keep[:, None], self.hidden_next, self.hidden))
+        with self._on_device():
+            self._keep.copy_(self._keep_host, non_blocking=True)
+            self.position += self._keep.long()
+            self.hidden.copy_(torch.where(self._keep[:, None], self.hidden_next, self.hidden))
 
     def close(self) -> None:
         self._graph = None
