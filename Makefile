@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: an unpinned torch would pull GBs of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# TensorRT-RTX (rtx) is part of CI: its builder makes real plans on this CPU-only machine.
-	$(PY) -m pip install -q -e ".[export,ort,music,test,rtx,verify,serve,ray]"
+	$(PY) -m pip install -q -e ".[export,ort,music,test,rtx,verify,serve,ray,ui]"
+	# The page's synthesizer without pyaudio (live playback, unused; it needs PortAudio headers to build).
+	$(PY) -m pip install -q --no-deps tinysoundfont==0.3.7
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -31,11 +31,21 @@ def _midi(musicxml: str) -> bytes:
         return music21.midi.translate.streamToMidiFile(score).writestr()
 
 
-def _svg(musicxml: str) -> str:
+def verovio_toolkit():
+    """A verovio toolkit with its fonts: the default resource path set at import holds for the
+    first toolkit only (verovio 6.x), later ones fail to load any score without it."""
+    from importlib.resources import files
+
     import verovio
 
     verovio.enableLog(verovio.LOG_OFF)
-    tk = verovio.toolkit()
+    tk = verovio.toolkit(False)
+    tk.setResourcePath(str(files("verovio") / "data"))
+    return tk
+
+
+def _svg(musicxml: str) -> str:
+    tk = verovio_toolkit()
     tk.setOptions({"adjustPageHeight": True, "footer": "none", "header": "none"})
     if not tk.loadData(musicxml):
         raise ValueError("verovio could not read the MusicXML")

@@ -4,6 +4,9 @@ batches: a new piece joins at the next patch. Every refusal is a 4xx (or 503) JS
 
 # No `from __future__ import annotations`: FastAPI reads the body type of the routes from a local
 # (the request model, capped per server) when the function is defined.
+import asyncio
+import base64
+import binascii
 import math
 import os
 import secrets
@@ -17,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from notagen_trt import __version__
 from notagen_trt.errors import NotaGenError
+from notagen_trt.runtime.continuation import Continuation, parse_continuation
 from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.prompts import Prompt, resolve_prompt, valid_prompts
 from notagen_trt.runtime.sampling import SamplingParams
@@ -56,18 +60,21 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
                        replica=replica or f"{socket.gethostname()}:{os.getpid()}")
     _error_handlers(app, metrics)
 
-    def start(body: PieceIn, path: str, stream: bool) -> Job:
-        prompt = _prompt(body)
+    def start(body: PieceIn, path: str, stream: bool, continuation: Continuation | None = None) -> Job:
+        prompt = _prompt(body) or (continuation.prompt if continuation else None)
+        if continuation is not None and (body.meter or body.key):
+            raise ApiError(422, "meter and key set a new piece's header; a continued piece keeps its file's")
         try:
             config = GenerationConfig(
                 seed=secrets.randbelow(2**32) if body.seed is None else body.seed,
                 sampling=SamplingParams(body.top_k, body.top_p, body.temperature),
-                max_patches=body.max_patches or max_patches, max_seconds=body.max_seconds, bars=body.bars)
+                max_patches=body.max_patches or max_patches, max_seconds=body.max_seconds, bars=body.bars,
+                meter=body.meter, key=body.key)
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
         formats = list(dict.fromkeys(body.outputs))
         try:
-            return Job(pool, metrics, path, prompt, config, formats, stream)
+            return Job(pool, metrics, path, prompt, config, formats, stream, continuation)
         except QueueFull as exc:
             retry = max(1, min(600, math.ceil(metrics.mean_piece_seconds * (pool.waiting() + 1) / pool.rows)))
             raise ApiError(503, f"{exc}; retry later", "busy", {"Retry-After": str(retry)}) from None
@@ -98,7 +105,7 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
 
     @app.post("/v1/pieces", response_model=PieceOut, summary="Generate a piece", responses=ERRORS)
     async def create_piece(body: request_model, request: Request):
-        job = start(body, "/v1/pieces", stream=False)
+        job = start(body, "/v1/pieces", stream=False, continuation=await _upload(body))
         try:
             if not await job.wait(request.is_disconnected):
                 return Response(status_code=499)  # nobody reads it
@@ -109,11 +116,25 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
     @app.post("/v1/pieces/stream", summary="Generate a piece, streaming each bar",
               response_class=StreamingResponse, responses={200: STREAM_DOC, **ERRORS})
     async def stream_piece(body: request_model):
-        job = start(body, "/v1/pieces/stream", stream=True)
+        job = start(body, "/v1/pieces/stream", stream=True, continuation=await _upload(body))
         return StreamingResponse(job.events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+async def _upload(body: PieceIn) -> Continuation | None:
+    """The piece to continue, converted off the event loop (music21 takes a second on a MIDI file)."""
+    if body.continuation is None:
+        return None
+    try:
+        data = base64.b64decode(body.continuation.data, validate=True)
+    except binascii.Error:
+        raise ApiError(422, "continuation.data: not base64; send the file's bytes base64-encoded") from None
+    try:
+        return await asyncio.to_thread(parse_continuation, body.continuation.name, data)
+    except NotaGenError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 def _prompt(body: PieceIn) -> Prompt | None:

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+from notagen_trt.runtime.continuation import Continuation
 from notagen_trt.runtime.engine import Event, PieceRequest
 from notagen_trt.runtime.outputs import convert
 from notagen_trt.runtime.piece import GenerationConfig
@@ -35,7 +36,8 @@ def sse(event: str, data: dict) -> str:
 
 class Job:
     def __init__(self, pool: EnginePool, metrics: ServiceMetrics, path: str, prompt: Prompt | None,
-                 config: GenerationConfig, formats: list[str], stream: bool) -> None:
+                 config: GenerationConfig, formats: list[str], stream: bool,
+                 continuation: Continuation | None = None) -> None:
         self.metrics, self.path, self.prompt, self.config = metrics, path, prompt, config
         self.formats, self.stream, self.backend = formats, stream, pool.backend
         self.loop = asyncio.get_running_loop()
@@ -45,7 +47,9 @@ class Job:
         self._first_bar = False
         self._last_patch: float | None = None
         self._recorded = False
-        self.handle = pool.submit(PieceRequest(prompt, config, tag=path), self._listen)
+        self.continuation = continuation  # a user's piece this one continues
+        text = continuation.text(prompt, config) if continuation else None
+        self.handle = pool.submit(PieceRequest(prompt, config, text=text, tag=path), self._listen)
 
     def _listen(self, event: Event) -> None:
         """On the engine's thread: time the piece, pass bars (streams) and its end to the loop."""
@@ -100,6 +104,8 @@ class Job:
             self._record("cancelled")
             raise ApiError(503, "the service is shutting down; the piece was cancelled", "cancelled")
         abc = piece_abc(self.prompt, self.config, piece, self.backend)
+        if self.continuation is not None:  # the user's bars, a marker comment, the new bars
+            abc = self.continuation.mark(abc)
         scores = [k for k in self.formats if k != "abc"]
         made, errors = await asyncio.to_thread(convert, abc, scores) if scores else ({}, {})
         if "midi" in made:

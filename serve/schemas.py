@@ -27,6 +27,15 @@ class PromptsOut(BaseModel):
     prompts: list[PromptOut] = Field(description="Every period / composer / instrumentation the model was tuned on")
 
 
+class FileIn(BaseModel):
+    """A user's score to continue, as a file: its name (the suffix says the format) and bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=200, examples=["chorale.mid"],
+                      description=".abc, .musicxml, .xml, .mxl, .mid or .midi (the server's --max-body bounds the size)")
+    data: str = Field(description="The file's bytes, base64")
+
+
 class PieceIn(BaseModel):
     """A piece to generate: all three of period, composer and instrumentation, or none of them
     (unconditional). The same seed and settings give the piece `notagen-trt generate` writes."""
@@ -46,6 +55,11 @@ class PieceIn(BaseModel):
     temperature: float = Field(1.2, ge=0.01, le=10, description="Sampling temperature")
     outputs: list[Format] = Field(["abc"], min_length=1, max_length=4,
                                   description="What to return: the ABC and any of its MusicXML, MIDI and SVG")
+    meter: str | None = Field(None, max_length=10, examples=["3/4"], description="Force the meter (M:) and bars of it")
+    key: str | None = Field(None, max_length=20, examples=["F#m"],
+                            description="Force the key (K:): D, Dm, Bb, F#m, or a mode such as Ddor")
+    continuation: FileIn | None = Field(None, description="Continue this piece: the answer is its bars, a comment "
+                                                          "line, then bars more (`bars`: how many, default 16)")
 
 
 def piece_request_model(cap: int | None) -> type[PieceIn]:

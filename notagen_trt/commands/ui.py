@@ -1,0 +1,72 @@
+"""`notagen-trt ui`: the web page for people who make music, and the HTTP API beside it, in one
+process over one engine pool (serve/ui.py mounted on serve/app.py's app)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from notagen_trt.errors import NotaGenError
+
+from .serve import LOOPBACK, _check_port, _need_extra
+
+UPLOAD_BODY = 12 * 1024 * 1024  # a page upload (a score file, 8 MB at most) with its form encoding
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    _need_extra(ray=False)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise NotaGenError("the page needs gradio: pip install 'notagen-trt[ui]'") from None
+    if not 0 < args.port < 65536:
+        raise NotaGenError(f"--port must be in 1..65535, got {args.port}")
+    from notagen_trt.serve.settings import ServeSettings, load_pool
+
+    settings = ServeSettings(model=args.model, backend=args.backend, precision=args.precision, rows=args.rows,
+                             threads=args.threads, gpus=args.gpus, max_queue=args.max_queue,
+                             max_patches=args.max_patches, max_body=UPLOAD_BODY)
+
+    def log(line: str) -> None:
+        print(f"ui: {line}", file=sys.stderr)
+
+    if args.host not in LOOPBACK:
+        log(f"warning: listening on {args.host}: anyone who reaches it can use the page and the API")
+    _check_port(args.host, args.port)
+    import uvicorn
+
+    from notagen_trt.serve.app import create_app
+    from notagen_trt.serve.ui import mount_ui
+
+    pool = load_pool(settings, log)
+    try:
+        app = mount_ui(create_app(pool, max_body=settings.max_body, max_patches=settings.max_patches), pool,
+                       max_patches=settings.max_patches)
+        log(f"http://{args.host}:{args.port}/ (the page; the API under /v1, its docs at /docs; Ctrl-C stops)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        pool.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from notagen_trt.runtime.backends import CHOICES, PRECISIONS
+    from notagen_trt.serve.settings import DEFAULT_MAX_QUEUE, DEFAULT_ROWS
+
+    p = sub.add_parser("ui", help="a web page to write, hear and download pieces (Gradio), with the HTTP API beside it")
+    p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
+    p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
+                   help="as for generate (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                   help=f"pieces written at once, from the page and the API together (default {DEFAULT_ROWS})")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: its own choice)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--gpus", default="all", help="as for serve: all (default), none, or GPU numbers such as 0,1")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"pieces that may wait for a row; more are told the server is busy (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--max-patches", type=int, default=None, help="cap every piece at this many patches")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default warning)")
+    p.set_defaults(func=_cmd_ui)

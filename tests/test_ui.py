@@ -1,0 +1,242 @@
+"""`notagen-trt ui`: the page (Gradio) and the API in one process over the demo model on ONNX
+Runtime's CPU backend, on a loopback port. The browser test drives Debian's chromium through
+Playwright: a piece from the menus and a seed, its score, player and downloads, a second person
+at the same time, and a bad upload. With NOTAGEN_UI_SCREENSHOTS=DIR it saves the page before and
+after generating (docs/ui-before.png, docs/ui-after.png come from there)."""
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+import wave
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from notagen_trt.commands.ui import UPLOAD_BODY  # noqa: E402
+from notagen_trt.corpus import default_split  # noqa: E402
+from notagen_trt.errors import NotaGenError  # noqa: E402
+from notagen_trt.runtime.continuation import MARKER  # noqa: E402
+from notagen_trt.serve.app import create_app  # noqa: E402
+from notagen_trt.serve.settings import ServeSettings, load_pool  # noqa: E402
+from notagen_trt.serve.ui import PieceFiles, chosen_prompt, composers, instrumentations, mount_ui, periods  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+MAX_PATCHES = 300  # keeps each piece to seconds on 2 CPU cores
+CHORALE = default_split("heldout") / "bach-bwv102.7.abc"
+
+
+class UiServer:
+    """The page and the API on a thread, on a free 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        self.pool = load_pool(ServeSettings(backend="ort-cpu", rows=2, threads=1, max_patches=MAX_PATCHES))
+        app = mount_ui(create_app(self.pool, max_body=UPLOAD_BODY, max_patches=MAX_PATCHES), self.pool,
+                       max_patches=MAX_PATCHES)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.pool.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = UiServer()
+    yield s
+    s.stop()
+
+
+# ---- without a browser ---------------------------------------------------------------------------------
+def test_menus_offer_only_valid_combinations():
+    from notagen_trt.runtime.prompts import valid_prompts
+
+    offered = {(p, c, i) for p in periods() for c in composers(p) for i in instrumentations(p, c)}
+    assert offered == {(v.period, v.composer, v.instrumentation) for v in valid_prompts()}
+    assert "Keyboard" in instrumentations("Romantic", "Chopin, Frederic")
+    with pytest.raises(NotaGenError, match="not a combination the model knows; pick again"):
+        chosen_prompt("Baroque", "Chopin, Frederic", "Keyboard")
+
+
+def test_piece_files_are_served_only_by_their_token():
+    files = PieceFiles()
+    try:
+        urls = files.store({"a.abc": "X:1\n", "a.mid": b"MThd"})
+        token = urls["a.abc"].split("/")[-2]
+        assert files.path(token, "a.abc").read_text() == "X:1\n"
+        assert files.path(token, "../a.abc") is None and files.path("x" * 16, "a.abc") is None
+        assert files.path(token, "b.abc") is None
+    finally:
+        files.close()
+    assert not files.root.exists()
+
+
+def test_midi_plays_to_a_wav():
+    import music21
+
+    from notagen_trt.serve.audio import midi_to_wav
+
+    score = music21.converter.parse("tinyNotation: 4/4 c4 d e f g1")
+    wav = wave.open(io.BytesIO(midi_to_wav(music21.midi.translate.streamToMidiFile(score).writestr())))
+    seconds = wav.getnframes() / wav.getframerate()
+    assert 4 < seconds < 10 and wav.getnchannels() == 1
+
+
+def test_api_takes_meter_key_and_a_file_to_continue(server):
+    body = {"period": "Baroque", "composer": "Bach, Johann Sebastian", "instrumentation": "Choral", "seed": 2,
+            "meter": "3/4", "key": "Dm", "max_patches": 120}
+    reply = httpx.post(f"{server.url}/v1/pieces", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    abc = reply.json()["outputs"]["abc"]
+    assert "\nM:3/4\n" in abc and "\nK:Dmin\n" in abc
+    upload = {"name": "chorale.abc", "data": base64.b64encode(CHORALE.read_bytes()).decode()}
+    reply = httpx.post(f"{server.url}/v1/pieces", json={"seed": 1, "continuation": upload, "max_patches": 150},
+                       timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert f"{MARKER}, after bar 15 of chorale.abc" in reply.json()["outputs"]["abc"]
+    for bad, says in (({"meter": "3/5"}, "meter must look like"),
+                      ({"continuation": {"name": "x.mid", "data": base64.b64encode(b"junk").decode()}},
+                       "x.mid: not a standard MIDI file"),
+                      ({"continuation": {"name": "x.mid", "data": "%%%"}}, "continuation.data: not base64"),
+                      ({"continuation": upload, "key": "D"}, "a continued piece keeps its file's")):
+        reply = httpx.post(f"{server.url}/v1/pieces", json={"seed": 1, **bad}, timeout=60)
+        assert reply.status_code == 422 and says in reply.json()["error"], reply.text
+
+
+# ---- in a browser ----------------------------------------------------------------------------------------
+def _browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (the browser test uses Debian's chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser test drives "
+                                                                   "Debian's chromium with it)")
+    return playwright.sync_playwright
+
+
+def _choose(page, elem: str, value: str) -> None:
+    page.click(f"#{elem} input")
+    page.fill(f"#{elem} input", value)
+    page.click(f"ul[role=listbox] li:has-text('{value}')")
+    page.wait_for_function(f"document.querySelector('#{elem} input').value === {value!r}")
+
+
+def _generate(page, period: str, composer: str, instrumentation: str, seed: int) -> None:
+    _choose(page, "period", period)
+    _choose(page, "composer", composer)
+    _choose(page, "instrumentation", instrumentation)
+    page.uncheck("#random-seed input")
+    page.fill("#seed input", str(seed))
+    page.click("#generate")
+
+
+def _wait_status(page, text: str, seconds: float = 240) -> str:
+    page.wait_for_function(f"document.querySelector('#status').innerText.includes({text!r})", timeout=seconds * 1000)
+    return page.inner_text("#status")
+
+
+def _audio_seconds(page) -> float:
+    return page.evaluate("""async () => {
+        const a = document.querySelector('#player audio');
+        if (!(a.duration > 0)) await new Promise(done => { a.addEventListener('loadedmetadata', done, {once: true});
+                                                         a.load(); });
+        return a.duration; }""")
+
+
+@pytest.mark.browser
+def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
+    import music21
+
+    from notagen_trt.runtime.abcio import to_musicxml
+
+    shots = os.environ.get("NOTAGEN_UI_SCREENSHOTS")
+    with _browser()() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url, timeout=60_000)
+            page.wait_for_selector("#generate")
+            if shots:
+                page.screenshot(path=str(Path(shots) / "ui-before.png"), full_page=True)
+
+            # A second person, in their own browser context, generating at the same time.
+            other = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+            other.goto(server.url, timeout=60_000)
+            other.wait_for_selector("#generate")
+            other.evaluate("""() => { window.seen = [];
+                new MutationObserver(() => window.seen.push(document.querySelector('#status').innerText))
+                    .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""")
+            _generate(other, "Romantic", "Chopin, Frederic", "Keyboard", 3)
+            _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 0)
+
+            status = _wait_status(page, "Done:")
+            assert "seed 0" in status and page.input_value("#seed input") == "0"
+            assert page.eval_on_selector_all("#score svg g.measure", "els => els.length") >= 4, status
+            assert _audio_seconds(page) > 1
+            if shots:
+                page.screenshot(path=str(Path(shots) / "ui-after.png"), full_page=True)
+            links = page.eval_on_selector_all("#downloads a", "els => els.map(a => [a.dataset.kind, a.href])")
+            assert sorted(kind for kind, _ in links) == ["abc", "mid", "musicxml", "svg", "wav"], status
+            for kind, url in links:
+                reply = page.request.get(url)
+                assert reply.ok, (kind, reply.status)
+                path = tmp_path / f"piece.{kind}"
+                path.write_bytes(reply.body())
+                if kind == "abc":
+                    assert to_musicxml(path.read_text())  # abctoolkit's abc2xml reads it
+                elif kind in ("musicxml", "mid"):
+                    assert music21.converter.parse(path).flatten().notes
+                elif kind == "svg":
+                    assert b"<svg" in path.read_bytes()[:400]
+                else:
+                    assert wave.open(str(path)).getnframes() > 0
+
+            assert "seed 3" in _wait_status(other, "Done:")  # the second person's piece finished too
+            assert any("lines so far" in s for s in other.evaluate("window.seen"))  # drawn as bars arrived
+
+            # A bad upload is a sentence on the page, and the page keeps working.
+            page.set_input_files("#upload input[type=file]",
+                                 files=[{"name": "noise.mid", "mimeType": "audio/midi", "buffer": bytes(range(256))}])
+            page.click("#generate")
+            assert "noise.mid: not a standard MIDI file" in _wait_status(page, "⚠️", 60)
+            assert "Traceback" not in page.content()
+            page.click("#upload button[aria-label='Clear']")
+            page.click("#generate")
+            _wait_status(page, "Done:")
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_the_page_continues_an_uploaded_file(server, tmp_path):
+    upload = tmp_path / "chorale.abc"
+    shutil.copy(CHORALE, upload)
+    with _browser()() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url, timeout=60_000)
+            page.wait_for_selector("#generate")
+            page.set_input_files("#upload input[type=file]", str(upload))
+            page.click("#generate")
+            _wait_status(page, "Done:")
+            abc = page.inner_text("#abc")
+            assert MARKER in abc and "after bar 15 of chorale.abc" in abc
+        finally:
+            browser.close()
