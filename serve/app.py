@@ -129,7 +129,7 @@ async def _upload(body: PieceIn) -> Continuation | None:
         return None
     try:
         data = base64.b64decode(body.continuation.data, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
         raise ApiError(422, "continuation.data: not base64; send the file's bytes base64-encoded") from None
     try:
         return await asyncio.to_thread(parse_continuation, body.continuation.name, data)

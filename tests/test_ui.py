@@ -116,6 +116,7 @@ def test_api_takes_meter_key_and_a_file_to_continue(server):
                       ({"continuation": {"name": "x.mid", "data": base64.b64encode(b"junk").decode()}},
                        "x.mid: not a standard MIDI file"),
                       ({"continuation": {"name": "x.mid", "data": "%%%"}}, "continuation.data: not base64"),
+                      ({"continuation": {"name": "x.mid", "data": "\u00e9"}}, "continuation.data: not base64"),
                       ({"continuation": upload, "key": "D"}, "a continued piece keeps its file's")):
         reply = httpx.post(f"{server.url}/v1/pieces", json={"seed": 1, **bad}, timeout=60)
         assert reply.status_code == 422 and says in reply.json()["error"], reply.text
