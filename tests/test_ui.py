@@ -241,3 +241,21 @@ def test_the_page_continues_an_uploaded_file(server, tmp_path):
             assert MARKER in abc and "after bar 15 of chorale.abc" in abc
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_stop_ends_the_piece_and_keeps_what_was_written(server):
+    with _browser()() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url, timeout=60_000)
+            page.wait_for_selector("#generate")
+            page.fill("#length input[type=number]", "64")
+            _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
+            _wait_status(page, "lines so far", 120)
+            page.click("#stop")
+            status = _wait_status(page, "Done:", 60)
+            assert "stopped" in status and "[V:1]" in page.inner_text("#abc")
+        finally:
+            browser.close()
