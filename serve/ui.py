@@ -322,7 +322,8 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         with gr.Row():
             random_seed = gr.Checkbox(True, label="New random seed each time", elem_id="random-seed")
             seed = gr.Number(None, precision=0, minimum=0, label="Seed (the one used is shown)", elem_id="seed")
-            length = gr.Slider(0, 64, value=0, step=1, label="Length in bars (0: the model's choice)", elem_id="length")
+            length = gr.Slider(0, 64, value=0, step=1, label="Length in bars (0: the model's choice; with a file: bars to add)",
+                               elem_id="length")
             meter = gr.Dropdown(METERS, value=ANY, allow_custom_value=True, label="Meter", elem_id="meter")
             key = gr.Dropdown(KEYS, value=ANY, allow_custom_value=True, label="Key", elem_id="key")
         with gr.Accordion("Advanced", open=False):
