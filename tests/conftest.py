@@ -115,3 +115,29 @@ def demo_variant(tmp_path_factory):
         return made[precision]
 
     return get
+
+
+class LoopbackServer:
+    """An ASGI app under uvicorn on a thread, on a free 127.0.0.1 port (service and page tests)."""
+
+    def __init__(self, app, start_seconds: float = 30) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + start_seconds
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def stop_server(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

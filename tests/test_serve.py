@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BACH
+from conftest import BACH, LoopbackServer
 from hypothesis import HealthCheck, settings
 
 pytest.importorskip("fastapi")
@@ -34,25 +34,13 @@ KEY = "s3cret-key"
 LONG = {"period": "Romantic", "composer": "Chopin, Frederic", "instrumentation": "Keyboard", "seed": 1, "bars": 200}
 
 
-class Server:
-    """uvicorn on a thread, on a free 127.0.0.1 port."""
+class Server(LoopbackServer):
+    """The service on a thread, on a free 127.0.0.1 port."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        import uvicorn
-
         self.pool = load_pool(settings)
-        app = create_app(self.pool, api_key=settings.api_key, max_body=settings.max_body,
-                         max_patches=settings.max_patches)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+        super().__init__(create_app(self.pool, api_key=settings.api_key, max_body=settings.max_body,
+                                    max_patches=settings.max_patches))
 
     def metric(self, name: str, **labels) -> float:
         text = httpx.get(f"{self.url}/metrics", headers=_auth()).text
@@ -60,8 +48,7 @@ class Server:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.split(" ")[0] == want)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.stop_server()
         self.pool.close()
 
 

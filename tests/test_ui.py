@@ -8,13 +8,11 @@ import base64
 import io
 import os
 import shutil
-import socket
-import threading
-import time
 import wave
 from pathlib import Path
 
 import pytest
+from conftest import LoopbackServer
 
 pytest.importorskip("gradio")
 pytest.importorskip("fastapi")
@@ -34,27 +32,16 @@ MAX_PATCHES = 300  # keeps each piece to seconds on 2 CPU cores
 CHORALE = default_split("heldout") / "bach-bwv102.7.abc"
 
 
-class UiServer:
+class UiServer(LoopbackServer):
     """The page and the API on a thread, on a free 127.0.0.1 port."""
 
     def __init__(self) -> None:
         self.pool = load_pool(ServeSettings(backend="ort-cpu", rows=2, threads=1, max_patches=MAX_PATCHES))
-        app = mount_ui(create_app(self.pool, max_body=UPLOAD_BODY, max_patches=MAX_PATCHES), self.pool,
-                       max_patches=MAX_PATCHES)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+        super().__init__(mount_ui(create_app(self.pool, max_body=UPLOAD_BODY, max_patches=MAX_PATCHES), self.pool,
+                                  max_patches=MAX_PATCHES), start_seconds=60)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.stop_server()
         self.pool.close()
 
 

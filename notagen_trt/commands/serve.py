@@ -77,26 +77,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, queue_help: str) -> None:
+    """The model, engine and listening options `serve` and `ui` share."""
     from notagen_trt.runtime.backends import CHOICES, PRECISIONS
-    from notagen_trt.serve.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE, DEFAULT_ROWS
+    from notagen_trt.serve.settings import DEFAULT_MAX_QUEUE, DEFAULT_ROWS
 
-    p = sub.add_parser("serve", help="serve pieces over HTTP (FastAPI; in-flight batching; optional Ray Serve)")
     p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
     p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
                    help="as for generate (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                   help=f"pieces in flight per engine; requests beyond wait in the queue (default {DEFAULT_ROWS})")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: its own choice)")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"{rows_help} (default {DEFAULT_ROWS})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime CPU threads per call (default 1: rows run side by side, a core each)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     p.add_argument("--gpus", default="all",
                    help="all (default): one engine per visible GPU (fast CUDA path); 0,1: those GPUs; none: the CPU")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"pieces that may wait for a row; more are answered 503 (default {DEFAULT_MAX_QUEUE})")
+                   help=f"pieces that may wait for a row; {queue_help} (default {DEFAULT_MAX_QUEUE})")
     p.add_argument("--max-patches", type=int, default=None,
                    help="cap every piece at this many patches (requests may ask for fewer)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from notagen_trt.serve.settings import DEFAULT_MAX_BODY
+
+    p = sub.add_parser("serve", help="serve pieces over HTTP (FastAPI; in-flight batching; optional Ray Serve)")
+    add_engine_arguments(p, port=8000, rows_help="pieces in flight per engine; requests beyond wait in the queue",
+                         queue_help="more are answered 503")
     p.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY,
                    help=f"request body limit in bytes; larger is 413 (default {DEFAULT_MAX_BODY})")
     p.add_argument("--api-key-file", help="a file holding the API key every endpoint but /healthz requires "

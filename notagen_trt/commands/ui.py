@@ -8,7 +8,7 @@ import sys
 
 from notagen_trt.errors import NotaGenError
 
-from .serve import LOOPBACK, _check_port, _need_extra
+from .serve import LOOPBACK, _check_port, _need_extra, add_engine_arguments
 
 UPLOAD_BODY = 12 * 1024 * 1024  # a page upload (a score file, 8 MB at most) with its form encoding
 
@@ -50,23 +50,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from notagen_trt.runtime.backends import CHOICES, PRECISIONS
-    from notagen_trt.serve.settings import DEFAULT_MAX_QUEUE, DEFAULT_ROWS
-
     p = sub.add_parser("ui", help="a web page to write, hear and download pieces (Gradio), with the HTTP API beside it")
-    p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
-    p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
-                   help="as for generate (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                   help=f"pieces written at once, from the page and the API together (default {DEFAULT_ROWS})")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: its own choice)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--gpus", default="all", help="as for serve: all (default), none, or GPU numbers such as 0,1")
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"pieces that may wait for a row; more are told the server is busy (default {DEFAULT_MAX_QUEUE})")
-    p.add_argument("--max-patches", type=int, default=None, help="cap every piece at this many patches")
+    add_engine_arguments(p, port=7860, rows_help="pieces written at once, from the page and the API together",
+                         queue_help="more are told the server is busy")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default warning)")
     p.set_defaults(func=_cmd_ui)
