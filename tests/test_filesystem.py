@@ -320,3 +320,15 @@ def test_a_library_failing_on_a_full_disk_says_so(tmp_path, monkeypatch):
                                            r"proper ai.onnx domain\); free some disk space"):
         with files.out_of_space_is_one_line(tmp_path):
             raise ValueError("Failed to find proper ai.onnx domain")
+
+
+def test_build_force_replaces_another_stage_output_whole(capsys, tiny_dir, tmp_path):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "notes.txt").write_text("not an engine")
+    rc, err = run_cli(capsys, "build", "--model", _tiny(tiny_dir), "--flavor", "rtx", "--out", str(out))
+    assert rc == 2 and "--force" in err and (out / "notes.txt").is_file()  # refused, nothing touched
+    rc, _ = run_cli(capsys, "build", "--model", _tiny(tiny_dir), "--flavor", "rtx", "--out", str(out), "--force")
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "char_decoder.plan", "manifest.json", "patch_decoder.plan"]

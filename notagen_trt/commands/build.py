@@ -12,13 +12,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from notagen_trt.engines.build import build_engines
     from notagen_trt.files import prepare_engine_out
 
-    prepare_engine_out(args.out, args.model, getattr(args, "force", False))  # a bad --out fails before any work
+    claim = prepare_engine_out(args.out, args.model, args.force)  # a bad --out fails before any work
     model = args.model or demo_model_dir()
     ccs = [c.strip() for c in args.compute_capability.split(",") if c.strip()] if args.compute_capability else None
     manifest = build_engines(model, args.out, flavor=args.flavor, max_batch=args.max_batch, compute_capabilities=ccs,
                              timing_cache=args.timing_cache, version_compatible=args.version_compatible,
                              optimization_level=args.optimization_level,
                              log=_stderr if args.json else print)  # --json: stdout holds the JSON alone
+    # The previous contents of --out (an earlier engine, or anything --force replaced) go now.
+    claim.finish(["manifest.json", *(g["file"] for g in manifest["graphs"].values())])
     engine = manifest["engine"]
     rows = {name: {"bytes": g["plan"]["bytes"], "build_seconds": g["build_seconds"]}
             for name, g in manifest["graphs"].items()}
@@ -40,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flavor", choices=("trt", "rtx"), default="rtx",
                    help="trt: full TensorRT, built on the target GPU; rtx: TensorRT-RTX, builds without a GPU")
     p.add_argument("--out", required=True, help="engine directory to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace whatever --out holds (by default only an earlier engine of this precision)")
     p.add_argument("--max-batch", type=int, default=1, help="largest batch the profiles allow (default 1)")
     p.add_argument("--compute-capability", help="comma-separated targets, e.g. 8.6,8.9,12.0 (rtx); trt: this GPU's, "
                    "or ampere+ (default: this GPU, or 8.6,8.9,12.0 for rtx without one)")
