@@ -332,3 +332,12 @@ def test_build_force_replaces_another_stage_output_whole(capsys, tiny_dir, tmp_p
     assert rc == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "char_decoder.plan", "manifest.json", "patch_decoder.plan"]
+
+
+def test_train_checks_its_output_before_training(capsys, tmp_path):
+    rc, err = run_cli(capsys, "train", "--out", str(tmp_path), "--steps", "1")
+    assert_one_line_error(rc, err, str(tmp_path), "is a folder")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc, err = run_cli(capsys, "train", "--out", str(blocker / "m.pth"), "--steps", "1")
+    assert_one_line_error(rc, err, "is a file")

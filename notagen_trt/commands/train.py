@@ -7,9 +7,19 @@ import json
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from notagen_trt.config import ModelConfig
     from notagen_trt.corpus import default_split
+    from notagen_trt.errors import NotaGenError
     from notagen_trt.export.train import TrainConfig, train
+    from notagen_trt.files import prepare_out_dir
+
+    # A checkpoint file: its folder must take it, and checked before minutes of training.
+    out = Path(args.out)
+    if out.is_dir():
+        raise NotaGenError(f"{out}: is a folder; --out names the checkpoint file to write, e.g. {out / 'model.pth'}")
+    prepare_out_dir(out.parent, "train", fix="pass --out in a folder you can write")
 
     device = args.device
     if device == "auto":
