@@ -5,6 +5,7 @@ at the same time, and a bad upload. With NOTAGEN_UI_SCREENSHOTS=DIR it saves the
 after generating (docs/ui-before.png, docs/ui-after.png come from there)."""
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -211,38 +212,38 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
             browser.close()
 
 
+@contextlib.contextmanager
+def _page(server):
+    """A fresh headless chromium page on the served UI, closed afterwards."""
+    with _browser()() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url, timeout=60_000)
+            page.wait_for_selector("#generate")
+            yield page
+        finally:
+            browser.close()
+
+
 @pytest.mark.browser
 def test_the_page_continues_an_uploaded_file(server, tmp_path):
     upload = tmp_path / "chorale.abc"
     shutil.copy(CHORALE, upload)
-    with _browser()() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(server.url, timeout=60_000)
-            page.wait_for_selector("#generate")
-            page.set_input_files("#upload input[type=file]", str(upload))
-            page.click("#generate")
-            _wait_status(page, "Done:")
-            abc = page.inner_text("#abc")
-            assert MARKER in abc and "after bar 15 of chorale.abc" in abc
-        finally:
-            browser.close()
+    with _page(server) as page:
+        page.set_input_files("#upload input[type=file]", str(upload))
+        page.click("#generate")
+        _wait_status(page, "Done:")
+        abc = page.inner_text("#abc")
+        assert MARKER in abc and "after bar 15 of chorale.abc" in abc
 
 
 @pytest.mark.browser
 def test_stop_ends_the_piece_and_keeps_what_was_written(server):
-    with _browser()() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(server.url, timeout=60_000)
-            page.wait_for_selector("#generate")
-            page.fill("#length input[type=number]", "64")
-            _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
-            _wait_status(page, "lines so far", 120)
-            page.click("#stop")
-            status = _wait_status(page, "Done:", 60)
-            assert "stopped" in status and "[V:1]" in page.inner_text("#abc")
-        finally:
-            browser.close()
+    with _page(server) as page:
+        page.fill("#length input[type=number]", "64")
+        _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
+        _wait_status(page, "lines so far", 120)
+        page.click("#stop")
+        status = _wait_status(page, "Done:", 60)
+        assert "stopped" in status and "[V:1]" in page.inner_text("#abc")
