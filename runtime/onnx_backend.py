@@ -149,48 +149,33 @@ class _Session(StepSession):
     def reset(self) -> None:
         self._patch_past: Past | None = None
         self._char_past: Past = []
-        self._zero_hidden: np.ndarray | None = None  # set by char_start_batch
 
     def _run(self, graph: _Graph, head: dict[str, np.ndarray], past: Past) -> tuple[np.ndarray, Past]:
         raise NotImplementedError
 
-    # Batch-first steps: every row of a batch is at the same length (rows are pieces in lockstep).
-    def extend_batch(self, patches: np.ndarray) -> np.ndarray:
-        """patches [B, k, 16] -> the last patch's hidden state per row, [B, H]."""
-        g = self.backend.patch
-        patches = _ids(patches)
-        past = self._patch_past or [empty_past(self.backend.config, len(patches))] * len(g.io.past_names)
-        hidden, self._patch_past = self._run(g, {g.io.head_names[0]: patches}, past)
-        return hidden[:, -1]
-
-    def char_start_batch(self, hidden: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """hidden [B, H], tokens [B, t] (bos placeholder + forced prefix) -> next logits [B, 128]."""
-        ids_name, hidden_name = self.backend.char.io.head_names
-        tokens = _ids(tokens)
-        head = {ids_name: tokens, hidden_name: np.asarray(hidden, dtype=np.float32)}
-        past = [empty_past(self.backend.config, len(tokens))] * len(self.backend.char.io.past_names)
-        logits, self._char_past = self._run(self.backend.char, head, past)
-        # patch_hidden is ignored after position 0: the patch's char steps share one zero [B, H].
-        self._zero_hidden = np.zeros_like(head[hidden_name])
-        return logits[:, -1]
-
-    def char_step_batch(self, tokens: np.ndarray) -> np.ndarray:
-        """One more character per row, [B] -> next logits [B, 128]."""
-        g = self.backend.char
-        ids_name, hidden_name = g.io.head_names
-        logits, self._char_past = self._run(g, {ids_name: _ids(tokens)[:, None], hidden_name: self._zero_hidden},
-                                            self._char_past)
-        return logits[:, -1]
-
     # StepSession: one piece, batch 1.
     def extend(self, patches: np.ndarray) -> np.ndarray:
-        return self.extend_batch(_ids(patches)[None])[0]
+        """patches [k, 16] -> the last patch's hidden state, [H]."""
+        g = self.backend.patch
+        past = self._patch_past or [empty_past(self.backend.config, 1)] * len(g.io.past_names)
+        hidden, self._patch_past = self._run(g, {g.io.head_names[0]: _ids(patches)[None]}, past)
+        return hidden[0, -1]
 
     def char_start(self, hidden: np.ndarray, tokens: list[int]) -> np.ndarray:
-        return self.char_start_batch(np.asarray(hidden)[None], _ids(tokens)[None])[0]
+        """hidden [H], tokens (bos placeholder + forced prefix) -> next logits [128]."""
+        g = self.backend.char
+        ids_name, hidden_name = g.io.head_names
+        head = {ids_name: _ids(tokens)[None], hidden_name: np.asarray(hidden, dtype=np.float32)[None]}
+        logits, self._char_past = self._run(g, head, [empty_past(self.backend.config, 1)] * len(g.io.past_names))
+        return logits[0, -1]
 
     def char_step(self, token: int) -> np.ndarray:
-        return self.char_step_batch(_ids([token]))[0]
+        """One more character -> next logits [128]; patch_hidden is ignored after position 0."""
+        g = self.backend.char
+        ids_name, hidden_name = g.io.head_names
+        zero = np.zeros((1, self.backend.config.hidden_size), dtype=np.float32)
+        logits, self._char_past = self._run(g, {ids_name: _ids([[token]]), hidden_name: zero}, self._char_past)
+        return logits[0, -1]
 
 
 def empty_past(config: ModelConfig, batch: int) -> np.ndarray:
