@@ -52,6 +52,9 @@ class Row:
     executor: str = ""
     inflight_pieces: int | None = None  # in-flight rows: pieces sent through the rows
     inflight_seconds: float | None = None
+    inflight_steps: int | None = None  # engine steps the in-flight pieces took
+    inflight_row_use: float | None = None  # share of row-steps that carried a piece (the tail leaves rows idle)
+    inflight_outside_steps_s: float | None = None  # wall seconds outside steps: admission, context loads
 
 
 def context_text(n: int) -> str:
@@ -84,17 +87,20 @@ def _time_steps(engine: Engine, spec: dict) -> list[float]:
     return times[spec["warmup"] : want]
 
 
-def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int]:
-    """(seconds, pieces): K unconditional pieces, each stopped at a length drawn in [lo, hi]
-    patches (or earlier at a sampled EOS), sent through the rows as `generate` sends them."""
+def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int, list[tuple[float, int]]]:
+    """(seconds, pieces, [(step seconds, rows stepped)]): K unconditional pieces, each stopped at
+    a length drawn in [lo, hi] patches (or earlier at a sampled EOS), sent through the rows as
+    `generate` sends them."""
     rng = np.random.default_rng(1)
     lo, hi = spec["inflight_patches"]
     requests = [PieceRequest(None, GenerationConfig(seed=i, max_patches=int(n)))
                 for i, n in enumerate(rng.integers(lo, hi + 1, spec["inflight"]))]
     engine.generate([PieceRequest(None, GenerationConfig(seed=10**6, max_patches=spec["warmup"] + 1))])  # capture
+    steps: list[tuple[float, int]] = []
+    engine.on_step.append(lambda seconds, rows: steps.append((seconds, rows)))
     start = time.perf_counter()
     done = len(engine.generate(requests))
-    return time.perf_counter() - start, done
+    return time.perf_counter() - start, done, steps
 
 
 def _backend(spec: dict, config: ModelConfig):
@@ -193,8 +199,8 @@ def measure_one(spec: dict) -> dict:
     with Engine(_backend(spec, config).executor(batch)) as engine:
         name = engine.executor.name
         if spec.get("inflight"):
-            seconds, pieces = _time_inflight(engine, spec)
-            times = [seconds / max(1, engine.stats.steps)]
+            seconds, pieces, steps = _time_inflight(engine, spec)
+            times = [t for t, _ in steps] or [seconds]
         else:
             times = _time_steps(engine, spec)
     process_gpu = _gpu_mb() if gpu else None
@@ -217,7 +223,14 @@ def measure_one(spec: dict) -> dict:
                       gpu_process_mb=None if process_gpu is None else round(process_gpu, 1),
                       device=_device_name(gpu), executor=name,
                       inflight_pieces=pieces if spec.get("inflight") else None,
-                      inflight_seconds=round(seconds, 3) if spec.get("inflight") else None))
+                      inflight_seconds=round(seconds, 3) if spec.get("inflight") else None,
+                      **(_inflight_use(steps, seconds, batch) if spec.get("inflight") else {})))
+
+
+def _inflight_use(steps: list[tuple[float, int]], seconds: float, rows: int) -> dict:
+    return {"inflight_steps": len(steps),
+            "inflight_row_use": round(sum(r for _, r in steps) / max(1, rows * len(steps)), 3),
+            "inflight_outside_steps_s": round(seconds - sum(t for t, _ in steps), 3)}
 
 
 def bandwidth_floor_ms(config: ModelConfig, bytes_per_weight: float, gb_per_s: float) -> float:

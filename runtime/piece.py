@@ -186,21 +186,23 @@ class PieceState:
         already = len(self._prefix) if self._prefix_in_text else 0
         sampled_under = self._prefix, self._prefix_in_text
         self._prefix, self._prefix_in_text = [], False
-        forced = self._forced_header_line(codec.decode_patch(patch))
+        patch = patch.tolist() if isinstance(patch, np.ndarray) else list(patch)  # the engine runs this per row per patch
+        text = codec.decode_patch(patch)
+        forced = self._forced_header_line(text)
         if forced is not None:  # sampled again, as the whole wanted line and its eos
             self._prefix = codec.to_ids(forced, pad=False) + [EOS_ID]
             return Decision.RESAMPLE
-        if not self.in_body and codec.decode_patch(patch).startswith("[r:"):
+        if not self.in_body and text.startswith("[r:"):
             self.in_body = True  # the first body patch is sampled again with the forced prefix
             self._prefix = codec.to_ids(cfg.forced_body_prefix(), pad=False)
             return Decision.RESAMPLE
-        verdict = self._meter_rule(patch, codec.decode_patch(patch)[already:], sampled_under)
+        verdict = self._meter_rule(patch, text[already:], sampled_under)
         if verdict is not None:
             return verdict
         piece.patches += 1
         if codec.is_eos_patch(patch):
             return self.stop("eos")
-        piece.text += codec.decode_patch(patch)[already:]
+        piece.text += text[already:]
         self._full_patch = self.in_body and EOS_ID not in patch
         self._context += 1
         if len(piece.text) > cfg.max_chars:
@@ -231,7 +233,7 @@ class PieceState:
                 self._header_seen.add(name)
         return None
 
-    def _meter_rule(self, patch: np.ndarray, added: str, sampled_under: tuple[list[int], bool]) -> Decision | None:
+    def _meter_rule(self, patch: list[int], added: str, sampled_under: tuple[list[int], bool]) -> Decision | None:
         """A forced meter: a voice's bar whose length disagrees with it is sampled again (when it
         is all in this patch) or taken back to where it started (RELOAD), at most MAX_BAR_RETRIES
         times, then it stands. None: the patch goes on to the published rules."""

@@ -96,6 +96,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for row in rows:
         if ref_ms and "ms_per_patch_median" in row:
             row["speedup_vs_published"] = round(ref_ms / row["ms_per_patch_median"], 2)
+        if row.get("inflight_pieces"):  # the same K pieces through one row, in this run
+            one = next((r for r in rows if r.get("inflight_pieces") and r["batch"] == 1
+                        and (r["backend"], r["precision"]) == (row["backend"], row["precision"])), None)
+            if one:
+                row["inflight_vs_one_row"] = round(row["pieces_per_minute"] / one["pieces_per_minute"], 2)
     bandwidth = bench.measure_copy_bandwidth_gb_s() if torch_device == "cuda" else None
     report = {
         "model": config.to_dict(),
@@ -133,6 +138,8 @@ def _table(report: dict) -> None:
             table.add_row(r["backend"], r["precision"], str(r["batch"]), f"error: {r['error']}", "", "", "", "", "")
             continue
         label = r["backend"] + (f" in-flight x{r['inflight_pieces']}" if r.get("inflight_pieces") else "")
+        if r.get("inflight_vs_one_row") and r["batch"] > 1:
+            label += f" ({r['inflight_vs_one_row']:.1f}x one row)"
         table.add_row(label, r["precision"], str(r["batch"]), f"{r['ms_per_patch_median']:.2f}",
                       f"{r['ms_per_patch_p90']:.2f}", f"{r.get('speedup_vs_published', 0):.1f}",
                       f"{r['pieces_per_minute']:.1f}", f"{r['peak_rss_mb']:.0f}",
