@@ -175,6 +175,9 @@ class FastExecutor(Executor):
             self.logits = zeros(rows, VOCAB_SIZE, dt=torch.float32)
             ln_f = self.model.patch_level_decoder.base.ln_f
             self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
+        if self.graph_enabled:
+            with self._on_device():
+                self._capture()
 
     # ---- the Executor interface --------------------------------------------------------------
     # Each call makes this executor's GPU the current one: Triton launches, the capture's side
@@ -330,20 +333,32 @@ class FastExecutor(Executor):
         if not self.graph_enabled:
             self._attempt()
             return
-        if self._graph is None:  # warm up on a side stream, then capture
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            saved = [t.clone() for t in (self.hidden, self.position)]
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._attempt()
-            torch.cuda.current_stream().wait_stream(stream)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._attempt()
-            self.hidden.copy_(saved[0])
-            self.position.copy_(saved[1])
+        if self._graph is None:
+            self._capture()
         self._graph.replay()
+
+    def _capture(self) -> None:
+        """Warm up on a side stream, then capture one patch for every row. Done when the executor
+        is made (its buffers are fixed, their contents do not matter), so engines made one after
+        another never capture while another engine's thread runs GPU work."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        saved = [t.clone() for t in (self.hidden, self.position)]
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._attempt()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # Our own stream: torch.cuda.graph's default capture stream is made once per process, on
+        # whichever GPU captured first, so a second GPU's engine would capture onto the first's.
+        # thread_local: in the default (global) mode a capture fails every other thread's
+        # unsafe CUDA calls, and its own with them.
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            self._attempt()
+        self._graph = graph  # only a whole capture is kept (a failed one is tried again)
+        self.hidden.copy_(saved[0])
+        self.position.copy_(saved[1])
+        torch.cuda.current_stream().synchronize()
 
     @property
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

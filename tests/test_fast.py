@@ -78,6 +78,32 @@ def test_cuda_graph_replay_equals_eager(trained):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for graph capture")
+def test_engines_on_two_threads_capture_side_by_side(trained):
+    """A service runs one engine per GPU (two GPUs where there are), each on its own thread: the
+    second engine's graph must be captured on its own GPU, and running side by side changes no piece."""
+    import threading
+
+    devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(2)]
+    requests = [PieceRequest(None, GenerationConfig(seed=s, max_patches=30)) for s in range(4)]
+    engines = [Engine(FastBackend(copy.deepcopy(trained), d, "fp32").executor(4)) for d in devices]
+    want = Engine(FastBackend(copy.deepcopy(trained), devices[0], "fp32").executor(4)).generate(requests)  # alone
+    results: dict[int, list] = {}
+    go = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        go.wait()
+        results[i] = [p.text for p in engines[i].generate(requests)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: [p.text for p in want], 1: [p.text for p in want]}
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for the Triton sampler")
 def test_triton_sampler_matches_numpy_sampler():
     from notagen_trt.fastpath.sampler_kernel import sample_into
