@@ -150,11 +150,13 @@ class FastExecutor(Executor):
         self.position = zeros(rows, dt=torch.long)  # next patch position per row
         self.hidden = zeros(rows, cfg.hidden_size)  # hidden state of each row's last accepted patch
         self.hidden_next = zeros(rows, cfg.hidden_size)
-        # A patch's host inputs travel in one copy from one pinned buffer, [rows, 3 * 16 + 3] int64:
+        # A patch's host inputs travel in one copy from one pinned buffer, [rows, 3 * 16 + 4] int64:
         # uniforms (float64 bits), forced ids, forced mask, top_k, top_p and 1 / temperature (float64
-        # bits). The graph unpacks them (``_unpack``) into the buffers the kernels read.
+        # bits), and whether the row's last patch was accepted. The graph unpacks them (``_unpack``)
+        # into the buffers the kernels read and applies the accepts first: ``accept`` costs no GPU
+        # call (a service's engines share the GIL, and every host call holds it).
         n = PATCH_SIZE
-        self._inputs = zeros(rows, 3 * n + 3, dt=torch.long)
+        self._inputs = zeros(rows, 3 * n + 4, dt=torch.long)
         self.uniforms = self._inputs[:, :n].view(torch.float64)  # strided rows: the samplers take strides
         self.forced = zeros(rows, n, dt=torch.long)
         self.forced_mask = zeros(rows, n, dt=torch.bool)
@@ -163,11 +165,14 @@ class FastExecutor(Executor):
         self.inv_temperature = torch.ones(rows, dtype=torch.float64, device=self.device)
         self.tokens = zeros(rows, n, dt=torch.long)
         pinned = self.device.type == "cuda"
-        self._staging = torch.zeros(rows, 3 * n + 3, dtype=torch.long, pin_memory=pinned)
+        self._staging = torch.zeros(rows, 3 * n + 4, dtype=torch.long, pin_memory=pinned)
         self._tokens_host = torch.zeros(rows, n, dtype=torch.long, pin_memory=pinned)
-        self._keep_host = torch.zeros(rows, dtype=torch.bool, pin_memory=pinned)
+        self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         self._keep = zeros(rows, dt=torch.bool)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # context loads, by padded length
+        self._prefill_staging: dict[int, torch.Tensor] = {}
+        self._prefill_inputs: dict[int, torch.Tensor] = {}  # [length + 1, 16]: the patches, then row and last
         if fast.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
             h = cfg.hidden_size
             self.x = zeros(rows, h, dt=torch.float32)
@@ -186,6 +191,7 @@ class FastExecutor(Executor):
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def load(self, row: int, patches: np.ndarray) -> None:
+        self._accepted[row] = False  # the row's state is the loaded context's
         with self._on_device():
             self._prefill(row, np.asarray(patches, dtype=np.int64))
 
@@ -203,7 +209,9 @@ class FastExecutor(Executor):
             host[row, n : n + k], host[row, 2 * n : 2 * n + k] = r.prefix, 1
             floats[row, :n] = r.uniforms
             host[row, 3 * n] = r.params.top_k
-            floats[row, 3 * n + 1 :] = r.params.top_p, 1.0 / r.params.temperature
+            floats[row, 3 * n + 1 : 3 * n + 3] = r.params.top_p, 1.0 / r.params.temperature
+        host[:, 3 * n + 3] = self._accepted
+        self._accepted[:] = False
         self._inputs.copy_(self._staging, non_blocking=True)
         self._replay()
         self._tokens_host.copy_(self.tokens, non_blocking=True)
@@ -213,16 +221,14 @@ class FastExecutor(Executor):
         return {row: tokens[row].copy() for row in requests}
 
     def accept(self, rows: Sequence[int]) -> None:
-        keep = self._keep_host.numpy()
-        keep[:] = False
-        keep[list(rows)] = True
-        with self._on_device():
-            self._keep.copy_(self._keep_host, non_blocking=True)
-            self.position += self._keep.long()
-            self.hidden.copy_(torch.where(self._keep[:, None], self.hidden_next, self.hidden))
+        self._accepted[list(rows)] = True  # applied on the device at the start of the next patch
+
+    def free(self, row: int) -> None:
+        self._accepted[row] = False
 
     def close(self) -> None:
         self._graph = None
+        self._prefill_graphs.clear()
 
     # ---- device work -------------------------------------------------------------------------
     def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
@@ -236,6 +242,10 @@ class FastExecutor(Executor):
         self.top_k.copy_(packed[:, 3 * n])
         self.top_p.copy_(packed[:, 3 * n + 1].view(torch.float64))
         self.inv_temperature.copy_(packed[:, 3 * n + 2].view(torch.float64))
+        # The last patch of each accepted row joins its context.
+        self._keep.copy_(packed[:, 3 * n + 3] != 0)
+        self.position += self._keep.long()
+        self.hidden.copy_(torch.where(self._keep[:, None], self.hidden_next, self.hidden))
 
     @torch.no_grad()
     def _attempt(self) -> None:
@@ -317,17 +327,59 @@ class FastExecutor(Executor):
 
     @torch.no_grad()
     def _prefill(self, row: int, patches: np.ndarray) -> None:
-        """Load one row's context (eager): write its keys/values at 0..n-1, set its hidden."""
+        """Load one row's context: write its keys/values at 0..n-1, set its hidden and position.
+        With CUDA graphs, a graph per power-of-two length (captured on first use) replaces some
+        three hundred small launches: a service loads a context for every piece it takes."""
+        if not self.graph_enabled:
+            ids = torch.as_tensor(patches, device=self.device)
+            self._prefill_rows(ids[None], torch.tensor([row], device=self.device),
+                               torch.tensor([len(patches) - 1], device=self.device))
+            return
+        n = len(patches)
+        length = min(1 << (n - 1).bit_length(), self.config.patch_length)
+        if length not in self._prefill_graphs:
+            self._capture_prefill(length)
+        host = self._prefill_staging[length].numpy()
+        host[:] = 0  # pad patches after the context: causal attention keeps them out of it
+        host[:n] = patches
+        host[-1, :2] = row, n - 1
+        self._prefill_inputs[length].copy_(self._prefill_staging[length], non_blocking=True)
+        self._prefill_graphs[length].replay()
+
+    def _prefill_rows(self, ids: torch.Tensor, row: torch.Tensor, last: torch.Tensor) -> None:
+        """ids [1, length, 16] into ``row`` ([1] tensor); the row's hidden is the one at ``last``
+        ([1] tensor, the context's last patch), its next position last + 1."""
         decoder = self.model.patch_level_decoder
-        ids = torch.as_tensor(patches, device=self.device)[None]
-        n = ids.shape[1]
-        x = decoder.embed(ids) + decoder.base.wpe.weight[:n]
+        length = ids.shape[1]
+        x = decoder.embed(ids) + decoder.base.wpe.weight[:length]
         for block, kv in zip(decoder.base.h, self.patch_kv):
             q, new = _attention_inputs(block, x, self._linear)
-            kv[row : row + 1, :, :, :n] = new
+            kv[:, :, :, :length].index_copy_(0, row, new.to(kv.dtype))
             x = _finish(block, x, F.scaled_dot_product_attention(q, new[:, 0], new[:, 1], is_causal=True), self._linear)
-        self.hidden[row] = decoder.base.ln_f(x)[0, -1]
-        self.position[row] = n
+        self.hidden.index_copy_(0, row, decoder.base.ln_f(x)[0].index_select(0, last).to(self.hidden.dtype))
+        self.position.index_copy_(0, row, last + 1)
+
+    def _capture_prefill(self, length: int) -> None:
+        """Capture the context load of ``length`` patches (one extra patch row carries the row
+        index and the context's last position): warmed up on row 0, whose state is restored."""
+        pinned = torch.zeros(length + 1, PATCH_SIZE, dtype=torch.long, pin_memory=True)
+        buffer = torch.zeros(length + 1, PATCH_SIZE, dtype=torch.long, device=self.device)
+        ids, meta = buffer[None, :length], buffer[length]
+        row, last = meta[0:1], meta[1:2]
+        saved = [t[:1].clone() for t in (self.hidden, self.position)] + [kv[:1].clone() for kv in self.patch_kv]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._prefill_rows(ids, row, last)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):  # see _capture
+            self._prefill_rows(ids, row, last)
+        for t, old in zip([self.hidden, self.position, *self.patch_kv], saved):
+            t[:1].copy_(old)
+        self._prefill_staging[length], self._prefill_inputs[length] = pinned, buffer
+        self._prefill_graphs[length] = graph
 
     def _replay(self) -> None:
         if not self.graph_enabled:

@@ -11,6 +11,7 @@ import sys
 from notagen_trt.errors import NotaGenError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SWITCH_INTERVAL = 0.0005  # seconds, for the GIL; see where uvicorn starts
 
 
 def _need_extra(ray: bool) -> None:
@@ -71,6 +72,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(pool, api_key=settings.api_key, max_body=settings.max_body, max_patches=settings.max_patches)
         log(f"http://{args.host}:{args.port} (OpenAPI docs at /docs; Ctrl-C stops)")
         # One process, one event loop: the engines' threads do the work; uvicorn workers would each load a model.
+        # A GPU idles while its engine thread waits for the GIL after a patch, up to the switch
+        # interval (5 ms by default, more than a patch); the event loop and other engines hold it.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     finally:
         pool.close()
