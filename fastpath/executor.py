@@ -181,8 +181,16 @@ class FastExecutor(Executor):
             ln_f = self.model.patch_level_decoder.base.ln_f
             self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
         if self.graph_enabled:
+            # Every graph is captured now, before an engine thread runs: a capture while another
+            # thread works on the same GPU can fail both (a service runs one engine per thread).
             with self._on_device():
                 self._capture()
+                length = 1
+                while True:
+                    self._capture_prefill(min(length, cfg.patch_length))
+                    if length >= cfg.patch_length:
+                        break
+                    length *= 2
 
     # ---- the Executor interface --------------------------------------------------------------
     # Each call makes this executor's GPU the current one: Triton launches, the capture's side
@@ -328,8 +336,8 @@ class FastExecutor(Executor):
     @torch.no_grad()
     def _prefill(self, row: int, patches: np.ndarray) -> None:
         """Load one row's context: write its keys/values at 0..n-1, set its hidden and position.
-        With CUDA graphs, a graph per power-of-two length (captured on first use) replaces some
-        three hundred small launches: a service loads a context for every piece it takes."""
+        With CUDA graphs, a graph per power-of-two length (all captured when the executor is made)
+        replaces some three hundred small launches: a service loads a context for every piece it takes."""
         if not self.graph_enabled:
             ids = torch.as_tensor(patches, device=self.device)
             self._prefill_rows(ids[None], torch.tensor([row], device=self.device),
@@ -337,8 +345,6 @@ class FastExecutor(Executor):
             return
         n = len(patches)
         length = min(1 << (n - 1).bit_length(), self.config.patch_length)
-        if length not in self._prefill_graphs:
-            self._capture_prefill(length)
         host = self._prefill_staging[length].numpy()
         host[:] = 0  # pad patches after the context: causal attention keeps them out of it
         host[:n] = patches
@@ -359,6 +365,7 @@ class FastExecutor(Executor):
         self.hidden.index_copy_(0, row, decoder.base.ln_f(x)[0].index_select(0, last).to(self.hidden.dtype))
         self.position.index_copy_(0, row, last + 1)
 
+    @torch.no_grad()
     def _capture_prefill(self, length: int) -> None:
         """Capture the context load of ``length`` patches (one extra patch row carries the row
         index and the context's last position): warmed up on row 0, whose state is restored."""
@@ -366,7 +373,9 @@ class FastExecutor(Executor):
         buffer = torch.zeros(length + 1, PATCH_SIZE, dtype=torch.long, device=self.device)
         ids, meta = buffer[None, :length], buffer[length]
         row, last = meta[0:1], meta[1:2]
-        saved = [t[:1].clone() for t in (self.hidden, self.position)] + [kv[:1].clone() for kv in self.patch_kv]
+        # What the warm-up writes: row 0's hidden, position and first ``length`` cache positions.
+        written = [self.hidden[:1], self.position[:1], *(kv[:1, :, :, :length] for kv in self.patch_kv)]
+        saved = [t.clone() for t in written]
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -376,8 +385,8 @@ class FastExecutor(Executor):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):  # see _capture
             self._prefill_rows(ids, row, last)
-        for t, old in zip([self.hidden, self.position, *self.patch_kv], saved):
-            t[:1].copy_(old)
+        for t, old in zip(written, saved):
+            t.copy_(old)
         self._prefill_staging[length], self._prefill_inputs[length] = pinned, buffer
         self._prefill_graphs[length] = graph
 
