@@ -5,7 +5,8 @@ One replay of the captured graph samples a whole patch for every row: 16 char-le
 drawing its character on the device from a host-drawn uniform with the row's own sampling
 settings (the numpy sampler's rule, in float64), then the patch-level step that writes the
 patch's keys and values in place at each row's own position. The host syncs once per patch, to
-read 16 characters per row; ``accept`` advances the rows whose patch joins their context.
+read 16 characters per row; ``accept`` marks the rows whose patch joins their context, and the
+next replay advances them before it samples. Context loads replay a graph per padded length.
 
 On CUDA with Triton, fp16 and int8 weight-only steps run on the fused kernels of
 ``decode_kernels`` (five a layer, float32 residual stream); fp32 and the CPU run PyTorch ops,
