@@ -17,6 +17,8 @@ from notagen_trt.config import BOS_ID, EOS_ID, PAD_ID, PATCH_SIZE, VOCAB_SIZE
 BARLINES = ("|:", "::", ":|", "[|", "||", "|]", "|")  # longest first where they share a prefix
 _BARLINE_SPLIT = re.compile("(" + "|".join(map(re.escape, BARLINES)) + ")")
 _STREAM_PREFIX = re.compile(r"^\[r:[^\]]*\]")
+# What a bar holds besides its notes: inline fields ([K:D]), annotations ("^text"), decorations (!p!).
+NOT_NOTES = re.compile(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!")
 
 BOS_PATCH = chr(BOS_ID) * (PATCH_SIZE - 1) + chr(EOS_ID)
 EOS_PATCH = chr(BOS_ID) + chr(EOS_ID) * (PATCH_SIZE - 1)

@@ -288,5 +288,5 @@ def prepare_has_notes(line: str) -> bool:
     """Any voice of a body line with a note (prepare.has_notes: a letter other than rests)."""
     from notagen_trt.calibration_data.prepare import has_notes
 
-    return any(has_notes(re.sub(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!", "", seg))
+    return any(has_notes(codec.NOT_NOTES.sub("", seg))
                for seg in re.split(r"\[V:[^\]]*\]", line)[1:])

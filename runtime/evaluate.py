@@ -30,7 +30,7 @@ from notagen_trt.engines.gates import gate
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
-from .codec import encode_windows
+from .codec import NOT_NOTES, encode_windows
 from .onnx_backend import Device, OrtBackend, empty_past
 
 ROWS_PER_CALL = 1024  # char-graph rows (patches) per call
@@ -180,7 +180,6 @@ def generated_validity(backend: OrtBackend, num_pieces: int = 8, max_patches: in
 
 
 _INLINE_FIELD = re.compile(r"\[([ML]):([^\]]*)\]")
-_ANNOTATION = re.compile(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!")
 
 
 def _fraction(text: str) -> Fraction | None:
@@ -225,7 +224,7 @@ def bars_match_meter(abc: str) -> tuple[bool, str]:
                 continue
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    duration = calculate_bartext_duration(_ANNOTATION.sub("", text))
+                    duration = calculate_bartext_duration(NOT_NOTES.sub("", text))
             except Exception:
                 duration = None
             if duration != m / u:

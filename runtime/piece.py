@@ -30,7 +30,6 @@ from .sampling import SamplingParams
 MAX_SECONDS = 600.0
 MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter, then it stands
 _STREAM_COUNTS = re.compile(r"\[r:(\d+)/(\d+)\]")
-_FIELDS = re.compile(r"\[[A-Za-z]:[^\]]*\]|\"[^\"]*\"|![^!]*!")  # inline fields, annotations, decorations
 _BAR_START = re.compile(r"^\s*(\|\]|\|\||:\||::|\|:|\[\||\|)\s*")
 _UNIT = re.compile(r"(?m)^L:\s*(\d+/\d+)")
 # ABC modes as the corpus spells them (xml2abc writes Dmin, Ador, ...); a major key has none.
@@ -273,8 +272,9 @@ class PieceState:
         if not line.strip() or counts and "0" in counts.groups():
             return None
         segment = codec.split_bars(line)[-1]
-        notes = _FIELDS.sub("", segment)
-        notes = notes[_BAR_START.match(notes).end():] if _BAR_START.match(notes) else notes
+        notes = codec.NOT_NOTES.sub("", segment)
+        barline = _BAR_START.match(notes)
+        notes = notes[barline.end():] if barline else notes
         start = len(text) - len(segment)
         if not any(c.isalpha() for c in notes):  # a barline alone: an empty bar (x::|), or the line's tail
             return start if any(c in notes for c in "|:") else None

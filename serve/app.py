@@ -21,15 +21,13 @@ from starlette.exceptions import HTTPException
 from notagen_trt import __version__
 from notagen_trt.errors import NotaGenError
 from notagen_trt.runtime.continuation import Continuation, parse_continuation
-from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.prompts import Prompt, resolve_prompt, valid_prompts
-from notagen_trt.runtime.sampling import SamplingParams
 
 from .guard import Guard
 from .jobs import ApiError, Job
 from .metrics import ServiceMetrics
 from .pool import EnginePool, QueueFull
-from .schemas import BarOut, ErrorOut, Health, PieceIn, PieceOut, PromptsOut, Ready, piece_request_model
+from .schemas import BarOut, ErrorOut, Health, PieceIn, PieceOut, PromptsOut, Ready, generation_config, piece_request_model
 from .settings import DEFAULT_MAX_BODY
 
 ERRORS = {status: {"model": ErrorOut, "description": why} for status, why in (
@@ -65,11 +63,7 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
         if continuation is not None and (body.meter or body.key):
             raise ApiError(422, "meter and key set a new piece's header; a continued piece keeps its file's")
         try:
-            config = GenerationConfig(
-                seed=secrets.randbelow(2**32) if body.seed is None else body.seed,
-                sampling=SamplingParams(body.top_k, body.top_p, body.temperature),
-                max_patches=body.max_patches or max_patches, max_seconds=body.max_seconds, bars=body.bars,
-                meter=body.meter, key=body.key)
+            config = generation_config(body, secrets.randbelow(2**32) if body.seed is None else body.seed, max_patches)
         except ValueError as exc:
             raise ApiError(422, str(exc)) from None
         formats = list(dict.fromkeys(body.outputs))

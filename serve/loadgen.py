@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from notagen_trt.runtime.piece import GenerationConfig
-from notagen_trt.runtime.sampling import SamplingParams
 
 
 @dataclass
@@ -122,11 +121,10 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
 
 
 def config_of(body: dict) -> GenerationConfig:
-    """The GenerationConfig the service makes of a request body (its defaults are PieceIn's)."""
-    return GenerationConfig(seed=body["seed"], sampling=SamplingParams(body.get("top_k", 9), body.get("top_p", 0.9),
-                                                                        body.get("temperature", 1.2)),
-                            max_patches=body.get("max_patches"), max_seconds=body.get("max_seconds", 600.0),
-                            bars=body.get("bars"))
+    """The GenerationConfig the service makes of a request body (the service's own reading)."""
+    from .schemas import PieceIn, generation_config
+
+    return generation_config(PieceIn.model_validate(body), body["seed"])
 
 
 def check(outcomes: list[Outcome], bodies: list[dict], model: str | None = None, backend: str = "auto",

@@ -7,10 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from notagen_trt.runtime.piece import MAX_SECONDS, GenerationConfig
+from notagen_trt.runtime.sampling import SamplingParams
+
 Format = Literal["abc", "musicxml", "midi", "svg"]
 MAX_PATCHES = 100_000  # more than the published 102,400-character limit lets a piece reach
 MAX_BARS = 10_000  # [r:0/N] must leave room in its 16-character patch
 MAX_SEED = 2**63  # numpy's seed range as GenerationConfig takes it
+PUBLISHED = SamplingParams()  # the published sampling settings: the defaults here too
 
 
 class ErrorOut(BaseModel):
@@ -49,10 +53,10 @@ class PieceIn(BaseModel):
     seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="Random when absent; the response says which")
     bars: int | None = Field(None, ge=0, le=MAX_BARS, description="Force the length: N more bar lines ([r:0/N])")
     max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, description="Stop the piece after this many patches")
-    max_seconds: float = Field(600.0, gt=0, le=600, description="Stop the piece after this long")
-    top_k: int = Field(9, ge=0, le=128, description="Keep the k most likely characters (0: off)")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass")
-    temperature: float = Field(1.2, ge=0.01, le=10, description="Sampling temperature")
+    max_seconds: float = Field(MAX_SECONDS, gt=0, le=MAX_SECONDS, description="Stop the piece after this long")
+    top_k: int = Field(PUBLISHED.top_k, ge=0, le=128, description="Keep the k most likely characters (0: off)")
+    top_p: float = Field(PUBLISHED.top_p, gt=0, le=1, description="Nucleus mass")
+    temperature: float = Field(PUBLISHED.temperature, ge=0.01, le=10, description="Sampling temperature")
     outputs: list[Format] = Field(["abc"], min_length=1, max_length=4,
                                   description="What to return: the ABC and any of its MusicXML, MIDI and SVG")
     meter: str | None = Field(None, max_length=10, examples=["3/4"], description="Force the meter (M:) and bars of it")
@@ -60,6 +64,14 @@ class PieceIn(BaseModel):
                             description="Force the key (K:): D, Dm, Bb, F#m, or a mode such as Ddor")
     continuation: FileIn | None = Field(None, description="Continue this piece: the answer is its bars, a comment "
                                                           "line, then bars more (`bars`: how many, default 16)")
+
+
+def generation_config(body: PieceIn, seed: int, cap: int | None = None) -> GenerationConfig:
+    """The piece a request asks for (``cap``: the server's --max-patches, when the request sets
+    none); ValueError, one line, for a meter or key it cannot read."""
+    return GenerationConfig(seed=seed, sampling=SamplingParams(body.top_k, body.top_p, body.temperature),
+                            max_patches=body.max_patches or cap, max_seconds=body.max_seconds, bars=body.bars,
+                            meter=body.meter, key=body.key)
 
 
 def piece_request_model(cap: int | None) -> type[PieceIn]:

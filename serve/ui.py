@@ -23,7 +23,7 @@ import weakref
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
-from notagen_trt.runtime.continuation import Continuation, parse_continuation
+from notagen_trt.runtime.continuation import MAX_BYTES, SUFFIXES, Continuation, parse_continuation
 from notagen_trt.runtime.engine import PieceRequest
 from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.postprocess import postprocess
@@ -31,6 +31,7 @@ from notagen_trt.runtime.prompts import Prompt, valid_prompts
 from notagen_trt.runtime.sampling import SamplingParams
 
 from .pool import EnginePool, QueueFull
+from .schemas import PUBLISHED
 
 ANY = "the model's choice"
 METERS = [ANY, "2/4", "3/4", "4/4", "6/8", "2/2", "3/8", "9/8", "12/8", "C"]
@@ -41,8 +42,7 @@ RENDER_EVERY = 1.0  # seconds between score redraws while bars arrive (a redraw 
 KEEP_FILES = 3600  # seconds a finished piece's files stay downloadable
 # abc2xml, verovio and music21 keep module state: two pages drawing at once must take turns.
 CONVERTING = threading.Lock()
-UPLOAD_TYPES = [".abc", ".musicxml", ".xml", ".mxl", ".mid", ".midi"]
-MAX_UPLOAD = 8 * 1024 * 1024  # bytes; runtime/continuation.py refuses larger files anyway
+UPLOAD_TYPES = list(SUFFIXES)
 CSS = """
 #score .page { background: white; margin: 0 0 12px 0; border: 1px solid #ddd; }
 #score .page svg { width: 100%; height: auto; }
@@ -205,8 +205,8 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         continuation = None
         if upload:
             path = Path(upload)
-            if path.stat().st_size > MAX_UPLOAD:
-                raise NotaGenError(f"{path.name}: larger than {MAX_UPLOAD // 2**20} MB; give one score file")
+            if path.stat().st_size > MAX_BYTES:
+                raise NotaGenError(f"{path.name}: larger than {MAX_BYTES // 2**20} MB; give one score file")
             continuation = parse_continuation(path.name, path.read_bytes())
             if meter or key:
                 raise NotaGenError(f"a continued piece keeps the meter and key of {path.name} "
@@ -328,9 +328,10 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
             key = gr.Dropdown(KEYS, value=ANY, allow_custom_value=True, label="Key", elem_id="key")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                temperature = gr.Slider(0.1, 2.0, value=1.2, step=0.05, label="Temperature", elem_id="temperature")
-                top_k = gr.Slider(0, 128, value=9, step=1, label="Top-k (0: off)", elem_id="top-k")
-                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", elem_id="top-p")
+                temperature = gr.Slider(0.1, 2.0, value=PUBLISHED.temperature, step=0.05, label="Temperature",
+                                        elem_id="temperature")
+                top_k = gr.Slider(0, 128, value=PUBLISHED.top_k, step=1, label="Top-k (0: off)", elem_id="top-k")
+                top_p = gr.Slider(0.05, 1.0, value=PUBLISHED.top_p, step=0.05, label="Top-p", elem_id="top-p")
         upload = gr.File(label="Continue a piece: .abc, .musicxml, .mxl or .mid (optional)", file_types=UPLOAD_TYPES,
                          type="filepath", elem_id="upload", height=120)
         with gr.Row():
@@ -375,4 +376,4 @@ def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str
 
     page = build_page(pool, files, max_patches)
     return gr.mount_gradio_app(app, page, path=path, css=CSS, ssr_mode=False, footer_links=["api"],
-                               max_file_size=MAX_UPLOAD, show_error=False)
+                               max_file_size=MAX_BYTES, show_error=False)

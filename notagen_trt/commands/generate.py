@@ -92,8 +92,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3), "files": files,
                 "errors": errors}
 
-    requests = (PieceRequest(prompt, config(k), text=continuation.text(prompt, config(k)) if continuation else None)
-                for k in range(args.num_pieces))
+    def request(cfg: GenerationConfig) -> PieceRequest:
+        return PieceRequest(prompt, cfg, text=continuation.text(prompt, cfg) if continuation else None)
+
+    requests = (request(config(k)) for k in range(args.num_pieces))
     with engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress:
         for handle in engine.run(requests, progress.on_event):
             row = save(handle)

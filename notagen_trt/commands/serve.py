@@ -30,6 +30,8 @@ def _need_extra(ray: bool) -> None:
 
 def _check_port(host: str, port: int) -> None:
     """Fail before loading a model, in one line, when the address cannot be bound."""
+    if not 0 < port < 65536:
+        raise NotaGenError(f"--port must be in 1..65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,15 +43,11 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from notagen_trt.serve.settings import ServeSettings, read_api_key
+    from notagen_trt.serve.settings import read_api_key
 
     _need_extra(args.ray)
-    if not 0 < args.port < 65536:
-        raise NotaGenError(f"--port must be in 1..65535, got {args.port}")
-    settings = ServeSettings(model=args.model, backend=args.backend, precision=args.precision, rows=args.rows,
-                             threads=args.threads, gpus=args.gpus, max_queue=args.max_queue,
-                             max_patches=args.max_patches, max_body=args.max_body,
-                             api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
+    settings = settings_from_args(args, max_body=args.max_body,
+                                  api_key=read_api_key(args.api_key_file) if args.api_key_file else None)
 
     def log(line: str) -> None:
         print(f"serve: {line}", file=sys.stderr)
@@ -79,6 +77,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         pool.close()
     return 0
+
+
+def settings_from_args(args: argparse.Namespace, **more):
+    """The ServeSettings of add_engine_arguments' options, and ``more``."""
+    from notagen_trt.serve.settings import ServeSettings
+
+    return ServeSettings(model=args.model, backend=args.backend, precision=args.precision, rows=args.rows,
+                         threads=args.threads, gpus=args.gpus, max_queue=args.max_queue, max_patches=args.max_patches,
+                         **more)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, queue_help: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from notagen_trt.errors import NotaGenError
 
-from .serve import LOOPBACK, _check_port, _need_extra, add_engine_arguments
+from .serve import LOOPBACK, _check_port, _need_extra, add_engine_arguments, settings_from_args
 
 UPLOAD_BODY = 12 * 1024 * 1024  # a page upload (a score file, 8 MB at most) with its form encoding
 
@@ -19,13 +19,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise NotaGenError("the page needs gradio: pip install 'notagen-trt[ui]'") from None
-    if not 0 < args.port < 65536:
-        raise NotaGenError(f"--port must be in 1..65535, got {args.port}")
-    from notagen_trt.serve.settings import ServeSettings, load_pool
+    from notagen_trt.serve.settings import load_pool
 
-    settings = ServeSettings(model=args.model, backend=args.backend, precision=args.precision, rows=args.rows,
-                             threads=args.threads, gpus=args.gpus, max_queue=args.max_queue,
-                             max_patches=args.max_patches, max_body=UPLOAD_BODY)
+    settings = settings_from_args(args, max_body=UPLOAD_BODY)
 
     def log(line: str) -> None:
         print(f"ui: {line}", file=sys.stderr)
