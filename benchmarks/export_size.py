@@ -21,12 +21,14 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(PRESETS), default="x")
     parser.add_argument("--out", required=True)
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--layout", choices=("growing", "engine"), default="growing",
+                        help="engine: also the engine-ready graphs (export --layout engine)")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.perf_counter()
     model = NotaGenModel(PRESETS[args.size]).eval()
     built = time.perf_counter() - start
-    manifest = export_onnx(model, args.out)
+    manifest = export_onnx(model, args.out, layout=args.layout)
     result = {
         "size": args.size,
         "parameters": sum(p.numel() for p in model.parameters()),

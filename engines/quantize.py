@@ -38,7 +38,7 @@ import notagen_trt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space, stage,
                                staging_prefix, writing)
-from notagen_trt.manifest import (GRAPH_NAMES, MANIFEST_NAME, file_checksums, manifest_digest,
+from notagen_trt.manifest import (ENGINE_GRAPHS, GRAPH_NAMES, MANIFEST_NAME, file_checksums, layout_graphs, manifest_digest,
                                   read_manifest, with_checksum)
 
 from . import calibration
@@ -88,15 +88,27 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
             tempfile.TemporaryDirectory(prefix=staging_prefix("quantize"), dir=out_dir) as tmp:
         scratch = Path(tmp)
         graphs = manifest["graphs"]
+        names = _variant_graphs(manifest, precision, log)
         details = {name: _variant_graph(_linked_source(model_dir, graphs[name], scratch), scratch / f"{name}.onnx",
-                                        precision, feeds.graph(name) if feeds else None, method, exclude or [], log,
-                                        external=bool(graphs[name].get("external_data")))
-                   for name in GRAPH_NAMES}
+                                        precision, feeds.graph(name) if feeds and name in GRAPH_NAMES else None,
+                                        method, exclude or [], log, external=bool(graphs[name].get("external_data")))
+                   for name in names}
         variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch,
-                                                  _recipe(precision, method, feeds, details)))
+                                                  _recipe(precision, method, feeds, details), names))
         written = _commit(scratch, out_dir, variant)
     claim.finish(written)
     return variant
+
+
+def _variant_graphs(manifest: dict[str, Any], precision: str, log) -> tuple[str, ...]:
+    """The graphs a variant holds: all of the source's, except that int8 (W8A8) leaves out the
+    engine-ready graphs, whose activations its calibration (step-graph feeds) does not see."""
+    names = layout_graphs(manifest)
+    if precision == "int8" and names != GRAPH_NAMES:
+        log("int8: the engine-ready graphs are left out (calibration covers the step graphs); "
+            "the variant holds the step graphs")
+        return GRAPH_NAMES
+    return names
 
 
 def _fp32_source(model_dir: Path) -> dict[str, Any]:
@@ -131,21 +143,32 @@ def _variant_graph(src: Path, dst: Path, precision: str, feeds: list[dict] | Non
     # previous graph's models wait for the cycle collector: free them before loading another copy.
     gc.collect()
     log(f"{precision}: {src.stem}")
+    half_io: list[str] = []
     if precision == "fp16":
-        details = _fp16(src, dst, feeds, external)
+        half_io = _fp16_caches(src) if src.stem in ENGINE_GRAPHS else []
+        details = _fp16(src, dst, feeds, external, half_io)
     elif precision == "int8-wo":
         details = _int8_weight_only(src, dst, external)
     else:
         details = _int8(src, dst, feeds, method, exclude, external)
     onnx.checker.check_model(str(dst))
-    _check_io(src, dst)
-    return details
+    _check_io(src, dst, half_io)
+    return {**details, **({"float16_io": half_io} if half_io else {})}
 
 
-def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: Path, recipe: dict) -> dict:
+def _fp16_caches(src: Path) -> list[str]:
+    """The KV cache inputs and outputs of an engine-ready graph: its fp16 variant keeps them in
+    fp16, so no call casts a whole cache (they stay on the device between calls anyway)."""
+    g = onnx.load(str(src), load_external_data=False).graph
+    return [v.name for v in [*g.input, *g.output] if v.name.startswith(("past_key_values.", "present."))]
+
+
+def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: Path, recipe: dict,
+                      names: tuple[str, ...]) -> dict:
     return {
         **{k: v for k, v in manifest.items() if k not in ("parity",)},
         "precision": precision,
+        "layout": "engine" if names != GRAPH_NAMES else "growing",
         "source": {
             "model_dir": str(model_dir.resolve()),
             "manifest_sha256": manifest_digest(model_dir),
@@ -153,13 +176,25 @@ def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: 
             "checkpoint": manifest.get("source", {}).get("checkpoint"),
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
         },
-        "graphs": {g: {**manifest["graphs"][g], "file": f"{g}.onnx", "external_data": _data_file(scratch, g),
+        "graphs": {g: {**_with_half_io(manifest["graphs"][g], recipe["kept_in_higher_precision"][g]),
+                       "file": f"{g}.onnx", "external_data": _data_file(scratch, g),
                        "checksums": file_checksums(scratch, [f"{g}.onnx", _data_file(scratch, g)])}
-                   for g in GRAPH_NAMES},
+                   for g in names},
         "quantization": recipe,
         "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                   "notagen_trt": notagen_trt.__version__},
     }
+
+
+def _with_half_io(entry: dict, details: dict) -> dict:
+    """A graph's manifest entry with the IO its variant holds in fp16 declared so."""
+    half = set(details.get("float16_io") or ())
+    if not half:
+        return entry
+    retype = lambda specs: [{**s, "dtype": "float16"} if s["name"] in half else s for s in specs]  # noqa: E731
+    layout = {**entry["kv_layout"], "dtype": "float16"} if "kv_layout" in entry else None
+    return {**entry, "inputs": retype(entry["inputs"]), "outputs": retype(entry["outputs"]),
+            **({"kv_layout": layout} if layout else {})}
 
 
 def _data_file(scratch: Path, graph: str) -> str | None:
@@ -172,7 +207,7 @@ def _commit(scratch: Path, out_dir: Path, variant: dict) -> list[str]:
     """Stage the manifest (the write that can run out of space), rename the graphs in (weights
     before the graphs that point at them), then the manifest."""
     staged = stage(out_dir / MANIFEST_NAME, json.dumps(variant, indent=2) + "\n")
-    names = [n for g in GRAPH_NAMES for n in (variant["graphs"][g]["external_data"], f"{g}.onnx") if n]
+    names = [n for g in variant["graphs"] for n in (variant["graphs"][g]["external_data"], f"{g}.onnx") if n]
     try:
         for name in names:
             os.chmod(scratch / name, 0o644)
@@ -205,13 +240,21 @@ def _recipe(precision: str, method: str, feeds: CalibrationFeeds | None, details
             "kept_in_higher_precision": details}
 
 
-def _check_io(src: Path, dst: Path) -> None:
-    """The variant must keep the fp32 graph's IO names, dtypes and dims: the manifest promises them."""
-    def io(path: Path) -> list:
+def _check_io(src: Path, dst: Path, half_io: list[str] = ()) -> None:
+    """The variant must keep the fp32 graph's IO names, dtypes and dims (``half_io`` turned fp16):
+    the manifest promises them."""
+    def io(path: Path, half: tuple[str, ...] = ()) -> list:
         g = onnx.load(str(path), load_external_data=False).graph
-        return [(v.name, v.type.SerializeToString()) for v in [*g.input, *g.output]]
+        out = []
+        for v in [*g.input, *g.output]:
+            t = onnx.TypeProto()
+            t.CopyFrom(v.type)
+            if v.name in half:
+                t.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+            out.append((v.name, t.SerializeToString()))
+        return out
 
-    if io(src) != io(dst):
+    if io(src, tuple(half_io)) != io(dst):
         raise NotaGenError(f"{dst.name}: the quantizer changed the graph IO; this is a bug, report it with the "
                            "ONNX Runtime version")
 
@@ -252,25 +295,47 @@ def activation_peaks(model_path: Path, feeds: list[dict], external: bool = False
     return peaks
 
 
-def _fp16(src: Path, dst: Path, feeds: list[dict], external: bool = False) -> dict:
+def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False, half_io: list[str] = ()) -> dict:
+    """``feeds`` None (the engine-ready graphs, which calibration does not feed): only the op
+    types always kept in fp32 are; their step graphs' measurements are in the same manifest."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    peaks = activation_peaks(src, feeds, external)  # first: its calibrator holds a copy of the weights
+    # First: its calibrator holds a copy of the weights.
+    peaks = activation_peaks(src, feeds, external) if feeds is not None else {}
     nodes = onnx.load(str(src), load_external_data=False).graph.node  # names only, no weights
     hot = {t for t, p in peaks.items() if p > FP16_HEADROOM}
     # A tensor out of fp16 range must be produced *and* consumed in fp32.
     blocked = sorted({n.name for n in nodes if hot & (set(n.output) | set(n.input))})
     # By path: the converter then infers shapes on the file (a ModelProto over 2 GB cannot be
     # serialized for that) and loads the weights once, converting them in place.
-    converted = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP16_ALWAYS_FP32,
+    graph = onnx.load(str(src), load_external_data=False).graph
+    keep = [v.name for v in [*graph.input, *graph.output] if v.name not in half_io]  # fp32 IO but ``half_io``
+    converted = convert_float_to_float16(str(src), keep_io_types=keep, op_block_list=FP16_ALWAYS_FP32,
                                          node_block_list=blocked)
+    _drop_repeated_casts(converted)
     sorted_model = OnnxModel(converted)
     sorted_model.topological_sort()  # the converter appends its IO casts; builders want sorted nodes
     _save(sorted_model.model, dst, external)
     kept = [n.name for n in nodes if n.op_type in FP16_ALWAYS_FP32]
     return {"op_types": FP16_ALWAYS_FP32, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
             "max_abs_activation": round(max(peaks.values(), default=0.0), 3)}
+
+
+def _drop_repeated_casts(model: onnx.ModelProto) -> None:
+    """Some converter versions cast a weight that several kept-fp32 nodes share once per node,
+    under one output name (the unrolled char steps share every LayerNorm weight 16 times); keep
+    the first of such identical casts, so the graph stays in SSA form."""
+    made: dict[str, tuple] = {}
+    nodes = []
+    for node in model.graph.node:
+        key = (node.op_type, tuple(node.input), tuple(a.SerializeToString() for a in node.attribute))
+        if node.op_type == "Cast" and made.get(node.output[0]) == key:
+            continue
+        made.update({o: key for o in node.output})
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _save(model: onnx.ModelProto, dst: Path, external: bool) -> None:

@@ -31,42 +31,21 @@ from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_
                                sha256_file, stage, staging_prefix, writing)
 from notagen_trt.manifest import FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
 
+from . import engine_graphs
+from .trace_ops import Reshape as _Reshape
+from .trace_ops import gelu_tanh as _gelu_tanh
+from .trace_ops import linear as _linear
 from .model import KV, CharLevelDecoder, NotaGenModel, PatchLevelDecoder
 
 PARITY_TOLERANCE = 1e-4
 PARITY_STEPS = 32  # incremental steps checked at each level
 EXTERNAL_DATA_BYTES = 1_500_000_000  # above this, weights go to a side file (protobuf caps at 2 GB)
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.DOUBLE: "float64",
+                onnx.TensorProto.BOOL: "bool"}
 
 
 def _flat(past: tuple[torch.Tensor, ...]) -> list[KV]:
     return [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-
-
-class _Reshape(torch.autograd.Function):
-    """``x.reshape(shape)`` where a 0 keeps x's size on that axis (ONNX Reshape semantics; the
-    exporter's shape inference also wants one -1), exported as one Reshape of a constant.
-    Sizes read from ``x.shape`` trace as a Shape/Gather/Unsqueeze/Concat chain per reshape;
-    those chains were most of the nodes ONNX Runtime runs per call, and per-node overhead is
-    most of a small model's step. ``shape`` must hold plain ints (not traced sizes)."""
-
-    @staticmethod
-    def forward(ctx, x, shape):  # no annotations: the tracer chokes on them
-        return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape)])
-
-    @staticmethod
-    def symbolic(g, x, shape):
-        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64)))
-
-
-def _linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    return x @ conv.weight + conv.bias  # MatMul + Add: Conv1D's flattening reshapes are not needed
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    # GPT-2's gelu_new written out in the form ONNX Runtime fuses into one FastGelu node (the
-    # tracer's own expansion of F.gelu(approximate="tanh") is left as eight elementwise nodes).
-    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
 def _gpt2_step(gpt2: nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
@@ -224,13 +203,19 @@ def _finalize(path: Path, spec: dict, external: bool) -> str | None:
     return location
 
 
+LAYOUTS = ("growing", "engine")
+
+
 def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str | Path | None = None,
                 opset: int = 17, parity: bool = True, external_data: bool | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, layout: str = "growing") -> dict[str, Any]:
     """Write ``patch_decoder.onnx``, ``char_decoder.onnx`` and (last) ``manifest.json`` to
     ``out_dir``; return the manifest. With ``parity`` the graphs must match PyTorch within 1e-4
     (ONNX Runtime CPU) before anything is written. ``external_data`` None: only above 1.5 GB.
+    ``layout="engine"`` adds the engine-ready graphs (engine_graphs.py) beside the step graphs.
     ``out_dir`` may hold an earlier export (replaced); anything else is refused unless ``force``."""
+    if layout not in LAYOUTS:
+        raise NotaGenError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if opset < 17:
         raise NotaGenError(f"opset {opset} is too old; use --opset 17 or newer (LayerNormalization needs 17)")
     model = model.float().eval().cpu()
@@ -238,16 +223,21 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
     out_dir = prepare_out_dir(out_dir, "export")
     claim = claim_out_dir(out_dir, "export", "onnx", "fp32", force)
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    require_free_space(out_dir, int(1.1 * weight_bytes), "export")  # both graphs hold the fp32 weights
+    copies = 1.1 if layout == "growing" else 2.2  # the engine-ready graphs hold the weights again
+    require_free_space(out_dir, int(copies * weight_bytes), "export")
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
     specs = graph_specs(config)
+    if layout == "engine":
+        specs.update(engine_graphs.graph_specs(config))
     # Build in a scratch directory beside the output, then move finished files in: a failed or
     # interrupted export never leaves half a model, and the manifest is written last.
     with writing(out_dir), out_of_space_is_one_line(out_dir), \
             tempfile.TemporaryDirectory(prefix=staging_prefix("export"), dir=out_dir) as scratch:
         files = _export_graphs(model, Path(scratch), specs, opset, external_data)
         results = check_parity(model, Path(scratch)) if parity else None
+        if parity and layout == "engine":
+            results["engine_graphs"] = check_engine_parity(model, Path(scratch))
         manifest = with_checksum({
             "format_version": FORMAT_VERSION,
             "kind": "onnx",
@@ -255,7 +245,10 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
             "source": _source(checkpoint_path),
             "precision": "fp32",
             "opset": opset,
-            "graphs": {name: {**files[name], **specs[name], "kv_layout": _KV_LAYOUT} for name in specs},
+            "layout": layout,
+            "graphs": {name: {**files[name], **specs[name],
+                              "kv_layout": _FIXED_KV_LAYOUT if name in engine_graphs.GRAPHS else _KV_LAYOUT}
+                       for name in specs},
             "tools": _tool_versions(),
             "parity": results,
         })
@@ -268,6 +261,9 @@ def _export_graphs(model: NotaGenModel, scratch: Path, specs: dict, opset: int, 
     """Trace both step graphs into ``scratch``; {graph: {file, external_data, checksums}}."""
     steps = {"patch_decoder": (PatchStep(model.patch_level_decoder), _patch_example(model.config)),
              "char_decoder": (CharStep(model.char_level_decoder), _char_example(model.config))}
+    if "patch_engine" in specs:
+        examples = engine_graphs.examples(model.config)
+        steps.update({name: (module, examples[name]) for name, module in engine_graphs.modules(model).items()})
     files: dict[str, dict] = {}
     for name, (module, example) in steps.items():
         path = scratch / f"{name}.onnx"
@@ -301,6 +297,12 @@ def commit(scratch: Path, out_dir: Path, files: dict[str, dict], manifest: dict[
 _KV_LAYOUT = {
     "kind": "growing",  # present = concat(past, new) along seq; total = past + new
     "axes": ["batch", "heads", "seq", "head_dim"],
+    "head_dim": HEAD_DIM,
+    "dtype": "float32",
+}
+_FIXED_KV_LAYOUT = {
+    "kind": "fixed",  # present = past with the new positions written (in place where bound to one buffer)
+    "axes": ["rows", "heads", "capacity", "head_dim"],
     "head_dim": HEAD_DIM,
     "dtype": "float32",
 }
@@ -393,3 +395,48 @@ def check_parity(model: NotaGenModel, graph_dir: Path, steps: int = PARITY_STEPS
         raise NotaGenError(f"{graph_dir}: ONNX Runtime differs from PyTorch by {diffs[worst]:.3g} in {worst} "
                            f"(tolerance {tolerance}); the graph is wrong, report it with the model config")
     return results
+
+
+def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float = PARITY_TOLERANCE,
+                        seed: int = 0) -> dict[str, Any]:
+    """The engine-ready graphs on ONNX Runtime (CPU) against their PyTorch modules: a context load
+    into row 1 of 2, then patches with accepts and forced prefixes; ids must be equal and every
+    float within ``tolerance``. The pieces tests hold them to the reference's pieces too."""
+    torch.manual_seed(seed)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    modules = engine_graphs.modules(model)
+    sessions = {name: ort.InferenceSession(str(graph_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+                for name in modules}
+    examples = engine_graphs.examples(model.config)
+    diffs = {name: 0.0 for name in modules}
+
+    def run(name: str, args: tuple) -> tuple:
+        names = [i.name for i in sessions[name].get_inputs()]
+        got = sessions[name].run(None, {n: t.numpy() for n, t in zip(names, args)})
+        with torch.no_grad():
+            want = modules[name](*args)
+        for g, w in zip(got, want, strict=True):
+            if w.dtype in (torch.int64, torch.bool):
+                if not np.array_equal(g, w.numpy()):
+                    raise NotaGenError(f"{graph_dir}: {name} draws other ids than PyTorch; the graph is wrong, report "
+                                       "it with the model config")
+            else:
+                diffs[name] = max(diffs[name], float(np.abs(g - w.numpy()).max()))
+        return want
+
+    settings, state, past = examples["patch_engine"][:7], examples["patch_engine"][7:10], examples["patch_engine"][10:]
+    loaded = run("context_loader", (examples["context_loader"][0], torch.tensor([1]), *state[:2], *past))
+    position, hidden, past = loaded[0], loaded[1], loaded[2:]
+    hidden_next = state[2]
+    forced, mask = settings[1].clone(), settings[2].clone()
+    forced[0, :3], mask[0, :3] = torch.tensor([ord("[") , ord("r"), ord(":")]), True
+    for accept in (False, True, True):
+        out = run("patch_engine", (settings[0], forced, mask, *settings[3:6], torch.tensor([accept, accept]),
+                                   position, hidden, hidden_next, *past))
+        position, hidden, hidden_next, past = out[1], out[2], out[3], out[4:]
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > tolerance:
+        raise NotaGenError(f"{graph_dir}: ONNX Runtime differs from PyTorch by {diffs[worst]:.3g} in {worst} "
+                           f"(tolerance {tolerance}); the graph is wrong, report it with the model config")
+    return {"tolerance": tolerance, "max_abs_diff": diffs}

@@ -38,7 +38,7 @@ def exported_dir(checkpoint: Path) -> Path:
 
     exporter = Path(export.__file__).parent
     key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode() + b"".join(
-        (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py"))
+        (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py", "trace_ops.py", "engine_graphs.py"))
     digest = hashlib.sha256(key).hexdigest()[:12]
     name = "demo" if checkpoint.resolve() == DEMO_CHECKPOINT.resolve() else checkpoint.stem[:40]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "notagen-trt" / f"{name}-{digest}"
@@ -57,7 +57,8 @@ def exported_dir(checkpoint: Path) -> Path:
     print(f"{cache}: {damage}; rebuilding it" if damage else f"exporting {checkpoint.name} to {cache} (once)",
           file=sys.stderr)
     with writing(cache, fix=CACHE_FIX):
-        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint, force=True)  # the cache is ours
+        # The engine-ready graphs too: ONNX Runtime runs rows batched on them (runtime/graph_executor.py).
+        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint, force=True, layout="engine")
     return cache
 
 

@@ -22,7 +22,8 @@ from notagen_trt.files import sha256_cached, sha256_file, write_atomic
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KINDS = ("onnx", "engine")
-GRAPH_NAMES = ("patch_decoder", "char_decoder")
+GRAPH_NAMES = ("patch_decoder", "char_decoder")  # every model directory: the step graphs
+ENGINE_GRAPHS = ("patch_engine", "context_loader")  # layout "engine" adds these (export/engine_graphs.py)
 _FILE_KEYS = ("file", "external_data")  # graph entries' keys that name files in the directory
 
 
@@ -89,6 +90,8 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
     graphs = data.get("graphs")
     if not isinstance(graphs, dict) or any(g not in graphs for g in GRAPH_NAMES):
         raise NotaGenError(f"{path}: manifest must describe graphs {', '.join(GRAPH_NAMES)}; re-export")
+    if data.get("layout") == "engine" and any(g not in graphs for g in ENGINE_GRAPHS):
+        raise NotaGenError(f"{path}: an engine-ready layout must describe graphs {', '.join(ENGINE_GRAPHS)}; re-export")
     for name, graph in graphs.items():
         for key in _FILE_KEYS:
             if graph.get(key) is not None:
@@ -110,6 +113,12 @@ def _check_checksums(directory: Path, manifest_path: Path, checksums: dict[str, 
         if sha256_cached(target) != want.get("sha256"):
             raise NotaGenError(f"{target}: the file changed since it was written (sha256 differs from "
                                f"{manifest_path.name}); re-export the model")
+
+
+def layout_graphs(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The graphs a model directory holds: the step graphs, and the engine-ready ones where its
+    layout is ``engine``."""
+    return GRAPH_NAMES + (ENGINE_GRAPHS if manifest.get("layout") == "engine" else ())
 
 
 def model_config(manifest: dict[str, Any]) -> ModelConfig:
@@ -136,7 +145,8 @@ class TensorSpec:
 @dataclass(frozen=True)
 class GraphIO:
     """A graph's IO from its manifest entry, for every stage that feeds or builds it. The export
-    lists inputs as [head..., past key/value per layer] and outputs as [main, present per layer]."""
+    lists inputs as [head..., past key/value per layer] and outputs as [main..., present per layer]
+    (the step graphs have one main output; the engine-ready graphs their tokens and row state)."""
 
     name: str
     file: str
@@ -194,9 +204,9 @@ def graph_io(manifest: dict[str, Any], name: str, directory: str | Path | None =
     except (KeyError, TypeError, ValueError) as exc:
         raise NotaGenError(f"{where}: graphs.{name} is malformed ({type(exc).__name__}: {exc}); "
                            "re-export the model") from None
-    if layers < 1 or len(io.inputs) <= 2 * layers or len(io.outputs) != 1 + 2 * layers:
+    if layers < 1 or len(io.inputs) <= 2 * layers or len(io.outputs) <= 2 * layers:
         raise NotaGenError(f"{where}: graphs.{name} lists {len(io.inputs)} inputs and {len(io.outputs)} "
-                           f"outputs for {layers} layers (want head inputs + 2 per layer, 1 + 2 per layer); re-export")
+                           f"outputs for {layers} layers (want head inputs and outputs + 2 per layer); re-export")
     return io
 
 

@@ -316,11 +316,14 @@ def generate(executor: Executor, prompt: Prompt | None = None, config: Generatio
 
 
 def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
-                rows: int | None = None, threads: int | None = None, device: str | None = None) -> Engine:
+                rows: int | None = None, threads: int | None = None, device: str | None = None,
+                pieces: int | None = None) -> Engine:
     """The library entry point: a model directory or checkpoint (default: the demo model) on the
     fastest backend that runs here (or the one named), as an engine with ``rows`` rows (default:
-    what suits the backend). ``engine.note`` says which backend was chosen and why. ``device``
-    (e.g. ``cuda:1``) places the fast CUDA path on one GPU (a service runs one engine per GPU)."""
+    what suits the backend, no more than ``pieces`` when the caller knows it will ask for no more:
+    a batched row without a piece still costs its share of each call). ``engine.note`` says which
+    backend was chosen and why. ``device`` (e.g. ``cuda:1``) places the fast CUDA path on one GPU
+    (a service runs one engine per GPU)."""
     from notagen_trt.demo import demo_model_dir
 
     from .backends import select_backend
@@ -332,9 +335,9 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         threads = 1
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
-    rows = rows or chosen.default_rows
+    rows = rows or min(chosen.default_rows, pieces or MAX_ROWS)
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     engine = Engine(chosen.executor(rows))
-    engine.note = f"{chosen.name}, {rows} row{'s' * (rows > 1)}: {note}"
+    engine.note = f"{engine.executor.name}, {rows} row{'s' * (rows > 1)}: {note}"
     return engine

@@ -22,7 +22,7 @@ from notagen_trt.config import BOS_ID, HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_io, model_config, read_manifest
 
-from .executor import StepExecutor, StepSession
+from .executor import Executor, StepExecutor, StepSession
 from .sampling import SamplingParams
 
 Device = Literal["cpu", "cuda"]
@@ -86,7 +86,10 @@ class OrtBackend:
 
     @property
     def default_rows(self) -> int:
-        """CPU: a row per core (up to 4) when each call runs on one thread; CUDA: one."""
+        """Engine-ready graphs: 4 rows batched in each call (16 on CUDA). Step graphs: on the CPU a
+        row per core (up to 4) when each call runs on one thread; CUDA: one."""
+        if self.manifest.get("layout") == "engine":
+            return 16 if self.device == "cuda" else 4
         return min(4, os.cpu_count() or 1) if self.device == "cpu" and self._threads == 1 else 1
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | None = None) -> None:
@@ -98,7 +101,7 @@ class OrtBackend:
                                "--backend ort-cpu")
         model_dir = Path(model_dir)
         manifest = read_manifest(model_dir, expect_kind="onnx")
-        self.manifest = manifest
+        self.manifest, self.model_dir = manifest, model_dir
         self.config = model_config(manifest)
         self.device = device
         self.name = f"onnxruntime-{device}"
@@ -129,7 +132,13 @@ class OrtBackend:
     def new_session(self) -> "_Session":
         return CudaSession(self) if self.device == "cuda" else CpuSession(self)
 
-    def executor(self, rows: int = 1) -> StepExecutor:
+    def executor(self, rows: int = 1) -> Executor:
+        if self.manifest.get("layout") == "engine":
+            # One call per patch for every row on the engine-ready graphs (graph_executor.py).
+            from .graph_executor import GraphExecutor
+
+            return GraphExecutor(self.model_dir, self.manifest, self.config, rows, session_options(self._threads),
+                                 self.device)
         # CPU sessions of one intra-op thread run rows side by side, a core each; sessions that
         # use every core themselves (the default) step rows in turn.
         workers = min(rows, os.cpu_count() or 1) if self.device == "cpu" and self._threads == 1 else 1

@@ -47,7 +47,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 from notagen_trt.export.onnx_export import export_onnx
 
                 torch.manual_seed(0)
-                export_onnx(NotaGenModel(config), model_dir, parity=False)
+                export_onnx(NotaGenModel(config), model_dir, parity=False, layout=args.layout)
         longest = args.warmup + args.patches + 2
         if args.context + longest >= config.patch_length:
             raise NotaGenError(f"--context {args.context} + {longest} generated patches must stay "
@@ -187,6 +187,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fp16, and int8-wo on fast)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
     p.add_argument("--context", type=int, default=256, help="context length in patches (default 256)")
+    p.add_argument("--layout", choices=("engine", "growing"), default="engine",
+                   help="graphs the ONNX Runtime rows export random weights to: engine (the engine-ready graphs, "
+                        "one call per patch for every row, as the demo model runs) or growing (the step graphs)")
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
     p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
     p.add_argument("--warmup", type=int, default=3)

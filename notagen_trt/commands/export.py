@@ -24,14 +24,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         parity=not args.no_parity,
         external_data=True if args.external_data else None,
         force=args.force,
+        layout=args.layout,
     )
     parity = manifest.get("parity") or {}
     if args.json:
         print(json.dumps({"out": str(args.out), "parity": parity}))
     else:
-        print(f"wrote {args.out}/patch_decoder.onnx, char_decoder.onnx, manifest.json")
+        print(f"wrote {args.out}/{', '.join(f'{g}.onnx' for g in manifest['graphs'])}, manifest.json")
         if parity:
             diffs = ", ".join(f"{phase} {diff:.2e}" for phase, diff in parity["max_abs_diff"].items())
+            engine = parity.get("engine_graphs")
+            if engine:
+                diffs += ", " + ", ".join(f"{g} {d:.2e}" for g, d in engine["max_abs_diff"].items())
             print(
                 f"parity vs PyTorch ({parity['patch_steps']} patch / {parity['char_steps']} char steps), "
                 f"max |diff| (tolerance {parity['tolerance']}): {diffs}"
@@ -44,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help=".pth or .safetensors checkpoint (default: the demo model)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--layout", choices=("growing", "engine"), default="growing",
+                   help="engine: also write the engine-ready graphs (fixed-capacity KV caches, a whole patch per "
+                        "call for every row, sampling in the graph) that ONNX Runtime runs batched and, on CUDA, "
+                        "as one CUDA graph per patch")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
     p.add_argument("--force", action="store_true",

@@ -70,7 +70,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     formats = _formats(args.formats)
     out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
     refuse_model_dir(out, "generate")
-    engine = load_engine(args.model, args.backend, args.precision, args.rows)
+    engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
         if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS:

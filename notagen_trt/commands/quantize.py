@@ -24,7 +24,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(args.out), "precision": args.precision, "quantization": recipe}))
     else:
-        print(f"wrote {args.out}/patch_decoder.onnx, char_decoder.onnx, manifest.json ({args.precision}: "
+        graphs = ", ".join(f"{g}.onnx" for g in manifest["graphs"])
+        print(f"wrote {args.out}/{graphs}, manifest.json ({args.precision}: "
               f"weights {recipe['weights']}, activations {recipe['activations']}); check it with "
               f"`notagen-trt eval --model {args.out}`")
     return 0

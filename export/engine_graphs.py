@@ -1,0 +1,253 @@
+"""Engine-ready graphs: fixed-capacity KV caches, one call per patch for every row, sampling in the graph.
+
+Two graphs, written beside the step graphs when ``export --layout engine`` asks for them:
+
+``patch_engine``: one whole patch for every row, no control flow and no data-dependent shape, so
+one captured CUDA graph (ONNX Runtime ``enable_cuda_graph``, a TensorRT enqueue) serves every patch::
+
+    uniforms [rows, 16] f64, forced [rows, 16] i64, forced_mask [rows, 16] bool,
+    top_k [rows] i64 (128 = off), top_p [rows] f64, inv_temperature [rows] f64, accept [rows] bool,
+    position [rows] i64, hidden [rows, H] f32, hidden_next [rows, H] f32,
+    past_key_values.{i}.key/value [rows, heads, capacity, 64]
+      -> tokens [rows, 16] i64, position_out, hidden_out, hidden_next_out, present.{i}.key/value
+
+It first applies the last call's accepts (an accepted row's position advances and ``hidden_next``
+becomes its ``hidden``), then runs the 16 char steps, each drawing its character from the row's
+uniform with the published rule in float64 (ops chosen to round as numpy does, see ``sample``),
+or taking the forced one; then the patch step of the new patch at ``position``, whose keys and
+values a ScatterND writes into the cache there (in place where the runner binds ``present`` to
+the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host accepts the patch.
+
+``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
+-> the state with that row's caches at 0..n-1, its hidden state and position replaced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from notagen_trt.config import EOS_ID, HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelConfig
+
+from .model import Block, NotaGenModel
+from .trace_ops import Reshape as _Reshape
+from .trace_ops import gelu_tanh as _gelu_tanh
+from .trace_ops import linear as _linear
+
+GRAPHS = ("patch_engine", "context_loader")
+
+
+class _ScatterND(torch.autograd.Function):
+    """ONNX ScatterND (a copy of ``data`` with ``updates`` at ``indices``): traced as the one node,
+    which ONNX Runtime runs in place when the output is bound to the input's buffer."""
+
+    @staticmethod
+    def forward(ctx, data, indices, updates):  # no annotations: the tracer chokes on them
+        out = data.clone()
+        out[tuple(indices.unbind(-1))] = updates
+        return out
+
+    @staticmethod
+    def symbolic(g, data, indices, updates):
+        return g.op("ScatterND", data, indices, updates)
+
+
+def _numpy_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of x [rows, 128] (float64) grouped as numpy's pairwise summation groups 128 terms:
+    8 running sums r[j] = x[j] + x[j+8] + ..., then ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)). As
+    CumSum / Gather / ReduceSum nodes (the patch sampler's form): [rows, 1]."""
+    r = torch.cumsum(_Reshape.apply(x, [-1, VOCAB_SIZE // 8, 8]), dim=1)[:, -1]
+    r = _Reshape.apply(r, [-1, 2, 2, 2])
+    for _ in range(3):  # pairs: the same in any order
+        r = r.sum(dim=-1)
+    return r[:, None]
+
+
+def sample(logits: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           inv_temperature: torch.Tensor) -> torch.Tensor:
+    """runtime.sampling.sample for every row at once ([rows, 128] logits, [rows, 1] settings;
+    top_k 128 = off) in float64: softmax, top-k, top-p on the renormalised mass, temperature,
+    inverse CDF. Positions past top-k are zeroed rather than dropped, so every sum runs over 128
+    terms in numpy's order; ties rank towards the lower id (TopK's rule and the reference's)."""
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    p = torch.softmax(logits.double(), dim=-1)
+    ranked, order = torch.topk(p, VOCAB_SIZE, dim=-1)
+    ranked = torch.where(torch.arange(VOCAB_SIZE)[None] < top_k, ranked, zero)
+    ranked = ranked / _numpy_sum(ranked)
+    before = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked strictly before
+    ranked = torch.where(before <= top_p, ranked, zero)
+    ranked = torch.pow(ranked, inv_temperature)
+    ranked = ranked / _numpy_sum(ranked)
+    cdf = torch.cumsum((p * 0.0).scatter(-1, order, ranked), dim=-1)  # back in id order (p * 0: no Shape node)
+    count = (cdf <= u * cdf[:, -1:]).long().sum(dim=-1)
+    return torch.minimum(count, torch.tensor(VOCAB_SIZE - 1))
+
+
+def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x [..., H] plus the attention output y [..., H] projected, then the MLP and its residual."""
+    x = x + _linear(y, block.attn.c_proj)
+    return x + _linear(_gelu_tanh(_linear(block.ln_2(x), block.mlp.c_fc)), block.mlp.c_proj)
+
+
+def patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """A sampled patch as it enters the context: everything after its first eos is pad (0)."""
+    is_eos = (tokens == EOS_ID).long()
+    return torch.where(torch.cumsum(is_eos, dim=1) - is_eos > 0, torch.tensor(0), tokens)
+
+
+class PatchEngine(nn.Module):
+    """The ``patch_engine`` graph (module doc) as a traceable module. Each row has one query per
+    step, so activations are [rows, H] and the heads are plain reshapes of them."""
+
+    def __init__(self, model: NotaGenModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, uniforms, forced, forced_mask, top_k, top_p, inv_temperature, accept,
+                position, hidden, hidden_next, *past):
+        config = self.model.config
+        position = position + accept.long()
+        hidden = torch.where(accept[:, None], hidden_next, hidden)
+        settings = (top_k[:, None], top_p[:, None], inv_temperature[:, None])
+        tokens = self._chars(hidden, uniforms, forced, forced_mask, settings)
+        hidden_next, present = self._patch_step(patch_tokens(tokens), position.clamp(max=config.patch_length - 1), past)
+        return (tokens, position, hidden, hidden_next, *present)
+
+    def _chars(self, hidden, uniforms, forced, forced_mask, settings) -> torch.Tensor:
+        char = self.model.char_level_decoder.base
+        tf = char.transformer
+        heads = tf.h[0].attn.heads
+        keys_t: list[list[torch.Tensor]] = [[] for _ in tf.h]  # [rows, heads, 64, 1] each: K transposed
+        values: list[list[torch.Tensor]] = [[] for _ in tf.h]  # [rows, heads, 1, 64] each
+        tokens: list[torch.Tensor] = []
+        for c in range(PATCH_SIZE):
+            x = (hidden if c == 0 else tf.wte(tokens[-1])) + tf.wpe.weight[c]
+            for i, block in enumerate(tf.h):
+                q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
+                keys_t[i].append(_Reshape.apply(k, [-1, heads, HEAD_DIM, 1]))
+                values[i].append(_Reshape.apply(v, [-1, heads, 1, HEAD_DIM]))
+                k_t = keys_t[i][0] if c == 0 else torch.cat(keys_t[i], dim=3)
+                v_all = values[i][0] if c == 0 else torch.cat(values[i], dim=2)
+                scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ k_t / math.sqrt(HEAD_DIM)
+                x = _finish(block, x, _Reshape.apply(torch.softmax(scores, dim=-1) @ v_all, [0, -1]))
+            drawn = sample(char.lm_head(tf.ln_f(x)), uniforms[:, c:c + 1], *settings)
+            tokens.append(torch.where(forced_mask[:, c], forced[:, c], drawn))
+        return torch.stack(tokens, dim=1)
+
+    def _patch_step(self, patch: torch.Tensor, position: torch.Tensor, past: tuple[torch.Tensor, ...]):
+        """The patch step of ``patch`` [rows, 16] at ``position`` [rows]: keys and values written
+        into the caches there; the new hidden state [rows, H] and the caches."""
+        decoder = self.model.patch_level_decoder
+        base = decoder.base
+        heads, capacity = base.h[0].attn.heads, self.model.config.patch_length
+        x = decoder.embed(patch) + base.wpe(position)
+        # ScatterND indices [rows, heads, 3]: (row, head, position) per written [64] vector, from
+        # elementwise ops only (no Shape-derived sizes: ONNX Runtime runs those on the CPU, and a
+        # CUDA graph needs every node on the GPU).
+        row_ids = torch.cumsum(position * 0 + 1, dim=0) - 1
+        each_head = torch.ones(heads, dtype=torch.long)
+        index = torch.stack([row_ids[:, None] * each_head, torch.arange(heads)[None] + 0 * row_ids[:, None],
+                             position[:, None] * each_head], dim=-1)
+        visible = (torch.arange(capacity)[None] <= position[:, None])[:, None, None]  # [rows, 1, 1, capacity]
+        present = []
+        for i, block in enumerate(base.h):
+            q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
+            k_all = _ScatterND.apply(past[2 * i], index, _Reshape.apply(k, [-1, heads, HEAD_DIM]))
+            v_all = _ScatterND.apply(past[2 * i + 1], index, _Reshape.apply(v, [-1, heads, HEAD_DIM]))
+            present += [k_all, v_all]
+            scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ k_all.transpose(-1, -2) / math.sqrt(HEAD_DIM)
+            scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+            x = _finish(block, x, _Reshape.apply(torch.softmax(scores, dim=-1) @ v_all, [0, -1]))
+        return base.ln_f(x), present
+
+
+class ContextLoader(nn.Module):
+    """The ``context_loader`` graph (module doc) as a traceable module."""
+
+    def __init__(self, model: NotaGenModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, patches, row, position, hidden, *past):
+        decoder = self.model.patch_level_decoder
+        base = decoder.base
+        n, heads = patches.shape[1], base.h[0].attn.heads
+        x = decoder.embed(patches)[0] + base.wpe.weight[:n]  # [n, H]
+        steps = torch.arange(n)
+        causal = steps[None] <= steps[:, None]
+        # ScatterND indices [heads, n, 3]: (row, head, position) for positions 0 .. n - 1.
+        index = torch.stack([row.expand(heads, n), torch.arange(heads)[:, None].expand(heads, n),
+                             steps[None].expand(heads, n)], dim=-1)
+        present = []
+        for i, block in enumerate(base.h):
+            q, k, v = (_Reshape.apply(z, [-1, heads, HEAD_DIM]).transpose(0, 1)
+                       for z in _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1))  # [heads, n, 64]
+            present += [_ScatterND.apply(past[2 * i], index, k), _ScatterND.apply(past[2 * i + 1], index, v)]
+            scores = (q @ k.transpose(-1, -2) / math.sqrt(HEAD_DIM)).masked_fill(~causal, torch.finfo(q.dtype).min)
+            x = _finish(block, x, _Reshape.apply((torch.softmax(scores, dim=-1) @ v).transpose(0, 1), [-1, heads * HEAD_DIM]))
+        last = base.ln_f(x)[-1:]  # [1, H]
+        mine = torch.arange(hidden.shape[0]) == row
+        return (torch.where(mine, torch.zeros_like(position) + n, position), torch.where(mine[:, None], last, hidden),
+                *present)
+
+
+def _spec(name: str, dtype: str, shape: list[int | str]) -> dict:
+    return {"name": name, "dtype": dtype, "shape": shape}
+
+
+def _caches(config: ModelConfig) -> tuple[list[dict], list[dict]]:
+    shape = ["rows", config.num_heads, config.patch_length, HEAD_DIM]
+    inputs = [_spec(f"past_key_values.{i}.{part}", "float32", shape)
+              for i in range(config.patch_num_layers) for part in ("key", "value")]
+    outputs = [_spec(f"present.{i}.{part}", "float32", shape)
+               for i in range(config.patch_num_layers) for part in ("key", "value")]
+    return inputs, outputs
+
+
+def _state(config: ModelConfig, suffix: str = "") -> list[dict]:
+    h = config.hidden_size
+    return [_spec("position" + suffix, "int64", ["rows"]), _spec("hidden" + suffix, "float32", ["rows", h]),
+            _spec("hidden_next" + suffix, "float32", ["rows", h])]
+
+
+def graph_specs(config: ModelConfig) -> dict[str, dict]:
+    """Declared IO of both engine-ready graphs; ``rows`` and ``patches`` are the dynamic dims."""
+    past, present = _caches(config)
+    n = PATCH_SIZE
+    settings = [_spec("uniforms", "float64", ["rows", n]), _spec("forced", "int64", ["rows", n]),
+                _spec("forced_mask", "bool", ["rows", n]), _spec("top_k", "int64", ["rows"]),
+                _spec("top_p", "float64", ["rows"]), _spec("inv_temperature", "float64", ["rows"]),
+                _spec("accept", "bool", ["rows"])]
+    return {
+        "patch_engine": {
+            "num_layers": config.patch_num_layers,
+            "inputs": [*settings, *_state(config), *past],
+            "outputs": [_spec("tokens", "int64", ["rows", n]), *_state(config, "_out"), *present],
+            "max_positions": config.patch_length,
+        },
+        "context_loader": {
+            "num_layers": config.patch_num_layers,
+            "inputs": [_spec("patches", "int64", [1, "patches", n]), _spec("row", "int64", [1]),
+                       *_state(config)[:2], *past],
+            "outputs": [*_state(config, "_out")[:2], *present],
+            "max_positions": config.patch_length,
+        },
+    }
+
+
+def examples(config: ModelConfig, rows: int = 2) -> dict[str, tuple]:
+    """Inputs to trace each graph with (2 rows and 3 patches: no dim specialised to 0 or 1)."""
+    n, h = PATCH_SIZE, config.hidden_size
+    past = [torch.zeros(rows, config.num_heads, config.patch_length, HEAD_DIM) for _ in range(2 * config.patch_num_layers)]
+    state = (torch.zeros(rows, dtype=torch.long), torch.randn(rows, h), torch.randn(rows, h))
+    settings = (torch.rand(rows, n, dtype=torch.float64), torch.zeros(rows, n, dtype=torch.long),
+                torch.zeros(rows, n, dtype=torch.bool), torch.full((rows,), 9), torch.full((rows,), 0.9, dtype=torch.float64),
+                torch.full((rows,), 1 / 1.2, dtype=torch.float64), torch.zeros(rows, dtype=torch.bool))
+    return {"patch_engine": (*settings, *state, *past),
+            "context_loader": (torch.randint(0, VOCAB_SIZE, (1, 3, n)), torch.tensor([1]), *state[:2], *past)}
+
+
+def modules(model: NotaGenModel) -> dict[str, nn.Module]:
+    return {"patch_engine": PatchEngine(model), "context_loader": ContextLoader(model)}

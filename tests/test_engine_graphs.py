@@ -1,0 +1,157 @@
+"""The engine-ready graphs (export --layout engine): one ONNX Runtime call per patch for every
+row writes the reference's pieces, whatever the rows, and writes the caches in place."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_generate import _mixed_requests
+
+from notagen_trt.cli import main
+from notagen_trt.config import VOCAB_SIZE
+from notagen_trt.demo import DEMO_CHECKPOINT
+from notagen_trt.export import engine_graphs
+from notagen_trt.export.onnx_export import export_onnx
+from notagen_trt.export.reference import ReferenceBackend
+from notagen_trt.runtime.engine import Engine, PieceRequest, generate
+from notagen_trt.runtime.graph_executor import GraphExecutor
+from notagen_trt.runtime.onnx_backend import OrtBackend
+from notagen_trt.runtime.piece import GenerationConfig, PatchRequest
+from notagen_trt.runtime.sampling import SamplingParams, sample
+
+
+@pytest.fixture(scope="module")
+def demo_engine_dir(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-engine")
+    export_onnx(demo, out, checkpoint_path=DEMO_CHECKPOINT, layout="engine")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_engine_dir(trained, trained_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained-engine")
+    export_onnx(trained, out, checkpoint_path=trained_checkpoint, layout="engine")
+    return out
+
+
+def test_export_records_the_layout_and_the_graphs_parity(demo_engine_dir):
+    manifest = json.loads((demo_engine_dir / "manifest.json").read_text())
+    assert manifest["layout"] == "engine"
+    assert set(manifest["graphs"]) == {"patch_decoder", "char_decoder", "patch_engine", "context_loader"}
+    engine = manifest["graphs"]["patch_engine"]
+    assert engine["kv_layout"]["kind"] == "fixed"
+    assert engine["inputs"][-1]["shape"] == ["rows", 3, 512, 64]  # demo: 3 heads, capacity 512
+    parity = manifest["parity"]["engine_graphs"]
+    assert set(parity["max_abs_diff"]) == {"patch_engine", "context_loader"}
+    assert all(d <= parity["tolerance"] for d in parity["max_abs_diff"].values())
+
+
+@pytest.fixture(scope="module")
+def sampler_session(tmp_path_factory):
+    """engine_graphs.sample alone, traced to ONNX as the patch engine holds it."""
+    import onnxruntime as ort
+
+    class Sampler(torch.nn.Module):
+        def forward(self, logits, u, top_k, top_p, inv_temperature):
+            return engine_graphs.sample(logits, u, top_k, top_p, inv_temperature)
+
+    path = tmp_path_factory.mktemp("sampler") / "sampler.onnx"
+    args = (torch.randn(2, VOCAB_SIZE), torch.rand(2, 1, dtype=torch.float64), torch.full((2, 1), 9),
+            torch.full((2, 1), 0.9, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64))
+    names = ["logits", "u", "top_k", "top_p", "inv_temperature"]
+    torch.onnx.export(Sampler(), args, str(path), input_names=names, output_names=["ids"], opset_version=17,
+                      dynamic_axes={n: {0: "rows"} for n in names}, dynamo=False)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=0, top_p=0.5, temperature=0.7),
+                                    SamplingParams(top_k=1, top_p=1.0, temperature=2.0)])
+def test_in_graph_sampling_draws_what_numpy_draws(sampler_session, params):
+    rng = np.random.default_rng(0)
+    rows = 512
+    logits = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
+    logits[:64, 40:48] = logits[:64, 40:41]  # ties: both sides must rank the lower id first
+    u = rng.random(rows)
+    column = lambda v, dtype: np.full((rows, 1), v, dtype=dtype)  # noqa: E731
+    got = sampler_session.run(None, {"logits": logits, "u": u[:, None],
+                                     "top_k": column(params.top_k or VOCAB_SIZE, np.int64),
+                                     "top_p": column(params.top_p, np.float64),
+                                     "inv_temperature": column(1.0 / params.temperature, np.float64)})[0]
+    assert got.tolist() == [int(sample(logits[i], u[i], params)) for i in range(rows)]
+
+
+def test_demo_pieces_equal_the_cached_reference_on_one_and_four_rows(demo, demo_engine_dir):
+    requests = [PieceRequest(None, GenerationConfig(seed=s)) for s in range(8)]
+    reference = Engine(ReferenceBackend(demo, "cached").executor()).generate(requests)
+    backend = OrtBackend(demo_engine_dir, "cpu", threads=1)
+    for rows in (1, 4):
+        executor = backend.executor(rows)
+        assert isinstance(executor, GraphExecutor)
+        pieces = Engine(executor).generate(requests)
+        assert [p.text for p in pieces] == [p.text for p in reference]
+        assert [p.patches for p in pieces] == [p.patches for p in reference]
+    assert all(p.complete for p in reference)
+
+
+def test_in_flight_pieces_equal_the_reference_one_row_pieces(trained, trained_engine_dir):
+    """3 rows, 8 pieces of different prompts, seeds, settings and limits on the engine-ready graphs
+    (one halves its context, one is cancelled): every finished piece is the reference's one-row piece."""
+    requests = _mixed_requests()
+    one_row = Engine(ReferenceBackend(trained, "cached").executor(1), patch_length=22).generate(requests)
+    engine = Engine(OrtBackend(trained_engine_dir, "cpu", threads=1).executor(3), patch_length=22)
+    handles = {}
+
+    def cancel_piece_six(event):
+        if event.handle.request.tag == 6 and event.kind == "patch" and event.handle.piece.patches == 5:
+            event.handle.cancel()
+
+    for handle in engine.run(reversed(requests), cancel_piece_six):
+        handles[handle.request.tag] = handle
+    assert handles[6].piece.stop_reason == "cancelled" and one_row[6].text.startswith(handles[6].piece.text)
+    for i, piece in enumerate(one_row):
+        if i != 6:
+            got = handles[i].piece
+            assert (got.text, got.patches, got.stop_reason, got.rebuilds) == (
+                piece.text, piece.patches, piece.stop_reason, piece.rebuilds)
+    assert any(p.rebuilds for p in one_row)
+
+
+def test_a_piece_that_fills_the_whole_capacity_equals_the_reference(tiny_dir, tmp_path):
+    """Random weights write no bar lines to halve at, so the piece runs into the context's end:
+    every one of the graph's 32 cache positions is written and read."""
+    from notagen_trt.export.checkpoint import load_model
+
+    model = load_model(tiny_dir / "tiny.pth")
+    export_onnx(model, tmp_path, checkpoint_path=tiny_dir / "tiny.pth", layout="engine")
+    config = GenerationConfig(seed=1, max_patches=100)
+    ours = generate(OrtBackend(tmp_path, "cpu").executor(2), None, config)
+    ref = generate(ReferenceBackend(model, "cached").executor(), None, config)
+    assert (ours.text, ours.patches, ours.stop_reason) == (ref.text, ref.patches, ref.stop_reason)
+    assert ref.stop_reason == "context_full" and ref.patches == model.config.patch_length - 1
+
+
+def test_caches_and_row_state_are_written_in_place(trained_engine_dir):
+    backend = OrtBackend(trained_engine_dir, "cpu", threads=1)
+    executor = backend.executor(2)
+    host = executor._host
+    cache = host["past_key_values.0.key"]
+    before = cache.ctypes.data
+    executor.load(1, np.full((5, 16), 65, dtype=np.int64))
+    assert host["position"].tolist() == [0, 5]
+    assert np.abs(cache[1, :, :5]).sum() > 0 and not cache[1, :, 5:].any() and not cache[0].any()
+    request = PatchRequest([], np.full(16, 0.5), SamplingParams())
+    executor.sample({1: request})
+    executor.accept([1])
+    executor.sample({1: request})
+    assert host["position"].tolist() == [0, 6]  # the accept was applied in the next call
+    assert cache.ctypes.data == before and np.abs(cache[1, :, 5]).sum() > 0 and np.abs(cache[1, :, 6]).sum() > 0
+
+
+def test_generate_cli_runs_the_engine_ready_graphs(demo_engine_dir, tmp_path, capsys):
+    rc = main(["generate", "--model", str(demo_engine_dir), "--backend", "ort-cpu", "--num-pieces", "2",
+               "--max-patches", "8", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == "onnxruntime-cpu-engine-graph"
+    assert len(summary["pieces"]) == 2 and all("abc" in r["files"] for r in summary["pieces"])
