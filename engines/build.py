@@ -8,6 +8,8 @@ where the flavour honours one:
 - profile 0, ``prefill``: past 0..max-1 (opt 0), new 1..max (the context load after a reset and
   the char decoder's first call; zero-length past dims are accepted in a profile);
 - profile 1, ``decode``: new = 1, past 1..max-1 (every incremental step).
+The engine-ready graphs (``export --layout engine``) get one profile, ``engine``: rows 1..max
+batch (opt max), and a context load's patches 1..capacity.
 Each symbolic dim (``batch``, ``new_*``, ``past_*``) gets one range per profile, applied to every
 input that carries it, so dims that must be equal always get equal values.
 
@@ -25,7 +27,8 @@ from typing import Any
 
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import sha256_file, stage, write_atomic
-from notagen_trt.manifest import FORMAT_VERSION, GRAPH_NAMES, GraphIO, graph_io, read_manifest, write_manifest
+from notagen_trt.manifest import (ENGINE_GRAPHS, FORMAT_VERSION, GraphIO, graph_io, layout_graphs, read_manifest,
+                                  write_manifest)
 from notagen_trt.runtime.cuda import local_gpu
 
 from .engine_manifest import onnx_digest
@@ -37,6 +40,11 @@ PLAN_SUFFIX = ".plan"
 def dim_ranges(io: GraphIO, max_batch: int) -> dict[str, dict[str, list[int]]]:
     """{profile: {dim name: [min, opt, max]}} for a graph's symbolic dims (see the module doc)."""
     top = io.max_positions
+    if io.name in ENGINE_GRAPHS:  # fixed shapes but the row count (and a context load's length)
+        dims = {"rows": [1, max_batch, max_batch]}
+        if io.name == "context_loader":
+            dims["patches"] = [1, top // 2, top]
+        return {"engine": dims}
     new_dim = io.inputs[0].shape[1]
     past_dims = {s.shape[2] for s in io.past_specs}
     if len(past_dims) != 1 or not isinstance(new_dim, str):
@@ -112,8 +120,9 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
                   compute_capabilities: list[str] | None = None, timing_cache: str | Path | None = None,
                   version_compatible: bool = False, optimization_level: int | None = None,
                   log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Build ``patch_decoder.plan`` and ``char_decoder.plan`` from the ONNX model directory
-    ``model_dir`` into ``out_dir`` with their manifest; return the manifest."""
+    """Build ``patch_decoder.plan`` and ``char_decoder.plan`` (and the engine-ready graphs' plans
+    where the directory holds them) from the ONNX model directory ``model_dir`` into ``out_dir``
+    with their manifest; return the manifest."""
     if max_batch < 1:
         raise NotaGenError(f"--max-batch must be at least 1, got {max_batch}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -132,7 +141,7 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
     graphs: dict[str, dict] = {}
     staged: dict[Path, Path] = {}  # final plan path -> its temporary file
     try:
-        for name in GRAPH_NAMES:
+        for name in layout_graphs(onnx_manifest):
             spec = graph_io(onnx_manifest, name, model_dir)
             onnx_path = spec.path(model_dir)
             network, _parser = _parse(trt, fl, builder, logger, onnx_path)
@@ -191,6 +200,7 @@ def build_engines(model_dir: str | Path, out_dir: str | Path, flavor: str = "rtx
             "model": onnx_manifest["model"],
             "source": onnx_manifest.get("source"),
             "precision": onnx_manifest.get("precision", "fp32"),
+            "layout": onnx_manifest.get("layout", "growing"),
             "onnx": {"dir": str(model_dir.resolve()), "tools": onnx_manifest.get("tools")},
             "engine": {
                 "flavor": fl.name,

@@ -18,7 +18,7 @@ from typing import Any
 
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import sha256_file
-from notagen_trt.manifest import GRAPH_NAMES, GraphIO, graph_file, read_manifest
+from notagen_trt.manifest import GraphIO, graph_file, layout_graphs, read_manifest
 
 
 def onnx_digest(model_dir: str | Path, graph: dict[str, Any]) -> str:
@@ -45,7 +45,7 @@ def check_plans(engine_dir: str | Path, manifest: dict[str, Any] | None = None) 
     padded or altered plan is refused before TensorRT sees it)."""
     engine_dir = Path(engine_dir)
     manifest = manifest or read_manifest(engine_dir, expect_kind="engine")
-    for name in GRAPH_NAMES:
+    for name in layout_graphs(manifest):
         path = graph_file(engine_dir, manifest, name)
         plan = manifest["graphs"][name].get("plan") or {}
         size = path.stat().st_size
@@ -106,7 +106,7 @@ def _numbers(version: str) -> tuple[int, ...]:
 def check_source(engine_dir: str | Path, manifest: dict[str, Any], onnx_dir: str | Path) -> None:
     """Refuse an engine whose plans were built from other ONNX graphs than those in ``onnx_dir``."""
     onnx_manifest = read_manifest(onnx_dir, expect_kind="onnx")
-    for name in GRAPH_NAMES:
+    for name in layout_graphs(manifest):
         want = onnx_digest(onnx_dir, onnx_manifest["graphs"][name])
         got = manifest["graphs"][name].get("onnx_sha256")
         if got != want:

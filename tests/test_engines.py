@@ -23,7 +23,7 @@ from notagen_trt.engines.engine_manifest import (RuntimeInfo, check_engine, engi
 from notagen_trt.engines.flavors import FLAVORS, unusable_reason
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import sha256_file
-from notagen_trt.manifest import GRAPH_NAMES, graph_io, read_manifest
+from notagen_trt.manifest import ENGINE_GRAPHS, GRAPH_NAMES, graph_io, read_manifest
 
 PRECISIONS = ("fp32", "fp16", "int8-wo")
 
@@ -93,6 +93,26 @@ def test_rtx_plans_match_their_manifest(engines, onnx_dirs, precision, rtx_versi
                 for k in range(3):
                     want = [profile["dims"][d][k] if isinstance(d, str) else d for d in s["shape"]]
                     assert profile["shapes"][s["name"]][k] == want
+        sizes.append(f"{name} {len(plan) / 1e6:.1f} MB in {graph['build_seconds']:.2f} s")
+    # The demo model's directories hold the engine-ready graphs too: one profile, rows 1..max
+    # batch, a context load's patches 1..capacity; IO (fp16 variants: fp16 caches) as the manifest says.
+    assert manifest["layout"] == onnx_manifest["layout"] == "engine"
+    for name in ENGINE_GRAPHS:
+        graph, spec = manifest["graphs"][name], onnx_manifest["graphs"][name]
+        plan = (engine_dir / graph["file"]).read_bytes()
+        assert graph["plan"] == {"bytes": len(plan), "sha256": sha256_file(engine_dir / graph["file"])}
+        names = [s["name"] for s in spec["inputs"] + spec["outputs"]]
+        assert [s["name"] for s in graph["network_io"]["inputs"] + graph["network_io"]["outputs"]] == names
+        cache = next(s for s in graph["network_io"]["inputs"] if s["name"].startswith("past_key_values."))
+        assert cache["dtype"] == ("half" if precision == "fp16" else "float")  # TensorRT's names
+        assert spec["inputs"][-1]["dtype"] == ("float16" if precision == "fp16" else "float32")
+        (profile,) = graph["profiles"]
+        top = spec["max_positions"]
+        want = {"rows": [1, 1, 1], **({"patches": [1, top // 2, top]} if name == "context_loader" else {})}
+        assert profile["name"] == "engine" and profile["dims"] == want
+        for s in spec["inputs"]:
+            assert profile["shapes"][s["name"]] == [[want[d][k] if isinstance(d, str) else d for d in s["shape"]]
+                                                    for k in range(3)]
         sizes.append(f"{name} {len(plan) / 1e6:.1f} MB in {graph['build_seconds']:.2f} s")
     _report(capsys, f"rtx {precision}: {', '.join(sizes)} (whole build {seconds:.1f} s)")
 
