@@ -48,6 +48,11 @@ PRECISIONS = ("fp16", "int8-wo", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ["MatMul", "Gemm"]  # the GEMMs TensorRT runs in int8; everything else stays float
 FP16_ALWAYS_FP32 = ["LayerNormalization", "Softmax"]  # GPT-2's known fp16 overflow points
+# The engine-ready graphs keep none: their LayerNormalization and Softmax nodes run as fp16 ops,
+# which ONNX Runtime (and TensorRT's normalization layer) accumulate in fp32; the casts around
+# each island were a fifth of the kernels a patch launches, and they kept ONNX Runtime from
+# fusing the residual Add into the LayerNorm.
+FP16_ALWAYS_FP32_ENGINE: list[str] = []
 FP16_HEADROOM = 65504.0 / 16  # a node whose measured |activation| exceeds this stays fp32
 MASK_FILL = 1e38  # attention masks fill with float32 min; the fp16 converter clips it harmlessly
 
@@ -296,8 +301,8 @@ def activation_peaks(model_path: Path, feeds: list[dict], external: bool = False
 
 
 def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False, half_io: list[str] = ()) -> dict:
-    """``feeds`` None (the engine-ready graphs, which calibration does not feed): only the op
-    types always kept in fp32 are; their step graphs' measurements are in the same manifest."""
+    """``feeds`` None (the engine-ready graphs, which calibration does not feed): nothing is
+    measured; their step graphs' measurements are in the same manifest."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -311,14 +316,15 @@ def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False
     # serialized for that) and loads the weights once, converting them in place.
     graph = onnx.load(str(src), load_external_data=False).graph
     keep = [v.name for v in [*graph.input, *graph.output] if v.name not in half_io]  # fp32 IO but ``half_io``
-    converted = convert_float_to_float16(str(src), keep_io_types=keep, op_block_list=FP16_ALWAYS_FP32,
+    op_types = FP16_ALWAYS_FP32_ENGINE if src.stem in ENGINE_GRAPHS else FP16_ALWAYS_FP32
+    converted = convert_float_to_float16(str(src), keep_io_types=keep, op_block_list=op_types,
                                          node_block_list=blocked)
     _drop_repeated_casts(converted)
     sorted_model = OnnxModel(converted)
     sorted_model.topological_sort()  # the converter appends its IO casts; builders want sorted nodes
     _save(sorted_model.model, dst, external)
-    kept = [n.name for n in nodes if n.op_type in FP16_ALWAYS_FP32]
-    return {"op_types": FP16_ALWAYS_FP32, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
+    kept = [n.name for n in nodes if n.op_type in op_types]
+    return {"op_types": op_types, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
             "max_abs_activation": round(max(peaks.values(), default=0.0), 3)}
 
 

@@ -152,7 +152,10 @@ def _output_of(name: str) -> str:
 
 def _session(path: Path, options: ort.SessionOptions, device: str, device_id: int, cuda_graph: bool) -> ort.InferenceSession:
     if device == "cuda":
-        provider = {"device_id": str(device_id), "enable_cuda_graph": "1" if cuda_graph else "0"}
+        # The arena grows by what is asked, not by powers of two: a model's weights and caches
+        # are allocated once, and doubling would leave up to half of the last block unused.
+        provider = {"device_id": str(device_id), "enable_cuda_graph": "1" if cuda_graph else "0",
+                    "arena_extend_strategy": "kSameAsRequested"}
         providers: list = [("CUDAExecutionProvider", provider), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
