@@ -59,7 +59,7 @@ class GraphExecutor(Executor):
         self._host["top_p"][:] = 1.0
         self._host["inv_temperature"][:] = 1.0
         # What a call changes: the state (in place) and the tokens it samples.
-        self._state = [s.name for s in engine_io.inputs if s.name not in _SETTINGS]
+        self._state = [s.name for s in engine_io.inputs if s.name not in SETTINGS]
         self._tokens = np.zeros((rows, PATCH_SIZE), np.int64)
         self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         if cuda:
@@ -79,24 +79,14 @@ class GraphExecutor(Executor):
         binding.bind_cpu_input("row", np.array([row], dtype=np.int64))
         for name in self._loader_state:
             self._bind(binding, name, name)
-            self._bind(binding, _output_of(name), name, output=True)
+            self._bind(binding, output_of(name), name, output=True)
         self._loader.run_with_iobinding(binding)
 
     def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
         host = self._host
-        for name in _SETTINGS:
-            host[name][:] = 0
-        host["top_k"][:], host["top_p"][:], host["inv_temperature"][:] = VOCAB_SIZE, 1.0, 1.0
-        for row, r in requests.items():
-            k = len(r.prefix)
-            host["forced"][row, :k], host["forced_mask"][row, :k] = r.prefix, True
-            host["uniforms"][row] = r.uniforms
-            host["top_k"][row] = r.params.top_k or VOCAB_SIZE
-            host["top_p"][row], host["inv_temperature"][row] = r.params.top_p, 1.0 / r.params.temperature
-        host["accept"][:] = self._accepted
-        self._accepted[:] = False
+        fill_settings(host, requests, self._accepted)
         if self._values is not None:
-            for name in _SETTINGS:
+            for name in SETTINGS:
                 self._values[name].update_inplace(host[name])
         self._engine.run_with_iobinding(self._binding)
         tokens = self._tokens_value.numpy() if self._tokens_value is not None else self._tokens
@@ -130,11 +120,11 @@ class GraphExecutor(Executor):
     def _bind_engine(self) -> ort.IOBinding:
         """The patch call's binding, made once: its buffers never move (a CUDA graph needs that)."""
         binding = self._engine.io_binding()
-        for name in _SETTINGS:
+        for name in SETTINGS:
             self._bind(binding, name, name)
         for name in self._state:
             self._bind(binding, name, name)
-            self._bind(binding, _output_of(name), name, output=True)
+            self._bind(binding, output_of(name), name, output=True)
         if self._tokens_value is not None:
             binding.bind_ortvalue_output("tokens", self._tokens_value)
         else:
@@ -142,10 +132,27 @@ class GraphExecutor(Executor):
         return binding
 
 
-_SETTINGS = ("uniforms", "forced", "forced_mask", "top_k", "top_p", "inv_temperature", "accept")
+SETTINGS = ("uniforms", "forced", "forced_mask", "top_k", "top_p", "inv_temperature", "accept")
 
 
-def _output_of(name: str) -> str:
+def fill_settings(host: dict[str, np.ndarray], requests: Mapping[int, PatchRequest], accepted: np.ndarray) -> None:
+    """Write a patch call's per-row settings into ``host`` (arrays named as the graph's
+    inputs): each asked row's forced prefix, uniforms and sampling settings, and the accepts
+    since the last call (``accepted`` is then cleared). Rows not asked sample unforced, unused."""
+    for name in SETTINGS:
+        host[name][:] = 0
+    host["top_k"][:], host["top_p"][:], host["inv_temperature"][:] = VOCAB_SIZE, 1.0, 1.0
+    for row, r in requests.items():
+        k = len(r.prefix)
+        host["forced"][row, :k], host["forced_mask"][row, :k] = r.prefix, True
+        host["uniforms"][row] = r.uniforms
+        host["top_k"][row] = r.params.top_k or VOCAB_SIZE
+        host["top_p"][row], host["inv_temperature"][row] = r.params.top_p, 1.0 / r.params.temperature
+    host["accept"][:] = accepted
+    accepted[:] = False
+
+
+def output_of(name: str) -> str:
     """The output that replaces state input ``name``."""
     return name.replace("past_key_values.", "present.") if name.startswith("past_key_values.") else f"{name}_out"
 

@@ -18,12 +18,14 @@ CUDA graphs: a captured graph fixes shapes and addresses. The char decoder's dec
 length p (1..16) has both fixed, so its enqueue is captured once per position, after one
 uncaptured run at that position, and replayed after that (at most 16 graphs per session). The
 patch decoder's step grows its shapes every patch (up to PATCH_LENGTH different shapes), so it
-runs uncaptured; capturing it needs the fixed-capacity export (position input + in-graph mask),
-which this export does not have.
+runs uncaptured. Engines built from the engine-ready graphs (fixed-capacity caches, a whole patch
+per call) run on ``trt_graph_executor.py`` instead: one captured enqueue per patch for every row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from notagen_trt.manifest import graph_io, model_config
 
 from . import cuda
 from .cuda import ok as _ok
-from .executor import StepExecutor, StepSession
+from .executor import Executor, StepExecutor, StepSession
 
 PREFILL, DECODE = 0, 1
 
@@ -165,15 +167,8 @@ class _GraphState:
 
     def _capture(self, ctx: Any, past: int) -> None:
         """Capture the decode enqueue at this past length into a CUDA graph (not launched now)."""
-        cudart = self.cudart
-        _ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-        ok = ctx.execute_async_v3(int(self.stream))
-        graph = _ok(cudart.cudaStreamEndCapture(self.stream))
-        if not ok:
-            raise NotaGenError(f"{self.g.path}: TensorRT failed to enqueue the step while capturing a CUDA graph; "
-                               "retry with cuda_graphs=False")
-        self.graphs[past] = _ok(cudart.cudaGraphInstantiate(graph, 0))
-        _ok(cudart.cudaGraphDestroy(graph))
+        self.graphs[past] = capture_graph(self.cudart, self.stream, lambda: ctx.execute_async_v3(int(self.stream)),
+                                          f"{self.g.path}: TensorRT failed to enqueue the step")
 
     def reset(self) -> None:
         self.past = 0
@@ -182,6 +177,19 @@ class _GraphState:
         for exec_graph in self.graphs.values():
             self.cudart.cudaGraphExecDestroy(exec_graph)
         self.graphs.clear()
+
+
+def capture_graph(cudart: Any, stream: Any, enqueue: Callable[[], bool], failed: str) -> Any:
+    """Capture what ``enqueue`` puts on ``stream`` into an instantiated CUDA graph (nothing runs
+    now); ``failed`` starts the error when the enqueue reports failure."""
+    _ok(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+    ok = enqueue()
+    graph = _ok(cudart.cudaStreamEndCapture(stream))
+    if not ok:
+        raise NotaGenError(f"{failed} while capturing a CUDA graph; retry with cuda_graphs=False")
+    instance = _ok(cudart.cudaGraphInstantiate(graph, 0))
+    _ok(cudart.cudaGraphDestroy(graph))
+    return instance
 
 
 def _volume(shape: tuple[int, ...]) -> int:
@@ -200,9 +208,9 @@ def runtime_info(flavor: str) -> RuntimeInfo:
 
 
 class TrtBackend:
-    """A backend (see executor.py) running TensorRT plans from ``notagen-trt build``."""
-
-    default_rows = 1
+    """A backend (see executor.py) running TensorRT plans from ``notagen-trt build``: the step
+    graphs' plans one row per session, or, where the engine was built from engine-ready graphs,
+    every row in one enqueue per patch (``trt_graph_executor.py``)."""
 
     def __init__(self, engine_dir: str | Path, onnx_dir: str | Path | None = None, cuda_graphs: bool = True) -> None:
         engine_dir = Path(engine_dir)
@@ -219,13 +227,31 @@ class TrtBackend:
         self.config = model_config(manifest)
         self.cuda_graphs = cuda_graphs
         self.name = f"tensorrt-{flavor}"
-        self.patch = _EngineGraph(self.trt, self.runtime, engine_dir, manifest, "patch_decoder")
-        self.char = _EngineGraph(self.trt, self.runtime, engine_dir, manifest, "char_decoder")
+        self.engine_dir = engine_dir
+        self.engine_ready = manifest.get("layout") == "engine"
+
+    @cached_property
+    def patch(self) -> _EngineGraph:
+        """The patch decoder's step plan, deserialized on first use (the engine-ready executor
+        never uses it, and every deserialized plan holds its weights on the GPU)."""
+        return _EngineGraph(self.trt, self.runtime, self.engine_dir, self.manifest, "patch_decoder")
+
+    @cached_property
+    def char(self) -> _EngineGraph:
+        return _EngineGraph(self.trt, self.runtime, self.engine_dir, self.manifest, "char_decoder")
+
+    @property
+    def default_rows(self) -> int:
+        return 16 if self.engine_ready else 1
 
     def new_session(self) -> "TrtSession":
         return TrtSession(self)
 
-    def executor(self, rows: int = 1) -> StepExecutor:
+    def executor(self, rows: int = 1) -> Executor:
+        if self.engine_ready:
+            from .trt_graph_executor import TrtGraphExecutor
+
+            return TrtGraphExecutor(self, rows)
         return StepExecutor(self.name, self.config, [TrtSession(self) for _ in range(rows)])
 
     def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

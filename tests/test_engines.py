@@ -364,6 +364,30 @@ def test_trt_engine_runs_and_timing_cache_speeds_up_rebuilds(onnx_dirs, tmp_path
     _decode_matches_onnx_runtime(TrtBackend(tmp_path / "warm"), OrtBackend(onnx_dirs["fp32"]))
 
 
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_rtx_gpu
+def test_rtx_engine_ready_plans_write_the_onnx_runtime_pieces(onnx_dirs, tmp_path):
+    """One enqueue per patch for 4 rows, ping-pong state, CUDA graphs from the third patch on.
+    TensorRT runs the in-graph sampler in float32 (it has no float64), so a near-tie draw may
+    differ from ONNX Runtime's float64 one: most pieces, not all, must be the same."""
+    from notagen_trt.runtime.engine import Engine, PieceRequest
+    from notagen_trt.runtime.onnx_backend import OrtBackend
+    from notagen_trt.runtime.piece import GenerationConfig
+    from notagen_trt.runtime.trt_backend import TrtBackend
+    from notagen_trt.runtime.trt_graph_executor import TrtGraphExecutor
+
+    engine_dir = tmp_path / "engine"
+    build_engines(onnx_dirs["fp32"], engine_dir, flavor="rtx", max_batch=4)  # for this GPU
+    requests = [PieceRequest(None, GenerationConfig(seed=s)) for s in range(8)]
+    executor = TrtBackend(engine_dir).executor(4)
+    assert isinstance(executor, TrtGraphExecutor)
+    ours = Engine(executor).generate(requests)
+    theirs = Engine(OrtBackend(onnx_dirs["fp32"]).executor(4)).generate(requests)
+    assert all(p.complete for p in ours)
+    assert sum(a.text == b.text for a, b in zip(ours, theirs)) >= 6
+
+
 def _decode_matches_onnx_runtime(trt_backend, ort_backend) -> None:
     """Prefill, patch steps and two full patches of char steps (the second replays CUDA graphs)."""
     rng = np.random.default_rng(0)
