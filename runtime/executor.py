@@ -141,3 +141,51 @@ class StepExecutor(Executor):
             self._pool.shutdown()
         for session in self.sessions:
             session.close()
+
+
+class SideBySide(Executor):
+    """Rows split over ``parts``, executors that compute at the same time, each on a thread of
+    its own: ONNX Runtime on a CPU runs one call on one core well, but a batched call's small ops
+    do not spread over cores. Row ``r`` of this executor is a row of one part; a part with no
+    row asked for sits a patch out (its pending accepts wait for its next call)."""
+
+    def __init__(self, name: str, parts: Sequence[Executor]) -> None:
+        self.name, self.parts, self.config = name, list(parts), parts[0].config
+        self.rows = sum(p.rows for p in self.parts)
+        self._where = [(i, r) for i, part in enumerate(self.parts) for r in range(part.rows)]
+        self._first = [sum(p.rows for p in self.parts[:i]) for i in range(len(self.parts))]
+        self._pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="notagen-part")
+
+    def load(self, row: int, patches: np.ndarray) -> None:
+        part, r = self._where[row]
+        self.parts[part].load(r, patches)
+
+    def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
+        split: dict[int, dict[int, PatchRequest]] = {}
+        for row, request in requests.items():
+            part, r = self._where[row]
+            split.setdefault(part, {})[r] = request
+
+        def one(part: int) -> dict[int, np.ndarray]:
+            return {self._first[part] + r: tokens for r, tokens in self.parts[part].sample(split[part]).items()}
+
+        if len(split) < 2:
+            return {row: tokens for part in split for row, tokens in one(part).items()}
+        return {row: tokens for done in self._pool.map(one, split) for row, tokens in done.items()}
+
+    def accept(self, rows: Sequence[int]) -> None:
+        split: dict[int, list[int]] = {}
+        for row in rows:
+            part, r = self._where[row]
+            split.setdefault(part, []).append(r)
+        for part, rs in split.items():
+            self.parts[part].accept(rs)
+
+    def free(self, row: int) -> None:
+        part, r = self._where[row]
+        self.parts[part].free(r)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        for part in self.parts:
+            part.close()

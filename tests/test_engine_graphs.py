@@ -16,7 +16,8 @@ from notagen_trt.export.onnx_export import export_onnx
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.engine import Engine, PieceRequest, generate
 from notagen_trt.runtime.graph_executor import GraphExecutor
-from notagen_trt.runtime.onnx_backend import OrtBackend
+from notagen_trt.runtime.executor import SideBySide
+from notagen_trt.runtime.onnx_backend import OrtBackend, session_options
 from notagen_trt.runtime.piece import GenerationConfig, PatchRequest
 from notagen_trt.runtime.sampling import SamplingParams, sample
 
@@ -87,7 +88,8 @@ def test_demo_pieces_equal_the_cached_reference_on_one_and_four_rows(demo, demo_
     backend = OrtBackend(demo_engine_dir, "cpu", threads=1)
     for rows in (1, 4):
         executor = backend.executor(rows)
-        assert isinstance(executor, GraphExecutor)
+        parts = executor.parts if isinstance(executor, SideBySide) else [executor]  # a call per core
+        assert all(isinstance(p, GraphExecutor) for p in parts) and sum(p.rows for p in parts) == rows
         pieces = Engine(executor).generate(requests)
         assert [p.text for p in pieces] == [p.text for p in reference]
         assert [p.patches for p in pieces] == [p.patches for p in reference]
@@ -133,7 +135,7 @@ def test_a_piece_that_fills_the_whole_capacity_equals_the_reference(tiny_dir, tm
 
 def test_caches_and_row_state_are_written_in_place(trained_engine_dir):
     backend = OrtBackend(trained_engine_dir, "cpu", threads=1)
-    executor = backend.executor(2)
+    executor = GraphExecutor(trained_engine_dir, backend.manifest, backend.config, 2, session_options(1))
     host = executor._host
     cache = host["past_key_values.0.key"]
     before = cache.ctypes.data
