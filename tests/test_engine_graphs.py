@@ -157,3 +157,25 @@ def test_generate_cli_runs_the_engine_ready_graphs(demo_engine_dir, tmp_path, ca
     summary = json.loads(capsys.readouterr().out)
     assert summary["backend"] == "onnxruntime-cpu-engine-graph"
     assert len(summary["pieces"]) == 2 and all("abc" in r["files"] for r in summary["pieces"])
+
+
+@pytest.mark.slow
+def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(demo_variant):
+    """The demo's variants hold the engine-ready graphs too (the demo directory does): fp16 ones
+    keep fp16 caches and write the fp32 pieces for most seeds; int8 weights change pieces, but
+    they end as pieces do and are valid at least as often as fp32's (music21 parse, meter)."""
+    from notagen_trt.demo import demo_model_dir
+    from notagen_trt.runtime.evaluate import generated_validity
+
+    requests = [PieceRequest(None, GenerationConfig(seed=s)) for s in range(8)]
+    fp32 = OrtBackend(demo_model_dir(), "cpu", threads=1)
+    want = Engine(fp32.executor(4)).generate(requests)
+    fp16 = OrtBackend(demo_variant("fp16"), "cpu", threads=1)
+    assert fp16.manifest["layout"] == "engine"
+    assert fp16.manifest["graphs"]["patch_engine"]["inputs"][-1]["dtype"] == "float16"
+    got = Engine(fp16.executor(4)).generate(requests)
+    assert sum(a.text == b.text for a, b in zip(got, want)) >= 6
+    int8 = OrtBackend(demo_variant("int8-wo"), "cpu", threads=1)
+    assert all(p.complete for p in Engine(int8.executor(4)).generate(requests))
+    valid = lambda backend: sum(c.valid for c in generated_validity(backend, 8))  # noqa: E731
+    assert valid(int8) >= valid(fp32)
