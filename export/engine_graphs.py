@@ -36,9 +36,6 @@ from .trace_ops import Reshape as _Reshape
 from .trace_ops import gelu_tanh as _gelu_tanh
 from .trace_ops import linear as _linear
 
-GRAPHS = ("patch_engine", "context_loader")
-
-
 class _ScatterND(torch.autograd.Function):
     """ONNX ScatterND (a copy of ``data`` with ``updates`` at ``indices``): traced as the one node,
     which ONNX Runtime runs in place when the output is bound to the input's buffer."""
@@ -250,4 +247,5 @@ def examples(config: ModelConfig, rows: int = 2) -> dict[str, tuple]:
 
 
 def modules(model: NotaGenModel) -> dict[str, nn.Module]:
+    """The traceable module of each engine-ready graph (manifest.ENGINE_GRAPHS)."""
     return {"patch_engine": PatchEngine(model), "context_loader": ContextLoader(model)}

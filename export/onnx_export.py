@@ -29,7 +29,7 @@ from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space,
                                sha256_file, stage, staging_prefix, writing)
-from notagen_trt.manifest import FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
+from notagen_trt.manifest import ENGINE_GRAPHS, FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
 
 from . import engine_graphs
 from .trace_ops import Reshape as _Reshape
@@ -247,7 +247,7 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
             "opset": opset,
             "layout": layout,
             "graphs": {name: {**files[name], **specs[name],
-                              "kv_layout": _FIXED_KV_LAYOUT if name in engine_graphs.GRAPHS else _KV_LAYOUT}
+                              "kv_layout": _FIXED_KV_LAYOUT if name in ENGINE_GRAPHS else _KV_LAYOUT}
                        for name in specs},
             "tools": _tool_versions(),
             "parity": results,

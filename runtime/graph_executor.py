@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from notagen_trt.config import HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelConfig
+from notagen_trt.config import PATCH_SIZE, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_io
 
@@ -176,7 +176,3 @@ def _session(path: Path, options: ort.SessionOptions, device: str, device_id: in
                            "onnxruntime-gpu matching your CUDA version, or use --backend ort-cpu")
     return session
 
-
-def cache_bytes(config: ModelConfig, rows: int, itemsize: int = 4) -> int:
-    """Bytes of a ``rows``-row executor's fixed KV caches."""
-    return 2 * config.patch_num_layers * rows * config.num_heads * config.patch_length * HEAD_DIM * itemsize
