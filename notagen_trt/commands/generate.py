@@ -209,8 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fast CUDA path: fp32 (the reference's pieces bit for bit), fp16 (default) or int8-wo; "
                         "other backends run the precision of their model directory")
     p.add_argument("--rows", type=_positive_int, default=None,
-                   help="pieces in flight at once (default: 16 on the fast path, a row per core up to 4 on ONNX "
-                        "Runtime CPU, 1 elsewhere)")
+                   help="pieces in flight at once (default: 16 on the fast path and on engine-ready graphs with "
+                        "CUDA, 4 on ONNX Runtime CPU, 1 elsewhere; never more than --num-pieces)")
     p.add_argument("--period")
     p.add_argument("--composer")
     p.add_argument("--instrumentation")
