@@ -1,5 +1,6 @@
 """Where a fast-path patch spends its GPU time: the top kernels of a few eager patches of a
-published shape (random weights), by total CUDA time. ``python benchmarks/profile_fast.py --size x``."""
+published shape (random weights), by total CUDA time.
+``python benchmarks/profile_fast.py --size x [--rows 16]``."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="x", choices=sorted(PRESETS))
     parser.add_argument("--patches", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1, help="rows sampled together (each with the same context)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    gen = FastBackend(NotaGenModel(PRESETS[args.size]), "cuda", "fp16").executor(1, graph=False)
-    gen.load(0, codec.encode_generate(context_text(256))[0])
+    gen = FastBackend(NotaGenModel(PRESETS[args.size]), "cuda", "fp16").executor(args.rows, graph=False)
+    for row in range(args.rows):
+        gen.load(row, codec.encode_generate(context_text(256))[0])
     gen._attempt()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

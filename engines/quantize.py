@@ -6,7 +6,12 @@ accuracy is checked on the CPU before an engine is built from it.
   written as Cast nodes, for LayerNormalization and Softmax and for every node whose fp32
   activations, measured on the calibration set, come near the fp16 range.
 - ``int8-wo``: int8 weights, per output channel, symmetric, stored as int8 initializers behind
-  DequantizeLinear; activations stay fp32. No calibration.
+  DequantizeLinear; activations stay fp32. No calibration. Its engine-ready graphs also get a
+  CPU form (``cpu_file``): ONNX Runtime's ``MatMulNBits`` quantizer, 8-bit symmetric blocks of
+  128 inputs with int8 activations per block (accuracy level 4: MLAS's integer kernels), made
+  from the source's CPU form where it has one. On a CPU ONNX Runtime runs DequantizeLinear +
+  MatMul as an fp32 GEMM over weights it dequantizes every call; MatMulNBits reads a quarter of
+  the bytes (README: CPU figures). TensorRT parses only the QDQ form: plans are built from ``file``.
 - ``int8``: W8A8 Q/DQ as ONNX Runtime's ``quantize_static`` writes it: symmetric int8 activations with
   ranges calibrated on real ABC (see calibration.py), per-channel symmetric int8 weights, bias in
   float: the layout TensorRT fuses.
@@ -36,8 +41,8 @@ import onnxruntime as ort
 
 import notagen_trt
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space, stage,
-                               staging_prefix, writing)
+from notagen_trt.files import (GRAPH_FILE_KEYS, claim_out_dir, out_of_space_is_one_line, prepare_out_dir,
+                               require_free_space, stage, staging_prefix, writing)
 from notagen_trt.manifest import (ENGINE_GRAPHS, GRAPH_NAMES, MANIFEST_NAME, file_checksums, layout_graphs, manifest_digest,
                                   read_manifest, with_checksum)
 
@@ -80,7 +85,7 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     claim = claim_out_dir(prepare_out_dir(out_dir, "quantize"), "quantize", "onnx", precision, force)
     # ONNX Runtime writes an "-inferred" copy (and for int8 an augmented one) beside the variant.
     source_bytes = sum((model_dir / g[k]).stat().st_size for g in manifest["graphs"].values()
-                       for k in ("file", "external_data") if g.get(k))
+                       for k in GRAPH_FILE_KEYS if g.get(k))
     require_free_space(out_dir, 3 * source_bytes, "quantize")
     feeds = None
     if precision in ("fp16", "int8"):
@@ -94,12 +99,26 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
         scratch = Path(tmp)
         graphs = manifest["graphs"]
         names = _variant_graphs(manifest, precision, log)
-        details = {name: _variant_graph(_linked_source(model_dir, graphs[name], scratch), scratch / f"{name}.onnx",
-                                        precision, feeds.graph(name) if feeds and name in GRAPH_NAMES else None,
-                                        method, exclude or [], log, external=bool(graphs[name].get("external_data")))
+        sources = {name: _linked_source(model_dir, graphs[name], scratch) for name in names}
+        external = {name: bool(graphs[name].get("external_data")) for name in names}
+        details = {name: _variant_graph(sources[name], scratch / f"{name}.onnx", precision,
+                                        feeds.graph(name) if feeds and name in GRAPH_NAMES else None,
+                                        method, exclude or [], log, external=external[name])
                    for name in names}
-        variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch,
-                                                  _recipe(precision, method, feeds, details), names))
+        recipe = _recipe(precision, method, feeds, details)
+        if precision == "int8-wo" and names != GRAPH_NAMES:
+            forms = {}
+            for name in ENGINE_GRAPHS:
+                log(f"int8-wo: {name}, CPU form (MatMulNBits)")
+                cpu = graphs[name].get("cpu_file")  # the source's CPU form (export/engine_graphs.py), if any
+                src = _linked_source(model_dir, {"file": cpu, "external_data": graphs[name].get("cpu_external_data")},
+                                     scratch) if cpu else sources[name]
+                forms[name] = _int8_cpu_form(src, scratch / f"{name}.cpu.onnx", external[name])
+            recipe["cpu_form"] = {
+                "library": f"onnxruntime {ort.__version__} (onnxruntime.quantization.MatMulNBitsQuantizer)",
+                "weights": f"int8 symmetric, blocks of {NBITS_BLOCK} inputs", "activations": "int8 per block "
+                f"(MatMulNBits accuracy level {NBITS_ACCURACY})", "graphs": forms}
+        variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch, recipe, names))
         written = _commit(scratch, out_dir, variant)
     claim.finish(written)
     return variant
@@ -181,9 +200,10 @@ def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: 
             "checkpoint": manifest.get("source", {}).get("checkpoint"),
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
         },
-        "graphs": {g: {**_with_half_io(manifest["graphs"][g], recipe["kept_in_higher_precision"][g]),
-                       "file": f"{g}.onnx", "external_data": _data_file(scratch, g),
-                       "checksums": file_checksums(scratch, [f"{g}.onnx", _data_file(scratch, g)])}
+        "graphs": {g: {**_with_half_io(_without_cpu_form(manifest["graphs"][g]), recipe["kept_in_higher_precision"][g]),
+                       "file": f"{g}.onnx", "external_data": _data_file(scratch, g), **_cpu_form(scratch, g),
+                       "checksums": file_checksums(scratch, [f"{g}.onnx", _data_file(scratch, g),
+                                                             *_cpu_form(scratch, g).values()])}
                    for g in names},
         "quantization": recipe,
         "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
@@ -202,17 +222,33 @@ def _with_half_io(entry: dict, details: dict) -> dict:
             **({"kv_layout": layout} if layout else {})}
 
 
-def _data_file(scratch: Path, graph: str) -> str | None:
+def _data_file(scratch: Path, graph: str, suffix: str = ".onnx") -> str | None:
     """The name of a written variant graph's external data file, None when it has none."""
-    name = f"{graph}.onnx.data"
+    name = f"{graph}{suffix}.data"
     return name if (scratch / name).is_file() else None
+
+
+def _without_cpu_form(entry: dict) -> dict:
+    """A source graph's entry without its CPU form: a variant names its own, or has none."""
+    return {k: v for k, v in entry.items() if k not in ("cpu_file", "cpu_external_data")}
+
+
+def _cpu_form(scratch: Path, graph: str) -> dict[str, str]:
+    """The manifest keys of a graph's CPU form where one was written (``cpu_file`` and, for
+    weights stored apart, ``cpu_external_data``)."""
+    if not (scratch / f"{graph}.cpu.onnx").is_file():
+        return {}
+    data = _data_file(scratch, graph, ".cpu.onnx")
+    return {"cpu_file": f"{graph}.cpu.onnx", **({"cpu_external_data": data} if data else {})}
 
 
 def _commit(scratch: Path, out_dir: Path, variant: dict) -> list[str]:
     """Stage the manifest (the write that can run out of space), rename the graphs in (weights
     before the graphs that point at them), then the manifest."""
     staged = stage(out_dir / MANIFEST_NAME, json.dumps(variant, indent=2) + "\n")
-    names = [n for g in variant["graphs"] for n in (variant["graphs"][g]["external_data"], f"{g}.onnx") if n]
+    entries = variant["graphs"].values()
+    names = [n for e in entries for n in (e["external_data"], e.get("cpu_external_data"), e.get("cpu_file"), e["file"])
+             if n]
     try:
         for name in names:
             os.chmod(scratch / name, 0o644)
@@ -389,6 +425,28 @@ def _int8_weight_only(src: Path, dst: Path, external: bool = False) -> dict:
     quantizer.quantize_model()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)  # weights in dst.data
     return _float_gemms(dst, "weights")
+
+
+NBITS_BLOCK = 128  # inputs per int8 block of the CPU form (NotaGen-small, two cores: 32 -> 33 ms a patch, 128 -> 22)
+NBITS_ACCURACY = 4  # MatMulNBits accuracy level 4: int8 activations per block, integer dot products
+
+
+def _int8_cpu_form(src: Path, dst: Path, external: bool = False) -> dict:
+    """The CPU form of an int8-wo graph (module doc), from the fp32 source graph ``src``."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    _quiet_quantizer()
+    config = DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=True, accuracy_level=NBITS_ACCURACY,
+                                          bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    quantizer.process()
+    _save(quantizer.model.model, dst, external)
+    onnx.checker.check_model(str(dst))
+    _check_io(src, dst, [])
+    graph = onnx.load(str(dst), load_external_data=False).graph
+    return {"matmulnbits": sum(n.op_type == "MatMulNBits" for n in graph.node),
+            "float_matmuls_with_weights": [n.name for n in graph.node if n.op_type == "MatMul"
+                                           and n.input[1] in {i.name for i in graph.initializer}]}
 
 
 def _int8(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str], external: bool = False) -> dict:

@@ -18,6 +18,12 @@ or taking the forced one; then the patch step of the new patch at ``position``, 
 values a ScatterND writes into the cache there (in place where the runner binds ``present`` to
 the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host accepts the patch.
 
+A CPU form of ``patch_engine`` (``patch_engine.cpu.onnx``, the manifest entry's ``cpu_file``)
+has the same IO and differs in one thing: its patch step attends over positions 0 .. the largest
+row position (a Slice of data-dependent length) instead of the whole capacity. A CPU runs any
+shape, and reading a 2048-patch cache for a 300-patch context was a third of NotaGen-small's
+patch there; CUDA graphs and TensorRT plans need the fixed form.
+
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
 """
@@ -49,6 +55,20 @@ class _ScatterND(torch.autograd.Function):
     @staticmethod
     def symbolic(g, data, indices, updates):
         return g.op("ScatterND", data, indices, updates)
+
+
+class _Prefix(torch.autograd.Function):
+    """``data`` cut to its first ``length`` ([1] int64) entries along ``axis``: one Slice node
+    whose end is computed in the graph."""
+
+    @staticmethod
+    def forward(ctx, data, length, axis):  # no annotations: the tracer chokes on them
+        return data.narrow(axis, 0, int(length))
+
+    @staticmethod
+    def symbolic(g, data, length, axis):
+        const = lambda v: g.op("Constant", value_t=torch.tensor([v], dtype=torch.int64))  # noqa: E731
+        return g.op("Slice", data, const(0), length, const(axis))
 
 
 def _numpy_sum(x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +118,10 @@ class PatchEngine(nn.Module):
     """The ``patch_engine`` graph (module doc) as a traceable module. Each row has one query per
     step, so activations are [rows, H] and the heads are plain reshapes of them."""
 
-    def __init__(self, model: NotaGenModel) -> None:
+    def __init__(self, model: NotaGenModel, window: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.window = window  # the CPU form: attend over positions in use only (module doc)
 
     def forward(self, uniforms, forced, forced_mask, top_k, top_p, inv_temperature, accept,
                 position, hidden, hidden_next, *past):
@@ -148,12 +169,17 @@ class PatchEngine(nn.Module):
         index = torch.stack([row_ids[:, None] * each_head, torch.arange(heads)[None] + 0 * row_ids[:, None],
                              position[:, None] * each_head], dim=-1)
         visible = (torch.arange(capacity)[None] <= position[:, None])[:, None, None]  # [rows, 1, 1, capacity]
+        window = (position.max() + 1).reshape(1) if self.window else None
+        if window is not None:
+            visible = _Prefix.apply(visible, window, 3)
         present = []
         for i, block in enumerate(base.h):
             q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
             k_all = _ScatterND.apply(past[2 * i], index, _Reshape.apply(k, [-1, heads, HEAD_DIM]))
             v_all = _ScatterND.apply(past[2 * i + 1], index, _Reshape.apply(v, [-1, heads, HEAD_DIM]))
             present += [k_all, v_all]
+            if window is not None:
+                k_all, v_all = _Prefix.apply(k_all, window, 2), _Prefix.apply(v_all, window, 2)
             scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ k_all.transpose(-1, -2) / math.sqrt(HEAD_DIM)
             scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
             x = _finish(block, x, _Reshape.apply(torch.softmax(scores, dim=-1) @ v_all, [0, -1]))
@@ -249,3 +275,8 @@ def examples(config: ModelConfig, rows: int = 2) -> dict[str, tuple]:
 def modules(model: NotaGenModel) -> dict[str, nn.Module]:
     """The traceable module of each engine-ready graph (manifest.ENGINE_GRAPHS)."""
     return {"patch_engine": PatchEngine(model), "context_loader": ContextLoader(model)}
+
+
+def cpu_modules(model: NotaGenModel) -> dict[str, nn.Module]:
+    """The graphs that have a CPU form (module doc), as traceable modules of that form."""
+    return {"patch_engine": PatchEngine(model, window=True)}

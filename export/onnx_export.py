@@ -27,8 +27,8 @@ from torch.nn import functional as F
 import notagen_trt
 from notagen_trt.config import HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import (claim_out_dir, out_of_space_is_one_line, prepare_out_dir, require_free_space,
-                               sha256_file, stage, staging_prefix, writing)
+from notagen_trt.files import (GRAPH_FILE_KEYS, claim_out_dir, out_of_space_is_one_line, prepare_out_dir,
+                               require_free_space, sha256_file, stage, staging_prefix, writing)
 from notagen_trt.manifest import ENGINE_GRAPHS, FORMAT_VERSION, MANIFEST_NAME, file_checksums, with_checksum
 
 from . import engine_graphs
@@ -223,7 +223,7 @@ def export_onnx(model: NotaGenModel, out_dir: str | Path, checkpoint_path: str |
     out_dir = prepare_out_dir(out_dir, "export")
     claim = claim_out_dir(out_dir, "export", "onnx", "fp32", force)
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    copies = 1.1 if layout == "growing" else 2.2  # the engine-ready graphs hold the weights again
+    copies = 1.1 if layout == "growing" else 3.2  # the engine-ready graphs and the CPU form hold them again
     require_free_space(out_dir, int(copies * weight_bytes), "export")
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
@@ -264,13 +264,19 @@ def _export_graphs(model: NotaGenModel, scratch: Path, specs: dict, opset: int, 
     if "patch_engine" in specs:
         examples = engine_graphs.examples(model.config)
         steps.update({name: (module, examples[name]) for name, module in engine_graphs.modules(model).items()})
+    forms = engine_graphs.cpu_modules(model) if "patch_engine" in specs else {}
     files: dict[str, dict] = {}
     for name, (module, example) in steps.items():
-        path = scratch / f"{name}.onnx"
-        with torch.no_grad():
-            _export_graph(module, example, specs[name], path, opset)
-        data = _finalize(path, specs[name], external)
-        files[name] = {"file": path.name, "external_data": data, "checksums": file_checksums(scratch, [path.name, data])}
+        entry = files[name] = {}
+        for key, suffix, traced in (("file", ".onnx", module), ("cpu_file", ".cpu.onnx", forms.get(name))):
+            if traced is None:
+                continue
+            path = scratch / f"{name}{suffix}"
+            with torch.no_grad():
+                _export_graph(traced, example, specs[name], path, opset)
+            data = _finalize(path, specs[name], external)
+            entry.update({key: path.name, key.replace("file", "external_data"): data})
+        entry["checksums"] = file_checksums(scratch, [entry[k] for k in GRAPH_FILE_KEYS if entry.get(k)])
     return files
 
 
@@ -282,8 +288,8 @@ def commit(scratch: Path, out_dir: Path, files: dict[str, dict], manifest: dict[
     try:
         written = []
         for entry in files.values():
-            for key in ("external_data", "file"):
-                if entry[key]:
+            for key in ("external_data", "cpu_external_data", "cpu_file", "file"):  # weights before graphs
+                if entry.get(key):
                     os.chmod(scratch / entry[key], 0o644)  # side files come out 0600 otherwise
                     os.replace(scratch / entry[key], out_dir / entry[key])
                     written.append(entry[key])
@@ -406,10 +412,24 @@ def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float =
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     modules = engine_graphs.modules(model)
-    sessions = {name: ort.InferenceSession(str(graph_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
-                for name in modules}
     examples = engine_graphs.examples(model.config)
-    diffs = {name: 0.0 for name in modules}
+    diffs: dict[str, float] = {}
+    # Each graph, then each CPU form in its graph's place (the same function, so the same module).
+    for form in ("", *(f"{name}.cpu" for name in engine_graphs.cpu_modules(model))):
+        sessions = {name: ort.InferenceSession(str(graph_dir / f"{form if form.startswith(name) else name}.onnx"),
+                                               opts, providers=["CPUExecutionProvider"]) for name in modules}
+        _engine_parity_run(graph_dir, modules, sessions, examples, diffs, form)
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > tolerance:
+        raise NotaGenError(f"{graph_dir}: ONNX Runtime differs from PyTorch by {diffs[worst]:.3g} in {worst} "
+                           f"(tolerance {tolerance}); the graph is wrong, report it with the model config")
+    return {"tolerance": tolerance, "max_abs_diff": diffs}
+
+
+def _engine_parity_run(graph_dir: Path, modules: dict, sessions: dict, examples: dict, diffs: dict[str, float],
+                       form: str) -> None:
+    """One context load and three patches through ``sessions``; the largest float difference per
+    graph (named by ``form`` for a CPU form) goes into ``diffs``; drawn ids must be equal."""
 
     def run(name: str, args: tuple) -> tuple:
         names = [i.name for i in sessions[name].get_inputs()]
@@ -417,12 +437,13 @@ def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float =
         with torch.no_grad():
             want = modules[name](*args)
         for g, w in zip(got, want, strict=True):
+            key = form if form.startswith(name) else name
             if w.dtype in (torch.int64, torch.bool):
                 if not np.array_equal(g, w.numpy()):
-                    raise NotaGenError(f"{graph_dir}: {name} draws other ids than PyTorch; the graph is wrong, report "
+                    raise NotaGenError(f"{graph_dir}: {key} draws other ids than PyTorch; the graph is wrong, report "
                                        "it with the model config")
             else:
-                diffs[name] = max(diffs[name], float(np.abs(g - w.numpy()).max()))
+                diffs[key] = max(diffs.get(key, 0.0), float(np.abs(g - w.numpy()).max()))
         return want
 
     settings, state, past = examples["patch_engine"][:7], examples["patch_engine"][7:10], examples["patch_engine"][10:]
@@ -435,8 +456,3 @@ def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float =
         out = run("patch_engine", (settings[0], forced, mask, *settings[3:6], torch.tensor([accept, accept]),
                                    position, hidden, hidden_next, *past))
         position, hidden, hidden_next, past = out[1], out[2], out[3], out[4:]
-    worst = max(diffs, key=diffs.get)
-    if diffs[worst] > tolerance:
-        raise NotaGenError(f"{graph_dir}: ONNX Runtime differs from PyTorch by {diffs[worst]:.3g} in {worst} "
-                           f"(tolerance {tolerance}); the graph is wrong, report it with the model config")
-    return {"tolerance": tolerance, "max_abs_diff": diffs}

@@ -223,12 +223,17 @@ def _manifest_of(folder: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+# Graph entries' keys that name files in a model directory. ``cpu_file``: the form of the graph
+# ONNX Runtime runs on a CPU, where it differs (an int8-wo variant's engine-ready graphs).
+GRAPH_FILE_KEYS = ("file", "external_data", "cpu_file", "cpu_external_data")
+
+
 def _listed_files(manifest: dict) -> set[str]:
     graphs = manifest.get("graphs")
     names = {"manifest.json"}
     for graph in graphs.values() if isinstance(graphs, dict) else ():
         if isinstance(graph, dict):
-            names.update(v for k in ("file", "external_data") if isinstance(v := graph.get(k), str))
+            names.update(v for k in GRAPH_FILE_KEYS if isinstance(v := graph.get(k), str))
     return names
 
 

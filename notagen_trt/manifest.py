@@ -17,14 +17,13 @@ from typing import Any
 
 from notagen_trt.config import ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import sha256_cached, sha256_file, write_atomic
+from notagen_trt.files import GRAPH_FILE_KEYS, sha256_cached, sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KINDS = ("onnx", "engine")
 GRAPH_NAMES = ("patch_decoder", "char_decoder")  # every model directory: the step graphs
 ENGINE_GRAPHS = ("patch_engine", "context_loader")  # layout "engine" adds these (export/engine_graphs.py)
-_FILE_KEYS = ("file", "external_data")  # graph entries' keys that name files in the directory
 
 
 def write_manifest(directory: str | Path, data: dict[str, Any]) -> Path:
@@ -93,7 +92,7 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
     if data.get("layout") == "engine" and any(g not in graphs for g in ENGINE_GRAPHS):
         raise NotaGenError(f"{path}: an engine-ready layout must describe graphs {', '.join(ENGINE_GRAPHS)}; re-export")
     for name, graph in graphs.items():
-        for key in _FILE_KEYS:
+        for key in GRAPH_FILE_KEYS:
             if graph.get(key) is not None:
                 _check_file(directory, path, f"graphs.{name}.{key}", graph[key])
         _check_checksums(directory, path, graph.get("checksums") or {})
@@ -155,6 +154,7 @@ class GraphIO:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profiles: tuple[dict[str, Any], ...] = ()  # engine graphs: the optimization profiles built
+    cpu_file: str | None = None  # what ONNX Runtime runs on a CPU, where not ``file`` (same IO)
 
     @cached_property
     def input_names(self) -> tuple[str, ...]:
@@ -189,6 +189,10 @@ class GraphIO:
     def path(self, directory: str | Path) -> Path:
         return Path(directory) / self.file
 
+    def cpu_path(self, directory: str | Path) -> Path:
+        """The graph ONNX Runtime runs on a CPU."""
+        return Path(directory) / (self.cpu_file or self.file)
+
 
 def graph_io(manifest: dict[str, Any], name: str, directory: str | Path | None = None) -> GraphIO:
     """The typed IO of graph ``name`` (``patch_decoder`` / ``char_decoder``) of a manifest read by
@@ -200,7 +204,7 @@ def graph_io(manifest: dict[str, Any], name: str, directory: str | Path | None =
         io = GraphIO(name=name, file=entry["file"], num_layers=layers, max_positions=int(entry["max_positions"]),
                      inputs=tuple(_tensor(s) for s in entry["inputs"]),
                      outputs=tuple(_tensor(s) for s in entry["outputs"]),
-                     profiles=tuple(entry.get("profiles") or ()))
+                     profiles=tuple(entry.get("profiles") or ()), cpu_file=entry.get("cpu_file"))
     except (KeyError, TypeError, ValueError) as exc:
         raise NotaGenError(f"{where}: graphs.{name} is malformed ({type(exc).__name__}: {exc}); "
                            "re-export the model") from None

@@ -4,7 +4,8 @@ patch for every row, the KV caches and the rows' state never leaving their buffe
 Every call binds each state output (``present.*``, ``position_out``, ``hidden_out``,
 ``hidden_next_out``) to the buffer of the input it replaces, so the caches are written in place
 (ScatterND skips its copy when input and output share a buffer) and nothing is allocated per
-call. On the CPU the buffers are numpy arrays; with CUDA they are device OrtValues, the per-patch
+call. On the CPU the buffers are numpy arrays, and a graph's CPU form runs where the directory
+has one (attention over the positions in use; int8-wo: MatMulNBits too); with CUDA they are device OrtValues, the per-patch
 settings are copied into fixed device inputs, and ONNX Runtime can capture the call as a CUDA
 graph (``cuda_graph``: the graph has fixed shapes and addresses, and every node on the GPU).
 
@@ -42,16 +43,18 @@ class GraphExecutor(Executor):
         self.cuda_graph = cuda if cuda_graph is None else cuda_graph
         engine_io = graph_io(manifest, "patch_engine", model_dir)
         loader_io = graph_io(manifest, "context_loader", model_dir)
+        # On a CPU, each graph's CPU form where the directory has one (module doc).
+        self.files = tuple(io.path(model_dir) if cuda else io.cpu_path(model_dir) for io in (engine_io, loader_io))
         try:
-            self._engine = _session(engine_io.path(model_dir), options, device, device_id, self.cuda_graph)
+            self._engine = _session(self.files[0], options, device, device_id, self.cuda_graph)
         except NotaGenError:
             if not self.cuda_graph:
                 raise
             # ONNX Runtime refuses a CUDA graph when a node runs on the CPU: run without, saying so.
-            self._engine, self.cuda_graph = _session(engine_io.path(model_dir), options, device, device_id, False), False
+            self._engine, self.cuda_graph = _session(self.files[0], options, device, device_id, False), False
         if cuda:
             self.name += "-cuda-graph" if self.cuda_graph else "-no-cuda-graph"
-        self._loader = _session(loader_io.path(model_dir), options, device, device_id, False)
+        self._loader = _session(self.files[1], options, device, device_id, False)
         shapes = {s.name: tuple(rows if d == "rows" else d for d in s.shape) for s in engine_io.inputs}
         dtypes = {s.name: _NUMPY[s.dtype] for s in engine_io.inputs}
         self._host = {name: np.zeros(shapes[name], dtypes[name]) for name in shapes}

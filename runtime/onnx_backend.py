@@ -147,7 +147,8 @@ class OrtBackend:
             if cores < 2:
                 return part(rows)
             sizes = [rows // cores + (i < rows % cores) for i in range(cores)]
-            return SideBySide(f"{self.name}-engine-graph", [part(n) for n in sizes])
+            parts = [part(n) for n in sizes]
+            return SideBySide(parts[0].name, parts)
         # CPU sessions of one intra-op thread run rows side by side, a core each; sessions that
         # use every core themselves (the default) step rows in turn.
         workers = min(rows, os.cpu_count() or 1) if self.device == "cpu" and self._threads == 1 else 1

@@ -24,9 +24,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(args.out), "precision": args.precision, "quantization": recipe}))
     else:
-        graphs = ", ".join(f"{g}.onnx" for g in manifest["graphs"])
+        graphs = ", ".join(f for g in manifest["graphs"].values() for f in (g["file"], g.get("cpu_file")) if f)
+        cpu = recipe.get("cpu_form")
+        cpu = f"; *.cpu.onnx, for ONNX Runtime on a CPU: weights {cpu['weights']}, activations " \
+              f"{cpu['activations']}" if cpu else ""
         print(f"wrote {args.out}/{graphs}, manifest.json ({args.precision}: "
-              f"weights {recipe['weights']}, activations {recipe['activations']}); check it with "
+              f"weights {recipe['weights']}, activations {recipe['activations']}{cpu}); check it with "
               f"`notagen-trt eval --model {args.out}`")
     return 0
 
