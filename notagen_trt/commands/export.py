@@ -30,7 +30,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(args.out), "parity": parity}))
     else:
-        print(f"wrote {args.out}/{', '.join(f'{g}.onnx' for g in manifest['graphs'])}, manifest.json")
+        files = [f for g in manifest["graphs"].values() for f in (g["file"], g.get("cpu_file")) if f]
+        print(f"wrote {args.out}/{', '.join(files)}, manifest.json")
         if parity:
             diffs = ", ".join(f"{phase} {diff:.2e}" for phase, diff in parity["max_abs_diff"].items())
             engine = parity.get("engine_graphs")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("growing", "engine"), default="growing",
                    help="engine: also write the engine-ready graphs (fixed-capacity KV caches, a whole patch per "
                         "call for every row, sampling in the graph) that ONNX Runtime runs batched and, on CUDA, "
-                        "as one CUDA graph per patch")
+                        "as one CUDA graph per patch, and their CPU form (attention over the positions in use)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
     p.add_argument("--force", action="store_true",
