@@ -224,7 +224,7 @@ def _manifest_of(folder: Path) -> dict | None:
 
 
 # Graph entries' keys that name files in a model directory. ``cpu_file``: the form of the graph
-# ONNX Runtime runs on a CPU, where it differs (an int8-wo variant's engine-ready graphs).
+# ONNX Runtime runs on a CPU, where it differs (the engine-ready graphs: export/engine_graphs.py).
 GRAPH_FILE_KEYS = ("file", "external_data", "cpu_file", "cpu_external_data")
 
 
