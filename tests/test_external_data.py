@@ -93,3 +93,30 @@ def test_rtx_builds_plans_from_an_external_data_variant(variants, tmp_path, caps
     for g in GRAPH_NAMES:
         assert (tmp_path / "plans" / manifest["graphs"][g]["file"]).stat().st_size > 0
     assert json.loads(capsys.readouterr().out)
+
+
+def test_engine_ready_graphs_and_their_cpu_forms_are_stored_as_external_data(tmp_path, capsys):
+    """The engine-ready layout of a model stored as external data: every graph and CPU form keeps
+    its weights in its own side file (named in the manifest, checksummed), int8-wo writes its
+    MatMulNBits CPU forms the same way, and both directories generate on the CPU."""
+    import torch
+
+    from notagen_trt.export.model import NotaGenModel
+    from notagen_trt.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32"
+    export_onnx(NotaGenModel(CONFIG), fp32, external_data=True, parity=True, layout="engine")
+    int8 = tmp_path / "int8-wo"
+    quantize(fp32, "int8-wo", int8)
+    for directory, forms in ((fp32, ["patch_engine"]), (int8, ["patch_engine", "context_loader"])):
+        manifest = read_manifest(directory, expect_kind="onnx")  # also checks every file's sha256
+        for g in forms:
+            entry = manifest["graphs"][g]
+            files = [f"{g}.onnx", f"{g}.onnx.data", f"{g}.cpu.onnx", f"{g}.cpu.onnx.data"]
+            assert [entry[k] for k in ("file", "external_data", "cpu_file", "cpu_external_data")] == files
+            assert set(entry["checksums"]) == set(files) and _external_tensors(directory / entry["cpu_file"])
+        rc = main(["generate", "--model", str(directory), "--backend", "ort-cpu", "--max-patches", "4",
+                   "--formats", "abc", "--json", "--out", str(tmp_path / f"pieces-{directory.name}")])
+        assert rc == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["pieces"][0]["patches"] == 4
