@@ -8,7 +8,8 @@
 # Env: OUT (results, default out/quantize-x), WORK (models and plans, default out/quantize-x-work:
 #   gigabytes, kept out of OUT), SIZE (x, large, medium, small: random weights via
 #   benchmarks/export_size.py; demo: the shipped demo model exported with --external-data, a
-#   seconds-long check of this script), CALIB_PIECES (default 32, the CLI's), COMPUTE_CAPABILITY
+#   seconds-long check of this script), LAYOUT (engine, the default: the engine-ready graphs and
+#   their CPU form too; growing: the step graphs only), CALIB_PIECES (default 32, the CLI's), COMPUTE_CAPABILITY
 #   (build targets, e.g. 8.9; default the CLI's), PYTHON (default .venv/bin/python, else python3).
 # Results: OUT/steps.jsonl (one line per step: seconds, peak RSS, files written), OUT/<step>.log,
 #   OUT/host.json, OUT/summary.json. /usr/bin/time may be missing, so each step runs in-process
@@ -19,6 +20,7 @@ OUT=${OUT:-out/quantize-x}
 WORK=${WORK:-out/quantize-x-work}
 SIZE=${SIZE:-x}
 CALIB_PIECES=${CALIB_PIECES:-32}
+LAYOUT=${LAYOUT:-engine}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -55,7 +57,7 @@ sys.exit(rc)
 '
 timed() { OUT=$OUT "$PYTHON" -c "$TIMED" "$@" > "$OUT/$1.log" 2>&1 || { tail -n 5 "$OUT/$1.log" >&2; exit 1; }; tail -n 1 "$OUT/$1.log"; }
 
-OUT=$OUT SIZE=$SIZE "$PYTHON" - > "$OUT/host.json" <<'EOF'
+OUT=$OUT SIZE=$SIZE LAYOUT=$LAYOUT "$PYTHON" - > "$OUT/host.json" <<'EOF'
 import importlib, json, os, platform, subprocess
 def version(name):
     try:
@@ -65,7 +67,7 @@ def version(name):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 mem = next((int(l.split()[1]) / 2**20 for l in open("/proc/meminfo") if l.startswith("MemTotal")), None)
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(json.dumps({"size": os.environ["SIZE"], "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1),
+print(json.dumps({"size": os.environ["SIZE"], "layout": os.environ["LAYOUT"], "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1),
                   "python": platform.python_version(), "commit": commit or None,
                   **{m: version(m) for m in ("onnx", "onnxruntime", "torch", "tensorrt_rtx_bindings")}}, indent=2))
 EOF
@@ -74,9 +76,10 @@ for step in "${STEPS[@]}"; do
   case $step in
     export)
       if [ "$SIZE" = demo ]; then
-        timed export "$FP32" export --external-data --out "$FP32" --json
+        timed export "$FP32" export --external-data --layout "$LAYOUT" --out "$FP32" --json
       else
-        timed export "$FP32" --script benchmarks/export_size.py --size "$SIZE" --out "$FP32" --json "$OUT/export.json"
+        timed export "$FP32" --script benchmarks/export_size.py --size "$SIZE" --layout "$LAYOUT" --out "$FP32" \
+          --json "$OUT/export.json"
       fi ;;
     fp16|int8-wo|int8)
       timed "quantize-$step" "$WORK/$step" quantize --model "$FP32" --precision "$step" --out "$WORK/$step" \
