@@ -427,7 +427,7 @@ def _int8_weight_only(src: Path, dst: Path, external: bool = False) -> dict:
     return _float_gemms(dst, "weights")
 
 
-NBITS_BLOCK = 128  # inputs per int8 block of the CPU form (NotaGen-small, two cores: 32 -> 33 ms a patch, 128 -> 22)
+NBITS_BLOCK = 128  # inputs per int8 block of the CPU form (NotaGen-small, two cores: 32 -> 33 ms a patch, 128 -> 21)
 NBITS_ACCURACY = 4  # MatMulNBits accuracy level 4: int8 activations per block, integer dot products
 
 
