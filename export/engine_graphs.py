@@ -21,7 +21,7 @@ the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host a
 A CPU form of ``patch_engine`` (``patch_engine.cpu.onnx``, the manifest entry's ``cpu_file``)
 has the same IO and differs in one thing: its patch step attends over positions 0 .. the largest
 row position (a Slice of data-dependent length) instead of the whole capacity. A CPU runs any
-shape, and reading a 2048-patch cache for a 300-patch context was a third of NotaGen-small's
+shape, and reading a 2048-patch cache for a 257-patch context was a third of NotaGen-small's
 patch there; CUDA graphs and TensorRT plans need the fixed form.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
