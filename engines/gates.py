@@ -28,13 +28,16 @@ VERIFY_TOLERANCES: dict[str, tuple[float, float]] = {
 
 
 def gate(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Pass / fail of an ``eval`` result (its precision, bits/char change and top-1 agreement)
-    against its precision's gate (None for fp32, which is its own reference)."""
+    """Pass / fail of an ``eval`` result (its precision, bits/char change and top-1 agreement, and
+    its CPU form's top-1 agreement where it has one) against its precision's gate (None for fp32,
+    which is its own reference)."""
     limits = GATES.get(result.get("precision"))
     if limits is None:
         return None
     max_change, min_top1 = limits
     passed = result["bits_per_char_change"] <= max_change and result["top1_agreement"] >= min_top1
+    # A variant's CPU form of the engine-ready graphs (other weights: runtime/evaluate.py) too.
+    passed = passed and result.get("cpu_form_top1_agreement", 1.0) >= min_top1
     return {"max_bits_per_char_change": max_change, "min_top1_agreement": min_top1, "passed": passed}
 
 

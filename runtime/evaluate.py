@@ -7,6 +7,11 @@
 - Against a reference (the fp32 directory a variant's manifest names as its source): top-1
   agreement and max / mean |logit diff| over the same scored positions, each pipeline run end to
   end on its own hidden states.
+- A variant whose engine-ready graphs have a CPU form of their own (int8-wo: MatMulNBits, whose
+  weights and int8 activations are not the QDQ step graphs'): the same top-1 agreement through
+  those graphs, which output ids, not logits. Each patch position is drawn greedily (top-k 1)
+  after the true characters before it, one row per position, by both directories on the same
+  true context (``cpu_form_top1_agreement``; the gate holds it to the top-1 limit too).
 - Validity of N seeded generated pieces: post-processed, they must parse with music21, convert
   with abc2xml, and every bar but each voice's first and last must last what the meter says.
 The pass / fail gate of each precision is ``engines/gates.py``, beside the code that quantizes.
@@ -25,13 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from notagen_trt.config import BOS_ID, PAD_ID, VOCAB_SIZE
+from notagen_trt.config import BOS_ID, PAD_ID, PATCH_SIZE, VOCAB_SIZE
 from notagen_trt.engines.gates import gate
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
 from .codec import NOT_NOTES, encode_windows
 from .onnx_backend import Device, OrtBackend, empty_past
+from .piece import PatchRequest
+from .sampling import SamplingParams
 
 ROWS_PER_CALL = 1024  # char-graph rows (patches) per call
 
@@ -244,6 +251,44 @@ def unigram_bits_per_char(train: list[str], heldout: list[str], patch_length: in
     return float(-np.mean(np.log2(counts / counts.sum())[targets(heldout)]))
 
 
+_GREEDY = SamplingParams(top_k=1, top_p=1.0, temperature=1.0)  # the draw is the argmax, whatever the uniform
+
+
+def cpu_form_agreement(model: OrtBackend, reference: OrtBackend, pieces: list[str]) -> tuple[float, int]:
+    """(top-1 agreement, scored characters) of ``model``'s engine-ready graphs with
+    ``reference``'s on the CPU (module doc), over the positions ``teacher_forced`` scores."""
+    executors = [b.executor(PATCH_SIZE) for b in (model, reference)]  # row c draws position c
+    agree = chars = 0
+    for text in pieces:
+        for w in encode_windows(text, model.config.patch_length):
+            if len(w) < 2:
+                continue
+            drawn = [_greedy_positions(executor, w) for executor in executors]
+            mask = w[1:] != PAD_ID
+            agree += int((drawn[0] == drawn[1])[mask].sum())
+            chars += int(mask.sum())
+    for executor in executors:
+        executor.close()
+    return (agree / chars if chars else 1.0), chars
+
+
+def _greedy_positions(executor, window: np.ndarray) -> np.ndarray:
+    """[n - 1, 16]: each position of patches 1..n-1 drawn greedily after its true prefix. Per
+    patch, one call draws the 16 positions (row c forced the first c true characters, nothing
+    accepted), a second writes the true patch into every row, which the rows then accept."""
+    rows = range(PATCH_SIZE)
+    uniforms = np.full(PATCH_SIZE, 0.5)
+    for r in rows:
+        executor.load(r, window[:1])
+    out = np.zeros((len(window) - 1, PATCH_SIZE), np.int64)
+    for t in range(1, len(window)):
+        got = executor.sample({c: PatchRequest(window[t][:c].tolist(), uniforms, _GREEDY) for c in rows})
+        out[t - 1] = [got[c][c] for c in rows]
+        executor.sample({c: PatchRequest(window[t].tolist(), uniforms, _GREEDY) for c in rows})
+        executor.accept(list(rows))
+    return out
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -264,6 +309,10 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
     if tf.reference_bits_per_char is not None:
         result["reference_bits_per_char"] = round(tf.reference_bits_per_char, 5)
         result["bits_per_char_change"] = round(tf.bits_per_char / tf.reference_bits_per_char - 1, 5)
+    if ref is not None and device == "cpu" and any(g.get("cpu_file") for g in backend.manifest["graphs"].values()):
+        reference = OrtBackend(ref, device, threads)
+        if reference.manifest.get("layout") == "engine":
+            result["cpu_form_top1_agreement"] = round(cpu_form_agreement(backend, reference, pieces)[0], 5)
     if num_generated > 0:
         checks = generated_validity(backend, num_generated)
         result["valid_fraction"] = sum(c.valid for c in checks) / len(checks)

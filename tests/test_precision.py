@@ -49,6 +49,9 @@ def test_variant_meets_its_gate(precision, variants, heldout):
     assert result["reference"] == str(demo_model_dir().resolve())
     assert result["bits_per_char_change"] <= max_change, result
     assert result["top1_agreement"] >= min_top1, result
+    # int8-wo's engine-ready graphs run on a CPU in a form of their own (MatMulNBits): held to the same limit.
+    assert ("cpu_form_top1_agreement" in result) == (precision == "int8-wo")
+    assert result.get("cpu_form_top1_agreement", 1.0) >= min_top1, result
     assert result["gate"]["passed"]
     assert 0 <= result["valid_fraction"] <= 1 and len(result["generated"]) == GENERATED
 
@@ -151,3 +154,5 @@ def test_gate_is_pass_or_fail_at_the_precisions_limits():
     assert gate(at_limit) == {"max_bits_per_char_change": 0.03, "min_top1_agreement": 0.97, "passed": True}
     assert not gate({**at_limit, "bits_per_char_change": max_change + 1e-4})["passed"]
     assert not gate({**at_limit, "top1_agreement": min_top1 - 1e-4})["passed"]
+    assert gate({**at_limit, "cpu_form_top1_agreement": min_top1})["passed"]
+    assert not gate({**at_limit, "cpu_form_top1_agreement": min_top1 - 1e-4})["passed"]
