@@ -56,6 +56,9 @@ def report(result: dict) -> str:
                                 f"{result['reference_bits_per_char']:.4f}, {result['reference']})"))
         rows.append(("top-1 agreement", f"{100 * result['top1_agreement']:.2f}%"))
         rows.append(("logit diff", f"max {result['max_abs_logit_diff']:.3g}, mean {result['mean_abs_logit_diff']:.3g}"))
+    if result.get("cpu_form_top1_agreement") is not None:
+        rows.append(("CPU form top-1", f"{100 * result['cpu_form_top1_agreement']:.2f}% (the engine-ready graphs "
+                                       "ONNX Runtime runs on a CPU, drawn greedily against fp32's)"))
     rows.extend(_generated_rows(result.get("generated")))
     if result.get("gate"):
         g = result["gate"]
