@@ -201,10 +201,7 @@ def _variant_manifest(model_dir: Path, manifest: dict, precision: str, scratch: 
             "checkpoint_sha256": manifest.get("source", {}).get("sha256"),
         },
         "graphs": {g: {**_with_half_io(_without_cpu_form(manifest["graphs"][g]), recipe["kept_in_higher_precision"][g]),
-                       "file": f"{g}.onnx", "external_data": _data_file(scratch, g), **_cpu_form(scratch, g),
-                       "checksums": file_checksums(scratch, [f"{g}.onnx", _data_file(scratch, g),
-                                                             *_cpu_form(scratch, g).values()])}
-                   for g in names},
+                       **_written(scratch, g)} for g in names},
         "quantization": recipe,
         "tools": {**manifest.get("tools", {}), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                   "notagen_trt": notagen_trt.__version__},
@@ -233,22 +230,22 @@ def _without_cpu_form(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in ("cpu_file", "cpu_external_data")}
 
 
-def _cpu_form(scratch: Path, graph: str) -> dict[str, str]:
-    """The manifest keys of a graph's CPU form where one was written (``cpu_file`` and, for
-    weights stored apart, ``cpu_external_data``)."""
-    if not (scratch / f"{graph}.cpu.onnx").is_file():
-        return {}
-    data = _data_file(scratch, graph, ".cpu.onnx")
-    return {"cpu_file": f"{graph}.cpu.onnx", **({"cpu_external_data": data} if data else {})}
+def _written(scratch: Path, graph: str) -> dict[str, Any]:
+    """A variant graph's files as its manifest entry names them, with their checksums: the graph,
+    its external data, and its CPU form where one was written (with its own external data)."""
+    files: dict[str, Any] = {"file": f"{graph}.onnx", "external_data": _data_file(scratch, graph)}
+    if (scratch / f"{graph}.cpu.onnx").is_file():
+        files["cpu_file"] = f"{graph}.cpu.onnx"
+        if data := _data_file(scratch, graph, ".cpu.onnx"):
+            files["cpu_external_data"] = data
+    return {**files, "checksums": file_checksums(scratch, [n for n in files.values() if n])}
 
 
 def _commit(scratch: Path, out_dir: Path, variant: dict) -> list[str]:
     """Stage the manifest (the write that can run out of space), rename the graphs in (weights
     before the graphs that point at them), then the manifest."""
     staged = stage(out_dir / MANIFEST_NAME, json.dumps(variant, indent=2) + "\n")
-    entries = variant["graphs"].values()
-    names = [n for e in entries for n in (e["external_data"], e.get("cpu_external_data"), e.get("cpu_file"), e["file"])
-             if n]
+    names = [e[k] for e in variant["graphs"].values() for k in GRAPH_FILE_KEYS if e.get(k)]
     try:
         for name in names:
             os.chmod(scratch / name, 0o644)
@@ -444,9 +441,9 @@ def _int8_cpu_form(src: Path, dst: Path, external: bool = False) -> dict:
     onnx.checker.check_model(str(dst))
     _check_io(src, dst, [])
     graph = onnx.load(str(dst), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
     return {"matmulnbits": sum(n.op_type == "MatMulNBits" for n in graph.node),
-            "float_matmuls_with_weights": [n.name for n in graph.node if n.op_type == "MatMul"
-                                           and n.input[1] in {i.name for i in graph.initializer}]}
+            "float_matmuls_with_weights": [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]}
 
 
 def _int8(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str], external: bool = False) -> dict:

@@ -288,7 +288,7 @@ def commit(scratch: Path, out_dir: Path, files: dict[str, dict], manifest: dict[
     try:
         written = []
         for entry in files.values():
-            for key in ("external_data", "cpu_external_data", "cpu_file", "file"):  # weights before graphs
+            for key in GRAPH_FILE_KEYS:
                 if entry.get(key):
                     os.chmod(scratch / entry[key], 0o644)  # side files come out 0600 otherwise
                     os.replace(scratch / entry[key], out_dir / entry[key])
@@ -414,11 +414,14 @@ def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float =
     modules = engine_graphs.modules(model)
     examples = engine_graphs.examples(model.config)
     diffs: dict[str, float] = {}
-    # Each graph, then each CPU form in its graph's place (the same function, so the same module).
-    for form in ("", *(f"{name}.cpu" for name in engine_graphs.cpu_modules(model))):
-        sessions = {name: ort.InferenceSession(str(graph_dir / f"{form if form.startswith(name) else name}.onnx"),
-                                               opts, providers=["CPUExecutionProvider"]) for name in modules}
-        _engine_parity_run(graph_dir, modules, sessions, examples, diffs, form)
+    session = lambda stem: ort.InferenceSession(str(graph_dir / f"{stem}.onnx"), opts,  # noqa: E731
+                                                providers=["CPUExecutionProvider"])
+    sessions = {name: session(name) for name in modules}
+    _engine_parity_run(graph_dir, modules, sessions, examples, diffs, {})
+    # Then each CPU form in its graph's place: the same function, so the same module.
+    for name in engine_graphs.cpu_modules(model):
+        form = f"{name}.cpu"
+        _engine_parity_run(graph_dir, modules, {**sessions, name: session(form)}, examples, diffs, {name: form})
     worst = max(diffs, key=diffs.get)
     if diffs[worst] > tolerance:
         raise NotaGenError(f"{graph_dir}: ONNX Runtime differs from PyTorch by {diffs[worst]:.3g} in {worst} "
@@ -427,9 +430,10 @@ def check_engine_parity(model: NotaGenModel, graph_dir: Path, tolerance: float =
 
 
 def _engine_parity_run(graph_dir: Path, modules: dict, sessions: dict, examples: dict, diffs: dict[str, float],
-                       form: str) -> None:
+                       labels: dict[str, str]) -> None:
     """One context load and three patches through ``sessions``; the largest float difference per
-    graph (named by ``form`` for a CPU form) goes into ``diffs``; drawn ids must be equal."""
+    graph (under its label in ``labels``, a CPU form's, else its name) goes into ``diffs``; drawn
+    ids must be equal."""
 
     def run(name: str, args: tuple) -> tuple:
         names = [i.name for i in sessions[name].get_inputs()]
@@ -437,7 +441,7 @@ def _engine_parity_run(graph_dir: Path, modules: dict, sessions: dict, examples:
         with torch.no_grad():
             want = modules[name](*args)
         for g, w in zip(got, want, strict=True):
-            key = form if form.startswith(name) else name
+            key = labels.get(name, name)
             if w.dtype in (torch.int64, torch.bool):
                 if not np.array_equal(g, w.numpy()):
                     raise NotaGenError(f"{graph_dir}: {key} draws other ids than PyTorch; the graph is wrong, report "

@@ -223,9 +223,10 @@ def _manifest_of(folder: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-# Graph entries' keys that name files in a model directory. ``cpu_file``: the form of the graph
-# ONNX Runtime runs on a CPU, where it differs (the engine-ready graphs: export/engine_graphs.py).
-GRAPH_FILE_KEYS = ("file", "external_data", "cpu_file", "cpu_external_data")
+# Graph entries' keys that name files in a model directory, in the order a writer moves them in
+# (weights before the graphs that point at them). ``cpu_file``: the form of the graph ONNX Runtime
+# runs on a CPU, where it differs (the engine-ready graphs: export/engine_graphs.py).
+GRAPH_FILE_KEYS = ("external_data", "cpu_external_data", "cpu_file", "file")
 
 
 def _listed_files(manifest: dict) -> set[str]:

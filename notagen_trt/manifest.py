@@ -114,6 +114,11 @@ def _check_checksums(directory: Path, manifest_path: Path, checksums: dict[str, 
                                f"{manifest_path.name}); re-export the model")
 
 
+def graph_files(manifest: dict[str, Any]) -> list[str]:
+    """The ONNX files a model directory's manifest names: each graph's, then its CPU form's."""
+    return [f for g in manifest["graphs"].values() for f in (g["file"], g.get("cpu_file")) if f]
+
+
 def layout_graphs(manifest: dict[str, Any]) -> tuple[str, ...]:
     """The graphs a model directory holds: the step graphs, and the engine-ready ones where its
     layout is ``engine``."""

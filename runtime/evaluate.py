@@ -36,6 +36,7 @@ from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import MANIFEST_NAME, manifest_digest, read_manifest
 
 from .codec import NOT_NOTES, encode_windows
+from .executor import Executor
 from .onnx_backend import Device, OrtBackend, empty_past
 from .piece import PatchRequest
 from .sampling import SamplingParams
@@ -71,15 +72,17 @@ class TeacherForced:
     reference_bits_per_char: float | None = None
 
 
-def teacher_forced(model_dir: str | Path | OrtBackend, pieces: list[str], reference: str | Path | None = None,
-                   device: Device = "cpu", threads: int | None = None) -> TeacherForced:
+def teacher_forced(model_dir: str | Path | OrtBackend, pieces: list[str],
+                   reference: str | Path | OrtBackend | None = None, device: Device = "cpu",
+                   threads: int | None = None) -> TeacherForced:
     """Bits per character of ``model_dir`` (or a loaded backend) on ``pieces``; agreement with
-    ``reference`` if given."""
-    model = model_dir if isinstance(model_dir, OrtBackend) else OrtBackend(model_dir, device, threads)
-    ref = OrtBackend(reference, device, threads) if reference is not None else None
+    ``reference`` (a directory or a loaded backend) if given."""
+    load = lambda d: d if isinstance(d, OrtBackend) or d is None else OrtBackend(d, device, threads)  # noqa: E731
+    model, ref = load(model_dir), load(reference)
     length = model.config.patch_length
     if ref is not None and ref.config != model.config:
-        raise NotaGenError(f"{reference}: its model config differs from {model_dir}'s; pass the variant's own source")
+        raise NotaGenError(f"{ref.model_dir}: its model config differs from {model.model_dir}'s; pass the variant's "
+                           "own source")
     windows = [w for text in pieces for w in encode_windows(text, length) if len(w) > 1]
     if not windows:
         raise NotaGenError("no piece is longer than one patch; nothing to score")
@@ -272,7 +275,7 @@ def cpu_form_agreement(model: OrtBackend, reference: OrtBackend, pieces: list[st
     return (agree / chars if chars else 1.0), chars
 
 
-def _greedy_positions(executor, window: np.ndarray) -> np.ndarray:
+def _greedy_positions(executor: Executor, window: np.ndarray) -> np.ndarray:
     """[n - 1, 16]: each position of patches 1..n-1 drawn greedily after its true prefix. Per
     patch, one call draws the 16 positions (row c forced the first c true characters, nothing
     accepted), a second writes the true patch into every row, which the rows then accept."""
@@ -298,8 +301,9 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
     """The whole report of ``notagen-trt eval`` for an ONNX model directory."""
     model_dir = Path(model_dir)
     ref = reference_dir(model_dir)
-    backend = OrtBackend(model_dir, device, threads)  # loaded once, for both halves of the report
-    tf = teacher_forced(backend, pieces, ref, device, threads)
+    backend = OrtBackend(model_dir, device, threads)  # loaded once, for every part of the report
+    reference = OrtBackend(ref, device, threads) if ref is not None else None
+    tf = teacher_forced(backend, pieces, reference, device, threads)
     result: dict[str, Any] = {
         "model": str(model_dir), "precision": backend.manifest.get("precision", "fp32"),
         "reference": str(ref) if ref else None, "pieces": len(pieces), "chars": tf.chars,
@@ -309,10 +313,9 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
     if tf.reference_bits_per_char is not None:
         result["reference_bits_per_char"] = round(tf.reference_bits_per_char, 5)
         result["bits_per_char_change"] = round(tf.bits_per_char / tf.reference_bits_per_char - 1, 5)
-    if ref is not None and device == "cpu" and any(g.get("cpu_file") for g in backend.manifest["graphs"].values()):
-        reference = OrtBackend(ref, device, threads)
-        if reference.manifest.get("layout") == "engine":
-            result["cpu_form_top1_agreement"] = round(cpu_form_agreement(backend, reference, pieces)[0], 5)
+    if (reference is not None and device == "cpu" and reference.manifest.get("layout") == "engine"
+            and any(g.get("cpu_file") for g in backend.manifest["graphs"].values())):
+        result["cpu_form_top1_agreement"] = round(cpu_form_agreement(backend, reference, pieces)[0], 5)
     if num_generated > 0:
         checks = generated_validity(backend, num_generated)
         result["valid_fraction"] = sum(c.valid for c in checks) / len(checks)

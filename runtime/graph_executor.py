@@ -5,9 +5,10 @@ Every call binds each state output (``present.*``, ``position_out``, ``hidden_ou
 ``hidden_next_out``) to the buffer of the input it replaces, so the caches are written in place
 (ScatterND skips its copy when input and output share a buffer) and nothing is allocated per
 call. On the CPU the buffers are numpy arrays, and a graph's CPU form runs where the directory
-has one (attention over the positions in use; int8-wo: MatMulNBits too); with CUDA they are device OrtValues, the per-patch
-settings are copied into fixed device inputs, and ONNX Runtime can capture the call as a CUDA
-graph (``cuda_graph``: the graph has fixed shapes and addresses, and every node on the GPU).
+has one (attention over the positions in use; int8-wo: MatMulNBits too); with CUDA they are
+device OrtValues, the per-patch settings are copied into fixed device inputs, and ONNX Runtime
+can capture the call as a CUDA graph (``cuda_graph``: the graph has fixed shapes and addresses,
+and every node on the GPU).
 
 The published rules are not here: the engine applies them through ``piece.PieceState``.
 """

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from notagen_trt.demo import demo_checkpoint
 from notagen_trt.files import claim_out_dir, prepare_out_dir
+from notagen_trt.manifest import graph_files
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -30,8 +31,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(args.out), "parity": parity}))
     else:
-        files = [f for g in manifest["graphs"].values() for f in (g["file"], g.get("cpu_file")) if f]
-        print(f"wrote {args.out}/{', '.join(files)}, manifest.json")
+        print(f"wrote {args.out}/{', '.join(graph_files(manifest))}, manifest.json")
         if parity:
             diffs = ", ".join(f"{phase} {diff:.2e}" for phase, diff in parity["max_abs_diff"].items())
             engine = parity.get("engine_graphs")

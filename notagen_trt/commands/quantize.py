@@ -9,6 +9,7 @@ from pathlib import Path
 
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.files import claim_out_dir, prepare_out_dir
+from notagen_trt.manifest import graph_files
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(args.out), "precision": args.precision, "quantization": recipe}))
     else:
-        graphs = ", ".join(f for g in manifest["graphs"].values() for f in (g["file"], g.get("cpu_file")) if f)
+        graphs = ", ".join(graph_files(manifest))
         cpu = recipe.get("cpu_form")
         cpu = f"; *.cpu.onnx, for ONNX Runtime on a CPU: weights {cpu['weights']}, activations " \
               f"{cpu['activations']}" if cpu else ""
