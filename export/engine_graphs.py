@@ -19,10 +19,12 @@ values a ScatterND writes into the cache there (in place where the runner binds 
 the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host accepts the patch.
 
 A CPU form of ``patch_engine`` (``patch_engine.cpu.onnx``, the manifest entry's ``cpu_file``)
-has the same IO and differs in one thing: its patch step attends over positions 0 .. the largest
-row position (a Slice of data-dependent length) instead of the whole capacity. A CPU runs any
+has the same IO and differs in two things. Its patch step attends over positions 0 .. the largest
+row position (a Slice of data-dependent length) instead of the whole capacity: a CPU runs any
 shape, and reading a 2048-patch cache for a 257-patch context was a third of NotaGen-small's
-patch there; CUDA graphs and TensorRT plans need the fixed form.
+patch there. And each char step's attention is one ONNX Runtime MultiHeadAttention node that
+appends to its own past (ten nodes otherwise; a CPU pays per node). CUDA graphs and TensorRT
+plans need the fixed form, which keeps to standard ONNX ops.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
@@ -38,6 +40,7 @@ from torch import nn
 from notagen_trt.config import EOS_ID, HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelConfig
 
 from .model import Block, NotaGenModel
+from .trace_ops import PastAttention as _PastAttention
 from .trace_ops import Reshape as _Reshape
 from .trace_ops import gelu_tanh as _gelu_tanh
 from .trace_ops import linear as _linear
@@ -71,35 +74,49 @@ class _Prefix(torch.autograd.Function):
         return g.op("Slice", data, const(0), length, const(axis))
 
 
+# numpy's pairwise summation of 128 terms: 8 running sums r[j] = x[j] + x[j+8] + ..., then
+# ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)). The sampler keeps its ranked probabilities in this shape,
+# [rows, 16, 2, 2, 2], so that each sum is a CumSum over the 16 and three pair sums.
+_PAIRWISE = [-1, VOCAB_SIZE // 8, 2, 2, 2]
+
+
 def _numpy_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum of x [rows, 128] (float64) grouped as numpy's pairwise summation groups 128 terms:
-    8 running sums r[j] = x[j] + x[j+8] + ..., then ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)). As
-    CumSum / Gather / ReduceSum nodes (the patch sampler's form): [rows, 1]."""
-    r = torch.cumsum(_Reshape.apply(x, [-1, VOCAB_SIZE // 8, 8]), dim=1)[:, -1]
-    r = _Reshape.apply(r, [-1, 2, 2, 2])
-    for _ in range(3):  # pairs: the same in any order
-        r = r.sum(dim=-1)
-    return r[:, None]
+    """numpy's sum of x [rows, 16, 2, 2, 2] (float64), as [rows, 1, 1, 1, 1]: CumSum, Slice and
+    three ReduceSum nodes (pairs add alike in any order)."""
+    r = torch.cumsum(x, dim=1)[:, -1:]
+    for axis in (4, 3, 2):  # pairs, then pairs of pairs, then the two halves
+        r = r.sum(dim=axis, keepdim=True)
+    return r
 
 
-def sample(logits: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+def top_k_mask(top_k: torch.Tensor) -> torch.Tensor:
+    """Which ranks each row's top-k keeps (top_k [rows], 128 = off), in the sampler's pairwise
+    layout [rows, 16, 2, 2, 2]; made once per call and shared by the 16 draws."""
+    return torch.arange(VOCAB_SIZE).reshape(_PAIRWISE[1:])[None] < _Reshape.apply(top_k, [-1, 1, 1, 1, 1])
+
+
+def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p: torch.Tensor,
            inv_temperature: torch.Tensor) -> torch.Tensor:
-    """runtime.sampling.sample for every row at once ([rows, 128] logits, [rows, 1] settings;
-    top_k 128 = off) in float64: softmax, top-k, top-p on the renormalised mass, temperature,
-    inverse CDF. Positions past top-k are zeroed rather than dropped, so every sum runs over 128
-    terms in numpy's order; ties rank towards the lower id (TopK's rule and the reference's)."""
+    """runtime.sampling.sample for every row at once in float64 (logits [rows, 1, 128], u, top_p
+    and inv_temperature [rows, 1, 1], ``top_k_mask``) -> ids [rows, 1]: softmax, top-k, top-p on the
+    renormalised mass, temperature, inverse CDF. Positions past top-k are zeroed rather than
+    dropped, so every sum runs over 128 terms in numpy's order; ties rank towards the lower id
+    (TopK's rule and the reference's)."""
     zero = torch.tensor(0.0, dtype=torch.float64)
     p = torch.softmax(logits.double(), dim=-1)
     ranked, order = torch.topk(p, VOCAB_SIZE, dim=-1)
-    ranked = torch.where(torch.arange(VOCAB_SIZE)[None] < top_k, ranked, zero)
-    ranked = ranked / _numpy_sum(ranked)
+    ranked = _Reshape.apply(ranked, _PAIRWISE)
+    ranked = torch.where(in_top_k, ranked, zero)
+    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), [-1, 1, VOCAB_SIZE])
     before = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked strictly before
-    ranked = torch.where(before <= top_p, ranked, zero)
-    ranked = torch.pow(ranked, inv_temperature)
-    ranked = ranked / _numpy_sum(ranked)
-    cdf = torch.cumsum((p * 0.0).scatter(-1, order, ranked), dim=-1)  # back in id order (p * 0: no Shape node)
-    count = (cdf <= u * cdf[:, -1:]).long().sum(dim=-1)
-    return torch.minimum(count, torch.tensor(VOCAB_SIZE - 1))
+    ranked = _Reshape.apply(torch.pow(torch.where(before <= top_p, ranked, zero), inv_temperature), _PAIRWISE)
+    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), [-1, 1, VOCAB_SIZE])
+    # Back in id order: ``order`` is a permutation, so the scatter overwrites all of p.
+    cdf = torch.cumsum(p.scatter(-1, order, ranked), dim=-1)
+    # The first id whose cdf exceeds u * total, at most 127: the cdf never decreases, so counting
+    # over the first 127 entries is numpy's min(count, 127).
+    head, total = cdf.split([VOCAB_SIZE - 1, 1], dim=-1)
+    return (head <= u * total).long().sum(dim=-1)
 
 
 def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,43 +133,57 @@ def patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 class PatchEngine(nn.Module):
     """The ``patch_engine`` graph (module doc) as a traceable module. Each row has one query per
-    step, so activations are [rows, H] and the heads are plain reshapes of them."""
+    step, so the heads are plain reshapes of a row's activations. ``cpu``: the CPU form, which
+    also runs each char step's attention as ONNX Runtime's MultiHeadAttention node."""
 
-    def __init__(self, model: NotaGenModel, window: bool = False) -> None:
+    def __init__(self, model: NotaGenModel, cpu: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.window = window  # the CPU form: attend over positions in use only (module doc)
+        self.cpu = cpu  # the CPU form (module doc)
 
     def forward(self, uniforms, forced, forced_mask, top_k, top_p, inv_temperature, accept,
                 position, hidden, hidden_next, *past):
         config = self.model.config
         position = position + accept.long()
         hidden = torch.where(accept[:, None], hidden_next, hidden)
-        settings = (top_k[:, None], top_p[:, None], inv_temperature[:, None])
+        settings = (top_k_mask(top_k), top_p[:, None, None], inv_temperature[:, None, None])
         tokens = self._chars(hidden, uniforms, forced, forced_mask, settings)
         hidden_next, present = self._patch_step(patch_tokens(tokens), position.clamp(max=config.patch_length - 1), past)
         return (tokens, position, hidden, hidden_next, *present)
 
     def _chars(self, hidden, uniforms, forced, forced_mask, settings) -> torch.Tensor:
+        """The 16 char steps; activations are [rows, 1, H] (one query per row) and each step's
+        inputs are columns [rows, 1] of the per-patch settings, split once."""
         char = self.model.char_level_decoder.base
         tf = char.transformer
         heads = tf.h[0].attn.heads
-        keys_t: list[list[torch.Tensor]] = [[] for _ in tf.h]  # [rows, heads, 64, 1] each: K transposed
-        values: list[list[torch.Tensor]] = [[] for _ in tf.h]  # [rows, heads, 1, 64] each
+        past: list[tuple | None] = [None] * len(tf.h)  # each layer's keys and values so far
         tokens: list[torch.Tensor] = []
-        for c in range(PATCH_SIZE):
-            x = (hidden if c == 0 else tf.wte(tokens[-1])) + tf.wpe.weight[c]
+        columns = zip(uniforms[:, :, None].split(1, dim=1), forced.split(1, dim=1), forced_mask.split(1, dim=1))
+        for c, (u, f, m) in enumerate(columns):
+            x = (hidden[:, None] if c == 0 else tf.wte(tokens[-1])) + tf.wpe.weight[c]
             for i, block in enumerate(tf.h):
                 q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
-                keys_t[i].append(_Reshape.apply(k, [-1, heads, HEAD_DIM, 1]))
-                values[i].append(_Reshape.apply(v, [-1, heads, 1, HEAD_DIM]))
-                k_t = keys_t[i][0] if c == 0 else torch.cat(keys_t[i], dim=3)
-                v_all = values[i][0] if c == 0 else torch.cat(values[i], dim=2)
-                scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ k_t / math.sqrt(HEAD_DIM)
-                x = _finish(block, x, _Reshape.apply(torch.softmax(scores, dim=-1) @ v_all, [0, -1]))
-            drawn = sample(char.lm_head(tf.ln_f(x)), uniforms[:, c:c + 1], *settings)
-            tokens.append(torch.where(forced_mask[:, c], forced[:, c], drawn))
-        return torch.stack(tokens, dim=1)
+                y, past[i] = self._attend(q, k, v, past[i], heads)
+                x = _finish(block, x, y)
+            drawn = sample(char.lm_head(tf.ln_f(x)), u, *settings)
+            tokens.append(torch.where(m, f, drawn))
+        return torch.cat(tokens, dim=1)
+
+    def _attend(self, q, k, v, past, heads):
+        """One char step's attention (q, k, v [rows, 1, H]) over the row's earlier steps: the
+        output [rows, 1, H] and the keys and values so far (the CPU form's [rows, heads, n, 64]
+        both; else keys transposed, [rows, heads, 64, n], so no step transposes them)."""
+        key_shape = [-1, heads, 1, HEAD_DIM] if self.cpu else [-1, heads, HEAD_DIM, 1]
+        if past is None:  # the first char sees only itself: softmax over one score is exactly 1
+            return v, (_Reshape.apply(k, key_shape), _Reshape.apply(v, [-1, heads, 1, HEAD_DIM]))
+        if self.cpu:
+            y, keys, values = _PastAttention.apply(q, k, v, *past, heads)
+            return y, (keys, values)
+        keys_t = torch.cat([past[0], _Reshape.apply(k, key_shape)], dim=3)
+        values = torch.cat([past[1], _Reshape.apply(v, [-1, heads, 1, HEAD_DIM])], dim=2)
+        scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ keys_t / math.sqrt(HEAD_DIM)
+        return _Reshape.apply(torch.softmax(scores, dim=-1) @ values, [-1, 1, heads * HEAD_DIM]), (keys_t, values)
 
     def _patch_step(self, patch: torch.Tensor, position: torch.Tensor, past: tuple[torch.Tensor, ...]):
         """The patch step of ``patch`` [rows, 16] at ``position`` [rows]: keys and values written
@@ -169,7 +200,7 @@ class PatchEngine(nn.Module):
         index = torch.stack([row_ids[:, None] * each_head, torch.arange(heads)[None] + 0 * row_ids[:, None],
                              position[:, None] * each_head], dim=-1)
         visible = (torch.arange(capacity)[None] <= position[:, None])[:, None, None]  # [rows, 1, 1, capacity]
-        window = (position.max() + 1).reshape(1) if self.window else None
+        window = (position.max() + 1).reshape(1) if self.cpu else None
         if window is not None:
             visible = _Prefix.apply(visible, window, 3)
         present = []
@@ -279,4 +310,4 @@ def modules(model: NotaGenModel) -> dict[str, nn.Module]:
 
 def cpu_modules(model: NotaGenModel) -> dict[str, nn.Module]:
     """The graphs that have a CPU form (module doc), as traceable modules of that form."""
-    return {"patch_engine": PatchEngine(model, window=True)}
+    return {"patch_engine": PatchEngine(model, cpu=True)}

@@ -143,6 +143,9 @@ def graph_specs(config: ModelConfig) -> dict[str, dict]:
     }
 
 
+CONTRIB_OPSET = {"com.microsoft": 1}  # ONNX Runtime's fused ops, in the CPU forms only
+
+
 def _export_graph(module: nn.Module, args: tuple, spec: dict, path: Path, opset: int) -> None:
     dynamic = {s["name"]: {i: d for i, d in enumerate(s["shape"]) if isinstance(d, str)}
                for s in spec["inputs"] + spec["outputs"]}
@@ -154,7 +157,8 @@ def _export_graph(module: nn.Module, args: tuple, spec: dict, path: Path, opset:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, args, str(path), input_names=[s["name"] for s in spec["inputs"]],
                           output_names=[s["name"] for s in spec["outputs"]], dynamic_axes=dynamic,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+                          opset_version=opset, do_constant_folding=True, dynamo=False,
+                          custom_opsets=CONTRIB_OPSET if getattr(module, "cpu", False) else None)
 
 
 def _declare_io(model: onnx.ModelProto, spec: dict, path: Path) -> None:
