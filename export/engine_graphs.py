@@ -97,26 +97,27 @@ def top_k_mask(top_k: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p: torch.Tensor,
            inv_temperature: torch.Tensor) -> torch.Tensor:
-    """runtime.sampling.sample for every row at once in float64 (logits [rows, 1, 128], u, top_p
-    and inv_temperature [rows, 1, 1], ``top_k_mask``) -> ids [rows, 1]: softmax, top-k, top-p on the
-    renormalised mass, temperature, inverse CDF. Positions past top-k are zeroed rather than
+    """runtime.sampling.sample for every row at once in float64 (logits [rows, 128] or [rows, 1, 128];
+    u, top_p and inv_temperature [rows, 1] or [rows, 1, 1] alike; ``top_k_mask``) -> ids [rows, 1]:
+    softmax, top-k, top-p on the renormalised mass, temperature, inverse CDF. Positions past top-k are zeroed rather than
     dropped, so every sum runs over 128 terms in numpy's order; ties rank towards the lower id
     (TopK's rule and the reference's)."""
     zero = torch.tensor(0.0, dtype=torch.float64)
+    flat = [-1] + [1] * (logits.dim() - 2) + [VOCAB_SIZE]  # ranked in logits' shape
     p = torch.softmax(logits.double(), dim=-1)
     ranked, order = torch.topk(p, VOCAB_SIZE, dim=-1)
     ranked = _Reshape.apply(ranked, _PAIRWISE)
     ranked = torch.where(in_top_k, ranked, zero)
-    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), [-1, 1, VOCAB_SIZE])
+    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), flat)
     before = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked strictly before
     ranked = _Reshape.apply(torch.pow(torch.where(before <= top_p, ranked, zero), inv_temperature), _PAIRWISE)
-    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), [-1, 1, VOCAB_SIZE])
+    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), flat)
     # Back in id order: ``order`` is a permutation, so the scatter overwrites all of p.
     cdf = torch.cumsum(p.scatter(-1, order, ranked), dim=-1)
     # The first id whose cdf exceeds u * total, at most 127: the cdf never decreases, so counting
     # over the first 127 entries is numpy's min(count, 127).
     head, total = cdf.split([VOCAB_SIZE - 1, 1], dim=-1)
-    return (head <= u * total).long().sum(dim=-1)
+    return (head <= u * total).long().sum(dim=-1, keepdim=logits.dim() == 2)
 
 
 def _finish(block: Block, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,11 @@ def patch_tokens(tokens: torch.Tensor) -> torch.Tensor:
 class PatchEngine(nn.Module):
     """The ``patch_engine`` graph (module doc) as a traceable module. Each row has one query per
     step, so the heads are plain reshapes of a row's activations. ``cpu``: the CPU form, which
-    also runs each char step's attention as ONNX Runtime's MultiHeadAttention node."""
+    also runs each char step's attention as ONNX Runtime's MultiHeadAttention node.
+
+    A char step's activations are [rows, H] in the fixed form (ONNX Runtime and TensorRT fuse a
+    2-D MatMul and its bias into one Gemm) and [rows, 1, H] in the CPU form (MultiHeadAttention
+    wants a sequence axis; the int8 MatMulNBits there takes the bias itself)."""
 
     def __init__(self, model: NotaGenModel, cpu: bool = False) -> None:
         super().__init__()
@@ -146,22 +151,27 @@ class PatchEngine(nn.Module):
         config = self.model.config
         position = position + accept.long()
         hidden = torch.where(accept[:, None], hidden_next, hidden)
-        settings = (top_k_mask(top_k), top_p[:, None, None], inv_temperature[:, None, None])
+        settings = (top_k_mask(top_k), self._per_row(top_p), self._per_row(inv_temperature))
         tokens = self._chars(hidden, uniforms, forced, forced_mask, settings)
         hidden_next, present = self._patch_step(patch_tokens(tokens), position.clamp(max=config.patch_length - 1), past)
         return (tokens, position, hidden, hidden_next, *present)
 
     def _chars(self, hidden, uniforms, forced, forced_mask, settings) -> torch.Tensor:
-        """The 16 char steps; activations are [rows, 1, H] (one query per row) and each step's
-        inputs are columns [rows, 1] of the per-patch settings, split once."""
+        """The 16 char steps; each step's inputs are columns of the per-patch settings, split once."""
         char = self.model.char_level_decoder.base
         tf = char.transformer
         heads = tf.h[0].attn.heads
         past: list[tuple | None] = [None] * len(tf.h)  # each layer's keys and values so far
         tokens: list[torch.Tensor] = []
-        columns = zip(uniforms[:, :, None].split(1, dim=1), forced.split(1, dim=1), forced_mask.split(1, dim=1))
+        width = tf.wte.embedding_dim
+        uniforms = uniforms[:, :, None] if self.cpu else uniforms
+        columns = zip(uniforms.split(1, dim=1), forced.split(1, dim=1), forced_mask.split(1, dim=1))
         for c, (u, f, m) in enumerate(columns):
-            x = (hidden[:, None] if c == 0 else tf.wte(tokens[-1])) + tf.wpe.weight[c]
+            if c == 0:
+                x = hidden[:, None] if self.cpu else hidden
+            else:
+                x = tf.wte(tokens[-1]) if self.cpu else _Reshape.apply(tf.wte(tokens[-1]), [-1, width])
+            x = x + tf.wpe.weight[c]
             for i, block in enumerate(tf.h):
                 q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
                 y, past[i] = self._attend(q, k, v, past[i], heads)
@@ -170,9 +180,13 @@ class PatchEngine(nn.Module):
             tokens.append(torch.where(m, f, drawn))
         return torch.cat(tokens, dim=1)
 
+    def _per_row(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-row value [rows] shaped to broadcast against a char step's activations."""
+        return t[:, None, None] if self.cpu else t[:, None]
+
     def _attend(self, q, k, v, past, heads):
-        """One char step's attention (q, k, v [rows, 1, H]) over the row's earlier steps: the
-        output [rows, 1, H] and the keys and values so far (the CPU form's [rows, heads, n, 64]
+        """One char step's attention (q, k, v shaped as the activations) over the row's earlier
+        steps: the output and the keys and values so far (the CPU form's [rows, heads, n, 64]
         both; else keys transposed, [rows, heads, 64, n], so no step transposes them)."""
         key_shape = [-1, heads, 1, HEAD_DIM] if self.cpu else [-1, heads, HEAD_DIM, 1]
         if past is None:  # the first char sees only itself: softmax over one score is exactly 1
@@ -183,7 +197,7 @@ class PatchEngine(nn.Module):
         keys_t = torch.cat([past[0], _Reshape.apply(k, key_shape)], dim=3)
         values = torch.cat([past[1], _Reshape.apply(v, [-1, heads, 1, HEAD_DIM])], dim=2)
         scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ keys_t / math.sqrt(HEAD_DIM)
-        return _Reshape.apply(torch.softmax(scores, dim=-1) @ values, [-1, 1, heads * HEAD_DIM]), (keys_t, values)
+        return _Reshape.apply(torch.softmax(scores, dim=-1) @ values, [-1, heads * HEAD_DIM]), (keys_t, values)
 
     def _patch_step(self, patch: torch.Tensor, position: torch.Tensor, past: tuple[torch.Tensor, ...]):
         """The patch step of ``patch`` [rows, 16] at ``position`` [rows]: keys and values written
