@@ -1,16 +1,19 @@
-"""Where an ONNX Runtime CPU patch goes: the engine-ready graph's nodes by op type, from ONNX
+"""Where an ONNX Runtime patch goes: the engine-ready graph's nodes by op type, from ONNX
 Runtime's own profiler, over the patches of one piece through the production engine.
 
-``python benchmarks/profile_ort_cpu.py --model DIR [--rows 1] [--patches 40]``
+``python benchmarks/profile_ort.py --model DIR [--device cpu|cuda] [--rows 1] [--patches 40]``
 
-The profiler adds a few microseconds to every node, so read the shares and node counts, not the
-absolute times (``notagen-trt bench`` gives those)."""
+On a CPU the profiler adds a few microseconds to every node, so read the shares and node counts,
+not the absolute times (``notagen-trt bench`` gives those). With CUDA the patch runs without its
+CUDA graph, and launches block (``CUDA_LAUNCH_BLOCKING=1``, set here) so that a node's time is its
+kernels' time plus one launch each."""
 
 from __future__ import annotations
 
 import argparse
 import collections
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 from notagen_trt.bench import context_text
 from notagen_trt.runtime import onnx_backend
 from notagen_trt.runtime.engine import Engine, PieceRequest
+from notagen_trt.runtime.graph_executor import GraphExecutor
 from notagen_trt.runtime.piece import GenerationConfig
 
 
@@ -28,7 +32,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--patches", type=int, default=40)
     parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
+    if args.device == "cuda":
+        os.environ["CUDA_LAUNCH_BLOCKING"] = "1"  # before the CUDA provider starts
     folder = Path(tempfile.mkdtemp(prefix="ort-profile-"))
     plain = onnx_backend.session_options
 
@@ -38,7 +45,12 @@ def main() -> None:
         return options
 
     onnx_backend.session_options = profiled  # every session the backend makes writes a profile
-    executor = onnx_backend.OrtBackend(args.model, "cpu", threads=1).executor(args.rows)
+    backend = onnx_backend.OrtBackend(args.model, args.device, threads=1)
+    if args.device == "cuda":  # one GraphExecutor, without the CUDA graph that would hide the nodes
+        executor = GraphExecutor(backend.model_dir, backend.manifest, backend.config, args.rows,
+                                 onnx_backend.session_options(1), "cuda", cuda_graph=False)
+    else:
+        executor = backend.executor(args.rows)
     text = context_text(args.context)
     Engine(executor).generate([PieceRequest(None, GenerationConfig(seed=i, max_patches=args.patches), text)
                                for i in range(args.rows)])
