@@ -97,11 +97,11 @@ def top_k_mask(top_k: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p: torch.Tensor,
            inv_temperature: torch.Tensor) -> torch.Tensor:
-    """runtime.sampling.sample for every row at once in float64 (logits [rows, 128] or [rows, 1, 128];
-    u, top_p and inv_temperature [rows, 1] or [rows, 1, 1] alike; ``top_k_mask``) -> ids [rows, 1]:
-    softmax, top-k, top-p on the renormalised mass, temperature, inverse CDF. Positions past top-k are zeroed rather than
-    dropped, so every sum runs over 128 terms in numpy's order; ties rank towards the lower id
-    (TopK's rule and the reference's)."""
+    """runtime.sampling.sample for every row at once in float64 (logits [rows, 128] or
+    [rows, 1, 128]; u, top_p and inv_temperature [rows, 1] or [rows, 1, 1] alike; ``top_k_mask``)
+    -> ids [rows, 1]: softmax, top-k, top-p on the renormalised mass, temperature, inverse CDF.
+    Positions past top-k are zeroed rather than dropped, so every sum runs over 128 terms in
+    numpy's order; ties rank towards the lower id (TopK's rule and the reference's)."""
     zero = torch.tensor(0.0, dtype=torch.float64)
     flat = [-1] + [1] * (logits.dim() - 2) + [VOCAB_SIZE]  # ranked in logits' shape
     p = torch.softmax(logits.double(), dim=-1)
