@@ -146,7 +146,8 @@ def graph_specs(config: ModelConfig) -> dict[str, dict]:
 CONTRIB_OPSET = {"com.microsoft": 1}  # ONNX Runtime's fused ops, in the CPU forms only
 
 
-def _export_graph(module: nn.Module, args: tuple, spec: dict, path: Path, opset: int) -> None:
+def _export_graph(module: nn.Module, args: tuple, spec: dict, path: Path, opset: int, contrib: bool = False) -> None:
+    """Trace ``module`` to ``path``; ``contrib``: it may emit ONNX Runtime's fused ops (a CPU form)."""
     dynamic = {s["name"]: {i: d for i, d in enumerate(s["shape"]) if isinstance(d, str)}
                for s in spec["inputs"] + spec["outputs"]}
     # The TorchScript exporter keeps our IO names exactly and needs no onnxscript; torch marks it
@@ -158,7 +159,7 @@ def _export_graph(module: nn.Module, args: tuple, spec: dict, path: Path, opset:
         torch.onnx.export(module, args, str(path), input_names=[s["name"] for s in spec["inputs"]],
                           output_names=[s["name"] for s in spec["outputs"]], dynamic_axes=dynamic,
                           opset_version=opset, do_constant_folding=True, dynamo=False,
-                          custom_opsets=CONTRIB_OPSET if getattr(module, "cpu", False) else None)
+                          custom_opsets=CONTRIB_OPSET if contrib else None)
 
 
 def _declare_io(model: onnx.ModelProto, spec: dict, path: Path) -> None:
@@ -277,7 +278,7 @@ def _export_graphs(model: NotaGenModel, scratch: Path, specs: dict, opset: int, 
                 continue
             path = scratch / f"{name}{suffix}"
             with torch.no_grad():
-                _export_graph(traced, example, specs[name], path, opset)
+                _export_graph(traced, example, specs[name], path, opset, contrib=key == "cpu_file")
             data = _finalize(path, specs[name], external)
             entry.update({key: path.name, key.replace("file", "external_data"): data})
         entry["checksums"] = file_checksums(scratch, [entry[k] for k in GRAPH_FILE_KEYS if entry.get(k)])
