@@ -42,10 +42,14 @@ def time_us(fn, reps: int = 100) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--attention-only", action="store_true")
+    parser.add_argument("--rows-only", action="store_true",
+                        help="only 16 rows, over a wider set of _rows tiles (inputs whole in one program too)")
+    parser.add_argument("--fp16-only", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
+    PackedLinear.ROWS_TILES_BY_SHAPE = {}  # every shape on the tile swept
     report = {"gpu": torch.cuda.get_device_name(), "linear": {}, "attention": {}}
-    for rows in () if args.attention_only else (1, 16):
+    for rows in () if args.attention_only else (16,) if args.rows_only else (1, 16):
         x = torch.randn(rows, 5120, device="cuda", dtype=torch.float16)
         totals: dict[str, float] = {}
         shapes: dict[str, list[float]] = {}  # per shape, in SHAPES order
@@ -64,12 +68,14 @@ def main() -> None:
                 t = time_us(lambda: torch.addmm(b, ln(xs) if ln is not None else xs, ws[next(turn) % copies]))
                 totals["torch LN + cublas"] = totals.get("torch LN + cublas", 0.0) + t
                 shapes.setdefault("torch LN + cublas", []).append(round(t, 2))
-            for int8 in (False, True):
+            for int8 in (False,) if args.fp16_only else (False, True):
                 lins = [PackedLinear(w, b, int8=int8) for w in ws]
                 # One row: _gemv's tiles (weight elements a program, warps). 16 rows: _rows' tiles
                 # (BLOCK_N, largest BLOCK_K, warps).
+                widths, depths = ((16, 32, 64, 128), (256, 512, 1024, 2048)) if args.rows_only else \
+                    ((32, 64, 128), (256, 512, 1024))
                 tiles = itertools.product((8192, 16384, 32768), (4, 8)) if rows == 1 else [
-                    t for t in itertools.product((32, 64, 128), (256, 512, 1024), (4, 8)) if t[0] * t[1] <= 65536]
+                    t for t in itertools.product(widths, depths, (4, 8)) if t[0] * t[1] <= 65536]
                 for tile in tiles:
                     if rows == 1:
                         PackedLinear.GEMV_ELEMENTS, PackedLinear.GEMV_WARPS = tile
@@ -89,9 +95,10 @@ def main() -> None:
                                                           for k, v in best if "int8" in k][:3],
                                             "best per shape": [min((v[i], k) for k, v in shapes.items() if kind in k)
                                                                for kind in ("fp16 (", "int8 (")
+                                                               if any(kind in k for k in shapes)
                                                                for i in range(len(SHAPES))]}
         print(json.dumps(report["linear"][f"rows={rows}"]), flush=True)
-    for rows, capacity, pos in ((1, 16, 15), (16, 16, 15), (1, 1024, 255), (16, 1024, 255)):
+    for rows, capacity, pos in () if args.rows_only else ((1, 16, 15), (16, 16, 15), (1, 1024, 255), (16, 1024, 255)):
         cache = torch.randn(rows, 2, 20, capacity, 64, device="cuda", dtype=torch.float16)
         qkv = torch.randn(rows, 3840, device="cuda", dtype=torch.float16)
         out = torch.empty(rows, 1280, device="cuda", dtype=torch.float16)
