@@ -39,13 +39,43 @@ def time_us(fn, reps: int = 100) -> float:
     return start.elapsed_time(end) * 1000 / reps
 
 
+def sampler_sweep() -> dict:
+    """sample_into per call (published settings, and top-k off: 128 kept ranks), with the next
+    character's embedding, by warps a program."""
+    from notagen_trt.fastpath import sampler_kernel
+
+    report = {}
+    for rows, top_k in ((1, 9), (16, 9), (16, 0)):
+        logits = torch.randn(rows, 128, device="cuda") * 4
+        u = torch.rand(rows, device="cuda", dtype=torch.float64)
+        tokens = torch.zeros(rows, dtype=torch.long, device="cuda")
+        mask = torch.zeros(rows, dtype=torch.bool, device="cuda")
+        params = (torch.full((rows,), top_k, device="cuda"), torch.full((rows,), 0.9, dtype=torch.float64, device="cuda"),
+                  torch.full((rows,), 1 / 1.2, dtype=torch.float64, device="cuda"))
+        embed = (torch.randn(128, 1280, device="cuda").half(), torch.randn(1280, device="cuda").half(),
+                 torch.zeros(rows, 1280, device="cuda"))
+        timings = {}
+        for warps in (1, 2, 4, 16):
+            sampler_kernel.WARPS = warps
+            timings[f"{warps} warps us"] = round(time_us(
+                lambda: sampler_kernel.sample_into(logits, u, tokens, mask, tokens, params, embed)), 2)
+        report[f"rows={rows} top_k={top_k}"] = timings
+        print(json.dumps({f"rows={rows} top_k={top_k}": timings}), flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--attention-only", action="store_true")
     parser.add_argument("--rows-only", action="store_true",
                         help="only 16 rows, over a wider set of _rows tiles (inputs whole in one program too)")
     parser.add_argument("--fp16-only", action="store_true")
+    parser.add_argument("--sampler-only", action="store_true",
+                        help="only the sampler kernel (one draw for 1 and 16 rows), by warps a row")
     args = parser.parse_args()
+    if args.sampler_only:
+        print(json.dumps(sampler_sweep(), indent=1))
+        return
     torch.manual_seed(0)
     PackedLinear.ROWS_TILES_BY_SHAPE = {}  # every shape on the tile swept
     report = {"gpu": torch.cuda.get_device_name(), "linear": {}, "attention": {}}
