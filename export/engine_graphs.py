@@ -19,12 +19,13 @@ values a ScatterND writes into the cache there (in place where the runner binds 
 the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host accepts the patch.
 
 A CPU form of ``patch_engine`` (``patch_engine.cpu.onnx``, the manifest entry's ``cpu_file``)
-has the same IO and differs in two things. Its patch step attends over positions 0 .. the largest
-row position (a Slice of data-dependent length) instead of the whole capacity: a CPU runs any
-shape, and reading a 2048-patch cache for a 257-patch context was a third of NotaGen-small's
-patch there. And each char step's attention is one ONNX Runtime MultiHeadAttention node that
-appends to its own past (ten nodes otherwise; a CPU pays per node). CUDA graphs and TensorRT
-plans need the fixed form, which keeps to standard ONNX ops.
+has the same IO and runs ONNX Runtime's fused attention (a CPU pays per node). Each patch-step
+layer's attention is one GroupQueryAttention node: it writes the row's key and value into the
+cache at the row's position (in place when the runner binds ``present`` to ``past``) and reads
+positions 0 .. that position only (reading a 2048-patch cache for a 257-patch context was a
+third of NotaGen-small's patch on a CPU). Each char step's attention is one MultiHeadAttention
+node that appends to its own past (ten nodes otherwise). CUDA graphs and TensorRT plans need
+the fixed form, which keeps to standard ONNX ops.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
@@ -40,6 +41,7 @@ from torch import nn
 from notagen_trt.config import EOS_ID, HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelConfig
 
 from .model import Block, NotaGenModel
+from .trace_ops import CacheAttention as _CacheAttention
 from .trace_ops import PastAttention as _PastAttention
 from .trace_ops import Reshape as _Reshape
 from .trace_ops import gelu_tanh as _gelu_tanh
@@ -58,20 +60,6 @@ class _ScatterND(torch.autograd.Function):
     @staticmethod
     def symbolic(g, data, indices, updates):
         return g.op("ScatterND", data, indices, updates)
-
-
-class _Prefix(torch.autograd.Function):
-    """``data`` cut to its first ``length`` ([1] int64) entries along ``axis``: one Slice node
-    whose end is computed in the graph."""
-
-    @staticmethod
-    def forward(ctx, data, length, axis):  # no annotations: the tracer chokes on them
-        return data.narrow(axis, 0, int(length))
-
-    @staticmethod
-    def symbolic(g, data, length, axis):
-        const = lambda v: g.op("Constant", value_t=torch.tensor([v], dtype=torch.int64))  # noqa: E731
-        return g.op("Slice", data, const(0), length, const(axis))
 
 
 # numpy's pairwise summation of 128 terms: 8 running sums r[j] = x[j] + x[j+8] + ..., then
@@ -206,6 +194,8 @@ class PatchEngine(nn.Module):
         base = decoder.base
         heads, capacity = base.h[0].attn.heads, self.model.config.patch_length
         x = decoder.embed(patch) + base.wpe(position)
+        if self.cpu:
+            return self._patch_step_cpu(x, position, past)
         # ScatterND indices [rows, heads, 3]: (row, head, position) per written [64] vector, from
         # elementwise ops only (no Shape-derived sizes: ONNX Runtime runs those on the CPU, and a
         # CUDA graph needs every node on the GPU).
@@ -214,21 +204,32 @@ class PatchEngine(nn.Module):
         index = torch.stack([row_ids[:, None] * each_head, torch.arange(heads)[None] + 0 * row_ids[:, None],
                              position[:, None] * each_head], dim=-1)
         visible = (torch.arange(capacity)[None] <= position[:, None])[:, None, None]  # [rows, 1, 1, capacity]
-        window = (position.max() + 1).reshape(1) if self.cpu else None
-        if window is not None:
-            visible = _Prefix.apply(visible, window, 3)
         present = []
         for i, block in enumerate(base.h):
             q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
             k_all = _ScatterND.apply(past[2 * i], index, _Reshape.apply(k, [-1, heads, HEAD_DIM]))
             v_all = _ScatterND.apply(past[2 * i + 1], index, _Reshape.apply(v, [-1, heads, HEAD_DIM]))
             present += [k_all, v_all]
-            if window is not None:
-                k_all, v_all = _Prefix.apply(k_all, window, 2), _Prefix.apply(v_all, window, 2)
             scores = _Reshape.apply(q, [-1, heads, 1, HEAD_DIM]) @ k_all.transpose(-1, -2) / math.sqrt(HEAD_DIM)
             scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
             x = _finish(block, x, _Reshape.apply(torch.softmax(scores, dim=-1) @ v_all, [0, -1]))
         return base.ln_f(x), present
+
+    def _patch_step_cpu(self, x: torch.Tensor, position: torch.Tensor, past: tuple[torch.Tensor, ...]):
+        """The CPU form's patch step on [rows, 1, H] activations: each layer's attention is one
+        GroupQueryAttention node that writes the row's key and value at its position and reads
+        positions 0 .. position only (module doc)."""
+        base = self.model.patch_level_decoder.base
+        heads = base.h[0].attn.heads
+        seqlens, total = position.int(), (position.max() + 1).int()
+        x = x[:, None]
+        present = []
+        for i, block in enumerate(base.h):
+            q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
+            y, keys, values = _CacheAttention.apply(q, k, v, past[2 * i], past[2 * i + 1], seqlens, total, heads)
+            present += [keys, values]
+            x = _finish(block, x, y)
+        return _Reshape.apply(base.ln_f(x), [-1, self.model.config.hidden_size]), present
 
 
 class ContextLoader(nn.Module):

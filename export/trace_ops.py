@@ -67,3 +67,32 @@ class PastAttention(torch.autograd.Function):
         out[1].setType(past_k.type())
         out[2].setType(past_v.type())
         return tuple(out)
+
+
+class CacheAttention(torch.autograd.Function):
+    """One new query per row attending over a fixed-capacity cache: q, k, v [rows, 1, heads * 64],
+    caches [rows, heads, capacity, 64], ``seqlens`` [rows] int32 (each row's position) and
+    ``total`` [] int32 (the largest position + 1) -> (the attention output [rows, 1, heads * 64],
+    the caches with each row's new key and value at its position), as one GroupQueryAttention
+    node: it writes the caches in place where the runner binds them as both input and output,
+    and reads only positions 0 .. position of each row (no window copied out of the cache)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, seqlens, total, heads):  # no annotations: the tracer chokes on them
+        rows, capacity = q.shape[0], past_k.shape[2]
+        split = lambda z: z.reshape(rows, heads, 1, -1)  # noqa: E731 (one query: heads are plain reshapes)
+        at = (torch.arange(capacity)[None] == seqlens.long()[:, None])[:, None, :, None]  # [rows, 1, capacity, 1]
+        keys, values = torch.where(at, split(k), past_k), torch.where(at, split(v), past_v)
+        scores = split(q) @ keys.transpose(-1, -2) / keys.shape[-1] ** 0.5
+        visible = (torch.arange(capacity)[None] <= seqlens.long()[:, None])[:, None, None]
+        weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+        return (weights @ values).reshape(rows, 1, -1), keys, values
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, seqlens, total, heads):
+        out = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens, total,
+                   num_heads_i=heads, kv_num_heads_i=heads, outputs=3)
+        out[0].setType(q.type())
+        out[1].setType(past_k.type())
+        out[2].setType(past_v.type())
+        return tuple(out)
