@@ -221,7 +221,9 @@ class PatchEngine(nn.Module):
         positions 0 .. position only (module doc)."""
         base = self.model.patch_level_decoder.base
         heads = base.h[0].attn.heads
-        seqlens, total = position.int(), (position.max() + 1).int()
+        # Each row reads up to its own position, whatever the total: the capacity, a constant, keeps
+        # the node free of data-dependent inputs (a CUDA graph could hold it too).
+        seqlens, total = position.int(), torch.tensor(self.model.config.patch_length, dtype=torch.int32)
         x = x[:, None]
         present = []
         for i, block in enumerate(base.h):

@@ -72,10 +72,11 @@ class PastAttention(torch.autograd.Function):
 class CacheAttention(torch.autograd.Function):
     """One new query per row attending over a fixed-capacity cache: q, k, v [rows, 1, heads * 64],
     caches [rows, heads, capacity, 64], ``seqlens`` [rows] int32 (each row's position) and
-    ``total`` [] int32 (the largest position + 1) -> (the attention output [rows, 1, heads * 64],
-    the caches with each row's new key and value at its position), as one GroupQueryAttention
-    node: it writes the caches in place where the runner binds them as both input and output,
-    and reads only positions 0 .. position of each row (no window copied out of the cache)."""
+    ``total`` [] int32 (any length >= every position + 1: each row reads up to its own) -> (the
+    attention output [rows, 1, heads * 64], the caches with each row's new key and value at its
+    position), as one GroupQueryAttention node: it writes the caches in place where the runner
+    binds them as both input and output, and reads only positions 0 .. position of each row (no
+    window copied out of the cache)."""
 
     @staticmethod
     def forward(ctx, q, k, v, past_k, past_v, seqlens, total, heads):  # no annotations: the tracer chokes on them
