@@ -49,7 +49,8 @@ for precision in ("fp16", "int8-wo"):
     quantize(sys.argv[1], precision, out, calib_pieces=4)
     executor = OrtBackend(out, "cuda").executor(4)
     pieces = Engine(executor).generate(requests)
-    result[precision] = {"executor": executor.name, "complete": sum(p.complete for p in pieces)}
+    result[precision] = {"executor": executor.name, "graphs": [f.name for f in executor.files],
+                         "complete": sum(p.complete for p in pieces)}
 print(json.dumps(result, indent=2))
 PY
       cat "$OUT/demo-pieces.json" ;;

@@ -1,13 +1,13 @@
 """fp16 on ONNX Runtime CUDA, the engine-ready patch graph in two forms: the fixed form (standard
-ONNX ops, what TensorRT builds and what `generate` runs on CUDA) against the CPU form's fused
-attention (one MultiHeadAttention a char-step layer, one GroupQueryAttention a patch-step layer
-over the cache in place; no data-dependent shape, so a CUDA graph can hold it), converted to
-fp16 the way `quantize` converts the fixed form. Each runs through the production engine with
-its CUDA graph, ``--rows`` pieces continuing a context, in interleaved rounds.
+ONNX ops, what TensorRT builds) against the CPU form's fused attention (one MultiHeadAttention a
+char-step layer, one GroupQueryAttention a patch-step layer over the cache in place; no
+data-dependent shape, so a CUDA graph can hold it), which fp16 variants carry and `generate`
+runs on CUDA. Each runs through the production engine with its CUDA graph, ``--rows`` pieces
+continuing a context, in interleaved rounds.
 
 ``python benchmarks/ort_cuda_forms.py --fp32 X_DIR --fp16 X_FP16_DIR [--rounds 4] [--patches 30]``
-(X_FP16_DIR: `quantize --precision fp16` of X_DIR; the converted form is written into it as
-``patch_engine.ortform.onnx``)."""
+(X_FP16_DIR: `quantize --precision fp16` of X_DIR. A variant written before fp16 variants carried
+the form gets it converted here, as ``patch_engine.ortform.onnx``, the way `quantize` converts it.)"""
 
 from __future__ import annotations
 
@@ -52,11 +52,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=1, help="rows in flight, each a piece continuing the context")
     args = parser.parse_args()
-    if not (args.fp16 / FORM).is_file():
-        convert(args.fp32, args.fp16)
     backend = OrtBackend(args.fp16, args.device, threads=1)
-    forms = {"fixed": backend.manifest, "fused attention": copy.deepcopy(backend.manifest)}
-    forms["fused attention"]["graphs"]["patch_engine"]["file"] = FORM
+    fused = copy.deepcopy(backend.manifest)
+    if not fused["graphs"]["patch_engine"].get("cpu_file"):
+        if not (args.fp16 / FORM).is_file():
+            convert(args.fp32, args.fp16)
+        fused["graphs"]["patch_engine"]["cpu_file"] = FORM
+    fixed = copy.deepcopy(backend.manifest)
+    for entry in fixed["graphs"].values():
+        entry.pop("cpu_file", None)
+    forms = {"fixed": fixed, "fused attention": fused}
     engines = {name: Engine(GraphExecutor(args.fp16, manifest, backend.config, args.rows, session_options(1),
                                           args.device))
                for name, manifest in forms.items()}

@@ -4,7 +4,9 @@ accuracy is checked on the CPU before an engine is built from it.
 
 - ``fp16``: fp16 weights and activations (ONNX Runtime's ``float16`` converter) with fp32 islands,
   written as Cast nodes, for LayerNormalization and Softmax and for every node whose fp32
-  activations, measured on the calibration set, come near the fp16 range.
+  activations, measured on the calibration set, come near the fp16 range. An engine-ready graph
+  with a CPU form (ONNX Runtime's fused attention) gets that form in fp16 too: ONNX Runtime runs
+  it on a CPU and, in a CUDA graph, on CUDA (its GroupQueryAttention has fp16 CUDA kernels only).
 - ``int8-wo``: int8 weights, per output channel, symmetric, stored as int8 initializers behind
   DequantizeLinear; activations stay fp32. No calibration. Its engine-ready graphs also get a
   CPU form (``cpu_file``): ONNX Runtime's ``MatMulNBits`` quantizer, 8-bit symmetric blocks of
@@ -106,6 +108,13 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
                                         method, exclude or [], log, external=external[name])
                    for name in names}
         recipe = _recipe(precision, method, feeds, details)
+        if precision == "fp16":
+            for name in ENGINE_GRAPHS:
+                if cpu := graphs.get(name, {}).get("cpu_file"):
+                    src = _linked_source(model_dir, {"file": cpu, "external_data": graphs[name].get("cpu_external_data")},
+                                         scratch)
+                    details[f"{name}.cpu"] = _variant_graph(src, scratch / f"{name}.cpu.onnx", precision, None, method,
+                                                            [], log, external=external[name], graph=name)
         if precision == "int8-wo" and names != GRAPH_NAMES:
             forms = {}
             for name in ENGINE_GRAPHS:
@@ -160,17 +169,20 @@ def _linked_source(model_dir: Path, graph: dict, scratch: Path) -> Path:
 
 
 def _variant_graph(src: Path, dst: Path, precision: str, feeds: list[dict] | None, method: str,
-                   exclude: list[str], log, external: bool = False) -> dict:
+                   exclude: list[str], log, external: bool = False, graph: str | None = None) -> dict:
     """Write the variant of graph ``src`` to ``dst``, its weights in ``dst.data`` when ``external``
-    (the source's are: a variant is never larger than its fp32 source, so the 2 GB cap holds too)."""
+    (the source's are: a variant is never larger than its fp32 source, so the 2 GB cap holds too).
+    ``graph``: which graph ``src`` is a form of (default: its file's stem)."""
     # The calibration run's sessions (OrtBackend's lazy loaders are reference cycles) and the
     # previous graph's models wait for the cycle collector: free them before loading another copy.
     gc.collect()
-    log(f"{precision}: {src.stem}")
+    graph = graph or src.stem
+    log(f"{precision}: {dst.stem}")
     half_io: list[str] = []
     if precision == "fp16":
-        half_io = _fp16_caches(src) if src.stem in ENGINE_GRAPHS else []
-        details = _fp16(src, dst, feeds, external, half_io)
+        engine = graph in ENGINE_GRAPHS
+        half_io = _fp16_caches(src) if engine else []
+        details = _fp16(src, dst, feeds, external, half_io, engine)
     elif precision == "int8-wo":
         details = _int8_weight_only(src, dst, external)
     else:
@@ -333,7 +345,8 @@ def activation_peaks(model_path: Path, feeds: list[dict], external: bool = False
     return peaks
 
 
-def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False, half_io: list[str] = ()) -> dict:
+def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False, half_io: list[str] = (),
+          engine: bool = False) -> dict:
     """``feeds`` None (the engine-ready graphs, which calibration does not feed): nothing is
     measured; their step graphs' measurements are in the same manifest."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -349,7 +362,7 @@ def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False
     # serialized for that) and loads the weights once, converting them in place.
     graph = onnx.load(str(src), load_external_data=False).graph
     keep = [v.name for v in [*graph.input, *graph.output] if v.name not in half_io]  # fp32 IO but ``half_io``
-    op_types = FP16_ALWAYS_FP32_ENGINE if src.stem in ENGINE_GRAPHS else FP16_ALWAYS_FP32
+    op_types = FP16_ALWAYS_FP32_ENGINE if engine else FP16_ALWAYS_FP32
     converted = convert_float_to_float16(str(src), keep_io_types=keep, op_block_list=op_types,
                                          node_block_list=blocked)
     _drop_repeated_casts(converted)

@@ -225,7 +225,7 @@ def _manifest_of(folder: Path) -> dict | None:
 
 # Graph entries' keys that name files in a model directory, in the order a writer moves them in
 # (weights before the graphs that point at them). ``cpu_file``: the form of the graph ONNX Runtime
-# runs on a CPU, where it differs (the engine-ready graphs: export/engine_graphs.py).
+# runs on a CPU (and on CUDA in fp16), where it differs (the engine-ready graphs: export/engine_graphs.py).
 GRAPH_FILE_KEYS = ("external_data", "cpu_external_data", "cpu_file", "file")
 
 

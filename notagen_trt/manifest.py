@@ -159,7 +159,7 @@ class GraphIO:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profiles: tuple[dict[str, Any], ...] = ()  # engine graphs: the optimization profiles built
-    cpu_file: str | None = None  # what ONNX Runtime runs on a CPU, where not ``file`` (same IO)
+    cpu_file: str | None = None  # what ONNX Runtime runs on a CPU (and on CUDA in fp16), where not ``file`` (same IO)
 
     @cached_property
     def input_names(self) -> tuple[str, ...]:

@@ -4,11 +4,13 @@ patch for every row, the KV caches and the rows' state never leaving their buffe
 Every call binds each state output (``present.*``, ``position_out``, ``hidden_out``,
 ``hidden_next_out``) to the buffer of the input it replaces, so the caches are written in place
 (ScatterND skips its copy when input and output share a buffer) and nothing is allocated per
-call. On the CPU the buffers are numpy arrays, and a graph's CPU form runs where the directory
-has one (attention over the positions in use; int8-wo: MatMulNBits too); with CUDA they are
-device OrtValues, the per-patch settings are copied into fixed device inputs, and ONNX Runtime
-can capture the call as a CUDA graph (``cuda_graph``: the graph has fixed shapes and addresses,
-and every node on the GPU).
+call. A graph's CPU form (ONNX Runtime's fused attention, no data-dependent shape; int8-wo:
+MatMulNBits too) runs where the directory has one: on the CPU, and on CUDA in fp16 variants
+(GroupQueryAttention has fp16 CUDA kernels only; on an H200 it took a NotaGen-X patch from 8.4 to
+7.6 ms at one row). On the CPU the buffers are numpy arrays; with CUDA they are device
+OrtValues, the per-patch settings are copied into fixed device inputs, and ONNX Runtime can
+capture the call as a CUDA graph (``cuda_graph``: the graph has fixed shapes and addresses, and
+every node on the GPU).
 
 The published rules are not here: the engine applies them through ``piece.PieceState``.
 """
@@ -44,8 +46,9 @@ class GraphExecutor(Executor):
         self.cuda_graph = cuda if cuda_graph is None else cuda_graph
         engine_io = graph_io(manifest, "patch_engine", model_dir)
         loader_io = graph_io(manifest, "context_loader", model_dir)
-        # On a CPU, each graph's CPU form where the directory has one (module doc).
-        self.files = tuple(io.path(model_dir) if cuda else io.cpu_path(model_dir) for io in (engine_io, loader_io))
+        # Each graph's CPU form where the directory has one, on a CPU and, in fp16, on CUDA (module doc).
+        fused = not cuda or manifest.get("precision") == "fp16"
+        self.files = tuple(io.cpu_path(model_dir) if fused else io.path(model_dir) for io in (engine_io, loader_io))
         try:
             self._engine = _session(self.files[0], options, device, device_id, self.cuda_graph)
         except NotaGenError:

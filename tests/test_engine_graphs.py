@@ -196,7 +196,18 @@ def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(dem
     fp16 = OrtBackend(demo_variant("fp16"), "cpu", threads=1)
     assert fp16.manifest["layout"] == "engine"
     assert fp16.manifest["graphs"]["patch_engine"]["inputs"][-1]["dtype"] == "float16"
-    got = Engine(fp16.executor(4)).generate(requests)
+    # It carries the CPU form in fp16 too (what ONNX Runtime runs on a CPU, and on CUDA in fp16):
+    # the fused attention nodes, fp16 caches, the fixed form's IO.
+    entry = fp16.manifest["graphs"]["patch_engine"]
+    assert entry["cpu_file"] == "patch_engine.cpu.onnx" and entry["cpu_file"] in entry["checksums"]
+    fixed16, cpu16 = (onnx.load(str(demo_variant("fp16") / f)).graph for f in (entry["file"], entry["cpu_file"]))
+    assert [(v.name, v.type) for v in [*cpu16.input, *cpu16.output]] == [
+        (v.name, v.type) for v in [*fixed16.input, *fixed16.output]]
+    assert sum(n.op_type == "GroupQueryAttention" for n in cpu16.node) == 5
+    assert {i.data_type for i in cpu16.initializer if i.dims and len(i.dims) == 2} == {onnx.TensorProto.FLOAT16}
+    executor = fp16.executor(4)
+    assert all(part.files[0] == demo_variant("fp16") / "patch_engine.cpu.onnx" for part in executor.parts)
+    got = Engine(executor).generate(requests)
     assert sum(a.text == b.text for a, b in zip(got, want)) >= 6
     int8 = OrtBackend(demo_variant("int8-wo"), "cpu", threads=1)
     # On a CPU the int8-wo variant runs its CPU form (MatMulNBits); TensorRT builds from the QDQ file.
