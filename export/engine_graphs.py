@@ -24,8 +24,10 @@ layer's attention is one GroupQueryAttention node: it writes the row's key and v
 cache at the row's position (in place when the runner binds ``present`` to ``past``) and reads
 positions 0 .. that position only (reading a 2048-patch cache for a 257-patch context was a
 third of NotaGen-small's patch on a CPU). Each char step's attention is one MultiHeadAttention
-node that appends to its own past (ten nodes otherwise). CUDA graphs and TensorRT plans need
-the fixed form, which keeps to standard ONNX ops.
+node that appends to its own past (ten nodes otherwise). No shape in it depends on data, so ONNX
+Runtime CUDA runs it in a CUDA graph too, in fp16 (GroupQueryAttention has fp16 CUDA kernels
+only; fp32 runs the fixed form there). TensorRT plans need the fixed form, which keeps to
+standard ONNX ops.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
