@@ -21,7 +21,7 @@ from notagen_trt.engines.quantize import PRECISIONS, quantize
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import read_manifest
 from notagen_trt.engines.gates import GATES
-from notagen_trt.runtime.evaluate import bars_match_meter, evaluate, teacher_forced
+from notagen_trt.runtime.evaluate import FP16_FORM_PIECES, bars_match_meter, evaluate, teacher_forced
 from notagen_trt.runtime.onnx_backend import OrtBackend
 
 SUBSET = 32
@@ -52,6 +52,7 @@ def test_variant_meets_its_gate(precision, variants, heldout):
     # fp16's and int8-wo's engine-ready graphs run on a CPU in a form of their own (fused attention;
     # int8-wo: MatMulNBits too): held to the same limit. int8 (W8A8) has no engine-ready graphs.
     assert ("cpu_form_top1_agreement" in result) == (precision in ("fp16", "int8-wo"))
+    assert result.get("cpu_form_pieces") == {"fp16": FP16_FORM_PIECES, "int8-wo": SUBSET}.get(precision)
     assert result.get("cpu_form_top1_agreement", 1.0) >= min_top1, result
     assert result["gate"]["passed"]
     assert 0 <= result["valid_fraction"] <= 1 and len(result["generated"]) == GENERATED

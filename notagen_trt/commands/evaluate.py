@@ -13,12 +13,13 @@ from notagen_trt.errors import NotaGenError
 
 def _pieces(args: argparse.Namespace) -> list[str]:
     from notagen_trt.corpus import default_split, read_pieces
+    from notagen_trt.runtime.evaluate import spread
 
     pieces = [t for _, t in read_pieces(args.data or default_split("heldout"))]
     if args.pieces is not None:
         if args.pieces < 1:
             raise NotaGenError(f"--pieces must be at least 1, got {args.pieces}")
-        pieces = pieces[:: max(1, len(pieces) // args.pieces)][: args.pieces]  # spread over the sorted split
+        pieces = spread(pieces, args.pieces)  # over the sorted split
     return pieces
 
 
