@@ -16,6 +16,23 @@ from notagen_trt.runtime.onnx_backend import OrtBackend
 from notagen_trt.runtime.piece import GenerationConfig
 
 
+def interleaved(engines: dict[str, Engine], rounds: int, patches: int, context: int, rows: int = 1,
+                warmup: int = 5) -> dict[str, dict[str, list]]:
+    """Per engine, each round's median step (ms, past ``warmup`` steps) and the pieces' texts:
+    ``rows`` pieces a round continuing a context of ``context`` patches, engines in turn."""
+    text = context_text(context)
+    out: dict[str, dict[str, list]] = {name: {"median_step_ms": [], "texts": []} for name in engines}
+    for round_ in range(rounds):
+        for name, engine in engines.items():
+            steps: list[float] = []
+            engine.on_step[:] = [lambda seconds, stepped: steps.append(seconds)]
+            pieces = engine.generate([PieceRequest(None, GenerationConfig(seed=round_ * rows + i, max_patches=patches),
+                                                   text) for i in range(rows)])
+            out[name]["median_step_ms"].append(round(1000 * statistics.median(steps[warmup:]), 3))
+            out[name]["texts"] += [p.text for p in pieces]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+")
@@ -23,15 +40,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=40)
     parser.add_argument("--context", type=int, default=256)
     args = parser.parse_args()
-    text = context_text(args.context)
     engines = {m: Engine(OrtBackend(m, "cpu", threads=1).executor(1)) for m in args.models}
-    medians: dict[str, list[float]] = {m: [] for m in args.models}
-    for round_ in range(args.rounds):
-        for model, engine in engines.items():
-            steps: list[float] = []
-            engine.on_step[:] = [lambda seconds, rows: steps.append(seconds)]
-            engine.generate([PieceRequest(None, GenerationConfig(seed=round_, max_patches=args.patches), text)])
-            medians[model].append(round(1000 * statistics.median(steps[5:]), 3))  # past the warm-up
+    medians = {m: r["median_step_ms"] for m, r in interleaved(engines, args.rounds, args.patches, args.context).items()}
     first = medians[args.models[0]]
     for model, ms in medians.items():
         ratios = [b / a for a, b in zip(first, ms)]

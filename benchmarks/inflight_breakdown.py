@@ -29,12 +29,14 @@ TILES_BY_SHAPE = {(1280, 3840): (128, 256, 4), (1280, 1280): (64, 512, 8), (1280
                   (5120, 1280): (64, 512, 4), (1280, 128): (32, 256, 4)}
 
 
-def _tile(linear, tiles: dict, default) -> tuple[int, int, int, int]:
-    if (linear.k, linear.n) not in tiles:
-        return default(linear)
-    block_n, block_k, warps = tiles[(linear.k, linear.n)]
-    block_k = min(block_k, 1 << (linear.k - 1).bit_length())
-    return block_n, block_k, warps, -(-linear.k // block_k)
+def _use_tiles(backend, tiles: dict) -> None:
+    """Each layer on its shape's tile in ``tiles`` (else the one tile), with a workspace sized
+    for them (a smaller one lets _rows write past it)."""
+    for packed in backend.packed.values():
+        packed.__dict__.pop("ROWS_TILES", None)  # back to the class's one tile
+        if (packed.k, packed.n) in tiles:
+            packed.ROWS_TILES = tiles[(packed.k, packed.n)]
+    _new_workspace(backend)
 
 
 def _new_workspace(backend) -> None:
@@ -111,14 +113,11 @@ def main() -> None:
         ex = backend.executor(rows)
         report[f"rows={rows}"] = {"graph_ms": round(graph_ms(ex), 3), "sample_ms": round(sample_ms(ex, rows), 3)}
         print(json.dumps(report[f"rows={rows}"]), flush=True)
-    one_tile = decode_kernels.PackedLinear.rows_tile
     for name, tiles in (("one tile", {}), ("per shape", TILES_BY_SHAPE)):
-        decode_kernels.PackedLinear.rows_tile = lambda self, tiles=tiles: _tile(self, tiles, one_tile)
-        _new_workspace(backend)
+        _use_tiles(backend, tiles)
         report["tiles"][name] = round(graph_ms(backend.executor(16)), 3)
         print(name, report["tiles"][name], flush=True)
-    decode_kernels.PackedLinear.rows_tile = one_tile
-    _new_workspace(backend)  # sized for the tiles in use: a smaller one lets _rows write past it
+    _use_tiles(backend, {})  # in flight on the one tile, as the fast path runs
     for rows in (1, 16):
         report[f"inflight rows={rows}"] = inflight(backend, rows, args.pieces)
         print(json.dumps(report[f"inflight rows={rows}"]), flush=True)
