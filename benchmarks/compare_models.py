@@ -2,7 +2,9 @@
 (one row, the same piece continuing a context, as `generate` runs it), in interleaved rounds so
 that a machine's drift falls on all of them alike. Prints each directory's median step per round.
 
-``python benchmarks/compare_models.py DIR_A DIR_B [--rounds 8] [--patches 40] [--context 256]``"""
+``python benchmarks/compare_models.py DIR_A [DIR_B ...] [--threads 1[,2]] [--rounds 8] [--patches 40] [--context 256]``
+
+``--threads``: ONNX Runtime intra-op threads per call; each directory runs at each count given."""
 
 from __future__ import annotations
 
@@ -39,10 +41,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--patches", type=int, default=40)
     parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--threads", default="1", help="comma list of intra-op threads per call (default 1)")
     args = parser.parse_args()
-    engines = {m: Engine(OrtBackend(m, "cpu", threads=1).executor(1)) for m in args.models}
+    counts = [int(t) for t in args.threads.split(",")]
+    engines = {f"{m} threads={t}": Engine(OrtBackend(m, "cpu", threads=t).executor(1)) for m in args.models for t in counts}
     medians = {m: r["median_step_ms"] for m, r in interleaved(engines, args.rounds, args.patches, args.context).items()}
-    first = medians[args.models[0]]
+    first = next(iter(medians.values()))
     for model, ms in medians.items():
         ratios = [b / a for a, b in zip(first, ms)]
         print(json.dumps({"model": model, "median_step_ms_per_round": ms,

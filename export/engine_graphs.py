@@ -13,7 +13,7 @@ one captured CUDA graph (ONNX Runtime ``enable_cuda_graph``, a TensorRT enqueue)
 
 It first applies the last call's accepts (an accepted row's position advances and ``hidden_next``
 becomes its ``hidden``), then runs the 16 char steps, each drawing its character from the row's
-uniform with the published rule in float64 (ops chosen to round as numpy does, see ``sample``),
+uniform with the published rule in float64 (the numpy rule's own sums, see ``sample``),
 or taking the forced one; then the patch step of the new patch at ``position``, whose keys and
 values a ScatterND writes into the cache there (in place where the runner binds ``present`` to
 the ``past`` buffer). Its hidden state waits in ``hidden_next`` until the host accepts the patch.
@@ -44,6 +44,7 @@ from notagen_trt.config import EOS_ID, HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelCo
 
 from .model import Block, NotaGenModel
 from .trace_ops import CacheAttention as _CacheAttention
+from .trace_ops import ExclusiveCumSum as _ExclusiveCumSum
 from .trace_ops import PastAttention as _PastAttention
 from .trace_ops import Reshape as _Reshape
 from .trace_ops import gelu_tanh as _gelu_tanh
@@ -64,46 +65,29 @@ class _ScatterND(torch.autograd.Function):
         return g.op("ScatterND", data, indices, updates)
 
 
-# numpy's pairwise summation of 128 terms: 8 running sums r[j] = x[j] + x[j+8] + ..., then
-# ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)). The sampler keeps its ranked probabilities in this shape,
-# [rows, 16, 2, 2, 2], so that each sum is a CumSum over the 16 and three pair sums.
-_PAIRWISE = [-1, VOCAB_SIZE // 8, 2, 2, 2]
-
-
-def _numpy_sum(x: torch.Tensor) -> torch.Tensor:
-    """numpy's sum of x [rows, 16, 2, 2, 2] (float64), as [rows, 1, 1, 1, 1]: CumSum, Slice and
-    three ReduceSum nodes (pairs add alike in any order)."""
-    r = torch.cumsum(x, dim=1)[:, -1:]
-    for axis in (4, 3, 2):  # pairs, then pairs of pairs, then the two halves
-        r = r.sum(dim=axis, keepdim=True)
-    return r
-
-
 def top_k_mask(top_k: torch.Tensor) -> torch.Tensor:
-    """Which ranks each row's top-k keeps (top_k [rows], 128 = off), in the sampler's pairwise
-    layout [rows, 16, 2, 2, 2]; made once per call and shared by the 16 draws."""
-    return torch.arange(VOCAB_SIZE).reshape(_PAIRWISE[1:])[None] < _Reshape.apply(top_k, [-1, 1, 1, 1, 1])
+    """Which ranks each row's top-k keeps (top_k [rows], 128 = off) -> [rows, 128]; made once per
+    call and shared by the 16 draws."""
+    return torch.arange(VOCAB_SIZE)[None] < top_k[:, None]
 
 
 def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p: torch.Tensor,
            inv_temperature: torch.Tensor) -> torch.Tensor:
-    """runtime.sampling.sample for every row at once in float64 (logits [rows, 128] or
-    [rows, 1, 128]; u, top_p and inv_temperature [rows, 1] or [rows, 1, 1] alike; ``top_k_mask``)
-    -> ids [rows, 1]: softmax, top-k, top-p on the renormalised mass, temperature, inverse CDF.
-    Positions past top-k are zeroed rather than dropped, so every sum runs over 128 terms in
-    numpy's order; ties rank towards the lower id (TopK's rule and the reference's)."""
+    """runtime.sampling.sample for every row at once (logits [rows, 128] or [rows, 1, 128]; u,
+    top_p, inv_temperature [rows, 1] or [rows, 1, 1] and ``top_k_mask`` shaped to broadcast
+    alike) -> ids [rows, 1], in the numpy rule's float64 values: each kept weight exp(logit - the
+    top logit) in rank order, top-k, top-p on running sums in rank order (CumSum, as numpy's
+    cumsum adds), temperature, inverse CDF. Positions past top-k are zeroed rather than dropped;
+    ties rank towards the lower id (TopK's rule and the reference's)."""
     zero = torch.tensor(0.0, dtype=torch.float64)
-    flat = [-1] + [1] * (logits.dim() - 2) + [VOCAB_SIZE]  # ranked in logits' shape
-    p = torch.softmax(logits.double(), dim=-1)
-    ranked, order = torch.topk(p, VOCAB_SIZE, dim=-1)
-    ranked = _Reshape.apply(ranked, _PAIRWISE)
-    ranked = torch.where(in_top_k, ranked, zero)
-    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), flat)
-    before = torch.cumsum(ranked, dim=-1) - ranked  # mass ranked strictly before
-    ranked = _Reshape.apply(torch.pow(torch.where(before <= top_p, ranked, zero), inv_temperature), _PAIRWISE)
-    ranked = _Reshape.apply(ranked / _numpy_sum(ranked), flat)
-    # Back in id order: ``order`` is a permutation, so the scatter overwrites all of p.
-    cdf = torch.cumsum(p.scatter(-1, order, ranked), dim=-1)
+    ranked, order = torch.topk(logits, VOCAB_SIZE, dim=-1)
+    ranked = ranked.double()
+    ranked = torch.where(in_top_k, torch.exp(ranked - ranked[..., :1]), zero)
+    total = torch.cumsum(ranked, dim=-1)[..., -1:]
+    keep = _ExclusiveCumSum.apply(ranked) <= top_p * total  # mass ranked strictly before
+    weights = torch.pow(torch.where(keep, ranked, zero), inv_temperature)
+    # Back in id order: ``order`` is a permutation, so the scatter overwrites all of ``ranked``.
+    cdf = torch.cumsum(ranked.scatter(-1, order, weights), dim=-1)
     # The first id whose cdf exceeds u * total, at most 127: the cdf never decreases, so counting
     # over the first 127 entries is numpy's min(count, 127).
     head, total = cdf.split([VOCAB_SIZE - 1, 1], dim=-1)
@@ -141,7 +125,9 @@ class PatchEngine(nn.Module):
         config = self.model.config
         position = position + accept.long()
         hidden = torch.where(accept[:, None], hidden_next, hidden)
-        settings = (top_k_mask(top_k), self._per_row(top_p), self._per_row(inv_temperature))
+        in_top_k = top_k_mask(top_k)
+        settings = (in_top_k[:, None] if self.cpu else in_top_k, self._per_row(top_p),
+                    self._per_row(inv_temperature))
         tokens = self._chars(hidden, uniforms, forced, forced_mask, settings)
         hidden_next, present = self._patch_step(patch_tokens(tokens), position.clamp(max=config.patch_length - 1), past)
         return (tokens, position, hidden, hidden_next, *present)

@@ -23,6 +23,20 @@ class Reshape(torch.autograd.Function):
         return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.int64)))
 
 
+class ExclusiveCumSum(torch.autograd.Function):
+    """The running sum before each term on the last axis (0 first), as one CumSum node with
+    ``exclusive=1``: each term is the sum of the ones before it, added left to right, as numpy's
+    ``cumsum`` adds them (``cumsum(x) - x`` rounds differently)."""
+
+    @staticmethod
+    def forward(ctx, x):  # no annotations: the tracer chokes on them
+        return torch.cat([torch.zeros_like(x[..., :1]), torch.cumsum(x, dim=-1)[..., :-1]], dim=-1)
+
+    @staticmethod
+    def symbolic(g, x):
+        return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(-1, dtype=torch.int64)), exclusive_i=1)
+
+
 def linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return x @ conv.weight + conv.bias  # MatMul + Add: Conv1D's flattening reshapes are not needed
 

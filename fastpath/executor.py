@@ -33,20 +33,19 @@ from notagen_trt.runtime.piece import PatchRequest
 def sample_torch(logits: torch.Tensor, u: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                  inv_temperature: torch.Tensor) -> torch.Tensor:
     """runtime.sampling.sample on the device, float64, one row's settings per row ([B] each;
-    top_k 0 = off): same truncation, ties and inverse CDF."""
-    p = torch.softmax(logits.double(), dim=-1)
-    ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)
-    rank = torch.arange(p.shape[-1], device=p.device)
+    top_k 0 = off): the same weights, truncation, ties and inverse CDF (on CUDA the running sums
+    are scans, which may round otherwise)."""
+    z = logits.double()
+    ranked, order = torch.sort(z, dim=-1, descending=True, stable=True)
+    rank = torch.arange(z.shape[-1], device=z.device)
     keep = (rank[None] < top_k[:, None]) | (top_k[:, None] == 0)
-    ranked = torch.where(keep, ranked, 0.0)
-    ranked = ranked / ranked.sum(-1, keepdim=True)
-    keep = keep & ((torch.cumsum(ranked, -1) - ranked) <= top_p[:, None])
-    keep[..., 0] = True
-    ranked = torch.where(keep, ranked, 0.0) ** inv_temperature[:, None]
-    ranked = ranked / ranked.sum(-1, keepdim=True)
-    probs = torch.zeros_like(p).scatter_(-1, order, ranked)
+    ranked = torch.where(keep, torch.exp(ranked - ranked[..., :1]), 0.0)
+    mass = torch.cumsum(ranked, -1)
+    before = torch.cat([torch.zeros_like(mass[..., :1]), mass[..., :-1]], -1)
+    ranked = torch.where(before <= top_p[:, None] * mass[..., -1:], ranked, 0.0) ** inv_temperature[:, None]
+    probs = torch.zeros_like(z).scatter_(-1, order, ranked)
     cdf = torch.cumsum(probs, -1)
-    return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=p.shape[-1] - 1)
+    return torch.clamp((cdf <= (u * cdf[..., -1])[..., None]).sum(-1), max=z.shape[-1] - 1)
 
 
 Linear = Callable[[Conv1D, torch.Tensor, bool], torch.Tensor]

@@ -32,13 +32,10 @@ def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr
     _after_producer(USE_PDL)
     logit = tl.load(logits_ptr + row * logits_stride + i).to(tl.float32)
     z = logit.to(tl.float64)
-    e = tl.exp(z - tl.max(z, 0))
-    p = e / tl.sum(e, 0)
-    # rank: how many ids come before an id in the stable descending order (higher probability, or
-    # equal and a lower id). Softmax keeps the order of the logits, and float32 logits make the
-    # [V, V] comparison half the registers of float64 probabilities (ids whose probabilities
-    # underflow to 0 may rank differently, but they carry no mass and are never drawn).
-    # The [V, V] comparison in column chunks keeps four warps' registers in bounds.
+    e = tl.exp(z - tl.max(z, 0))  # the numpy rule's weights: the top one exactly 1.0
+    # rank: how many ids come before an id in the stable descending order (a higher logit, or
+    # equal and a lower id): float32 logits make the [V, V] comparison half the registers of
+    # float64 weights. The comparison in column chunks keeps four warps' registers in bounds.
     rank = tl.zeros([V], dtype=tl.int32)
     for start in tl.static_range(0, V, CHUNK):
         j = start + tl.arange(0, CHUNK)
@@ -47,17 +44,18 @@ def _sample_row(logits_ptr, logits_stride, u_ptr, u_stride, forced_ptr, mask_ptr
         rank += tl.sum(before.to(tl.int32), 1)
     kept = tl.where(top_k == 0, V, top_k)
     keep = rank < kept
-    q = tl.where(keep, p, 0.0)
-    q = q / tl.sum(q, 0)
-    # Mass ranked strictly before each id, walking the kept ranks in order (top_k of them).
+    q = tl.where(keep, e, 0.0)
+    # The mass ranked strictly before each id and the kept total, as running sums in rank order
+    # (numpy's cumsum order), walking the kept ranks (top_k of them).
     mass_before = tl.zeros([V], dtype=tl.float64)
+    total = tl.sum(tl.zeros([V], dtype=tl.float64), 0)
     for r in range(0, kept):
         q_r = tl.sum(tl.where(rank == r, q, 0.0), 0)
         mass_before += tl.where(rank > r, q_r, 0.0)
-    keep = keep & ((mass_before <= top_p) | (rank == 0))
-    r = tl.where(keep, tl.exp(tl.log(tl.where(keep, q, 1.0)) * inv_temperature), 0.0)
-    r = r / tl.sum(r, 0)
-    cdf = tl.cumsum(r, 0)
+        total += q_r
+    keep = keep & (mass_before <= top_p * total)
+    w = tl.where(keep, tl.exp(tl.log(tl.where(keep, q, 1.0)) * inv_temperature), 0.0)
+    cdf = tl.cumsum(w, 0)
     u = tl.load(u_ptr + row * u_stride).to(tl.float64) * tl.max(cdf, 0)
     drawn = tl.minimum(tl.sum((cdf <= u).to(tl.int32), 0), V - 1)
     forced = tl.load(forced_ptr + row * fm_stride)

@@ -63,50 +63,36 @@ def _sampler_constants(n: _Nodes, outer: dict[str, TensorProto], inner: dict[str
     return {
         "inv_temperature": n("Div", _const(outer, "one_f64", np.float64(1.0)), "temperature"),
         "in_top_k": n("Less", _const(outer, "ids", np.arange(VOCAB_SIZE, dtype=i64)), "top_k"),
-        "16x2x2x2": _const(inner, "shape_16x2x2x2", np.array([VOCAB_SIZE // 8, 2, 2, 2], i64)),
-        "zero": _const(inner, "zero", i64(0)),
-        "fifteen": _const(inner, "fifteen", i64(VOCAB_SIZE // 8 - 1)),
         "minus_one": _const(inner, "minus_one", i64(-1)),
         "minus_one_axes": _const(inner, "minus_one_axes", np.array([-1], i64)),
         "last": _const(inner, "last", np.array([VOCAB_SIZE - 1], i64)),
         "last_id": _const(inner, "last_id", i64(VOCAB_SIZE - 1)),
         "vocab": _const(inner, "vocab", np.array([VOCAB_SIZE], i64)),
         "zero_f64": _const(inner, "zero_f64", np.float64(0.0)),
-        "zeros_vocab": _const(inner, "zeros_vocab", np.zeros((1, 1, VOCAB_SIZE), np.float64)),
-        **{f"axes{a}": _const(inner, f"axes{a}", np.array([a], i64)) for a in range(3)},
+        **{f"axes{a}": _const(inner, f"axes{a}", np.array([a], i64)) for a in range(2)},
     }
-
-
-def _numpy_sum(n: _Nodes, c: dict[str, str], x: str) -> str:
-    """The sum of 128 float64 values grouped as numpy sums a [128] vector (pairwise summation,
-    which below 129 terms keeps 8 running sums r[j] = x[j] + x[j+8] + ... in order, then adds
-    ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7))). Another order can round differently in the last bit,
-    enough to move a top-p cut or a draw that ties put exactly on a boundary."""
-    rows = n("CumSum", n("Reshape", x, c["16x2x2x2"]), c["zero"])  # row 15 holds r, as [2, 2, 2]
-    r = n("Gather", rows, c["fifteen"], axis=0)
-    for axis in (2, 1, 0):  # two terms per sum: the same in any order
-        r = n("ReduceSum", r, c[f"axes{axis}"], keepdims=0)
-    return r
 
 
 def _sample(n: _Nodes, c: dict[str, str], logits: str, u: str) -> str:
     """sampling._sample_row as ONNX nodes: logits [1, 1, 128] f32, u [] f64 -> id [1, 1] i64.
 
-    Positions past top_k are zeroed rather than dropped, as in _sample_row, so every sum runs
-    over the same 128 terms in the same order. The top-p mask needs no top_k term (a zero stays
-    zero) and no forced first token (the mass before it is 0 <= top_p). What may round unlike
-    numpy: the softmax's sum, and Exp and Pow (ONNX Runtime's and numpy's float64 exp and pow
-    differ by an ulp or two on some inputs); that moves probabilities by ulps, never their
-    order or ties, so only a uniform within ulps of a cdf step can draw another id."""
-    p = n("Softmax", n("Cast", logits, to=TensorProto.DOUBLE), axis=-1)
-    ranked, order = n("TopK", p, c["vocab"], outputs=2, axis=-1)  # descending, ties to the lower id
+    The numpy rule's float64 values: weights exp(logit - the top logit) in rank order (tied
+    leaders exactly 1.0), positions past top_k zeroed rather than dropped, running sums in rank
+    order (CumSum adds left to right, as numpy's cumsum does), so a top-p cut between tied tokens
+    falls where numpy puts it. The top-p mask needs no top_k term (a zero stays zero) and no
+    forced first token (the mass before it is 0). What may round unlike numpy: Exp and Pow (ONNX
+    Runtime's and numpy's float64 exp and pow differ by an ulp or two on some inputs); that moves
+    weights by ulps, never their order or ties, so only a uniform within ulps of a cdf step (or
+    a top-p cut within ulps of untied mass) can draw another id."""
+    ranked, order = n("TopK", logits, c["vocab"], outputs=2, axis=-1)  # descending, ties to the lower id
+    ranked = n("Cast", ranked, to=TensorProto.DOUBLE)
+    ranked = n("Exp", n("Sub", ranked, n("Slice", ranked, c["axes0"], c["axes1"], c["minus_one_axes"])))
     ranked = n("Where", c["in_top_k"], ranked, c["zero_f64"])
-    ranked = n("Div", ranked, _numpy_sum(n, c, ranked))
-    before = n("Sub", n("CumSum", ranked, c["minus_one"]), ranked)  # mass ranked strictly before
-    ranked = n("Where", n("LessOrEqual", before, "top_p"), ranked, c["zero_f64"])
-    ranked = n("Pow", ranked, c["inv_temperature"])
-    ranked = n("Div", ranked, _numpy_sum(n, c, ranked))
-    cdf = n("CumSum", n("ScatterElements", c["zeros_vocab"], order, ranked, axis=-1), c["minus_one"])  # id order
+    total = n("Gather", n("CumSum", ranked, c["minus_one"]), c["last"], axis=-1)
+    before = n("CumSum", ranked, c["minus_one"], exclusive=1)  # mass ranked strictly before
+    weights = n("Where", n("LessOrEqual", before, n("Mul", "top_p", total)), ranked, c["zero_f64"])
+    weights = n("Pow", weights, c["inv_temperature"])
+    cdf = n("CumSum", n("ScatterElements", ranked, order, weights, axis=-1), c["minus_one"])  # id order
     below = n("LessOrEqual", cdf, n("Mul", u, n("Gather", cdf, c["last"], axis=-1)))
     count = n("ReduceSum", n("Cast", below, to=TensorProto.INT64), c["minus_one_axes"], keepdims=0)
     return n("Min", count, c["last_id"])

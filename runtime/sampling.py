@@ -32,32 +32,42 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def transform_probs(probs: np.ndarray, params: SamplingParams = SamplingParams()) -> np.ndarray:
-    """Truncate and reshape a distribution over the last axis, in the published order: keep
-    the top_k most likely; keep the smallest head whose mass reaches top_p (on the renormalised
-    probabilities); then apply temperature to what is left (p ** (1 / T), renormalised).
-    Ties are broken towards the lower id so every backend truncates the same way."""
-    p = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(-p, axis=-1, kind="stable")
-    ranked = np.take_along_axis(p, order, axis=-1)
-    keep = np.ones_like(ranked, dtype=bool)
+def weights(logits: np.ndarray, params: SamplingParams = SamplingParams()) -> np.ndarray:
+    """What a draw is made from: softmax(logits) over the last axis truncated and reshaped in the
+    published order, unnormalised. Keep the top_k most likely; keep the smallest head whose mass
+    reaches top_p of what top-k kept (a token survives when the mass ranked strictly before it is
+    at most top_p of the kept total); then p ** (1 / T) on what is left. Ties rank towards the
+    lower id.
+
+    Every backend computes the same float64 values: each probability relative to the most likely
+    one, exp(logit - the top logit) (so tied leaders weigh exactly 1.0 and a top-p cut between
+    them is exact whatever the backend's exp rounds), and sums as running sums in rank order
+    (the mass before a token is the exclusive cumulative sum, the total the inclusive one's last
+    term), which the in-graph samplers make with one CumSum each."""
+    z = np.asarray(logits, dtype=np.float64)
+    order = np.argsort(-z, axis=-1, kind="stable")
+    ranked = np.take_along_axis(z, order, axis=-1)
+    ranked = np.exp(ranked - ranked[..., :1])
     if params.top_k:
-        keep[..., params.top_k :] = False
-    ranked = np.where(keep, ranked, 0.0)
-    ranked = ranked / ranked.sum(axis=-1, keepdims=True)
-    # A token survives top-p when the mass ranked strictly before it is at most top_p.
-    before = np.cumsum(ranked, axis=-1) - ranked
-    keep &= before <= params.top_p
-    keep[..., 0] = True
-    ranked = np.where(keep, ranked, 0.0) ** (1.0 / params.temperature)
-    ranked = ranked / ranked.sum(axis=-1, keepdims=True)
-    out = np.zeros_like(p)
+        ranked[..., params.top_k :] = 0.0
+    mass = np.cumsum(ranked, axis=-1)
+    before = np.concatenate([np.zeros_like(mass[..., :1]), mass[..., :-1]], axis=-1)
+    ranked = np.where(before <= params.top_p * mass[..., -1:], ranked, 0.0) ** (1.0 / params.temperature)
+    out = np.zeros_like(z)
     np.put_along_axis(out, order, ranked, axis=-1)
     return out
 
 
+def transform_probs(probs: np.ndarray, params: SamplingParams = SamplingParams()) -> np.ndarray:
+    """The distribution a draw follows, from probabilities: ``weights`` of their logs, renormalised."""
+    with np.errstate(divide="ignore"):  # log(0) = -inf weighs 0
+        w = weights(np.log(np.asarray(probs, dtype=np.float64)), params)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
 def draw(probs: np.ndarray, u: np.ndarray | float) -> np.ndarray:
-    """Inverse-CDF draw: the first id whose cumulative probability exceeds ``u`` in [0, 1)."""
+    """Inverse-CDF draw: the first id whose cumulative probability exceeds ``u`` in [0, 1) of the
+    total (``probs`` may be unnormalised weights)."""
     cdf = np.cumsum(probs, axis=-1)
     u = np.asarray(u, dtype=np.float64)[..., None] * cdf[..., -1:]
     return np.minimum((cdf <= u).sum(axis=-1), probs.shape[-1] - 1)
@@ -67,31 +77,24 @@ def sample(logits: np.ndarray, u: np.ndarray | float, params: SamplingParams = S
     """Token ids for logits [..., 128] and one uniform per row."""
     if np.ndim(logits) == 1 and np.ndim(u) == 0:
         return _sample_row(logits, u, params)
-    return draw(transform_probs(softmax(logits), params), u)
+    return draw(weights(logits, params), u)
 
 
 def _sample_row(logits: np.ndarray, u: float, params: SamplingParams) -> np.int64:
     """``sample`` for one row: the per-character hot path of batch-1 generation. The same float64
-    operations as softmax -> transform_probs -> draw on arrays of the same length and order (so
+    operations as weights -> draw on arrays of the same length and order (so
     the same reductions and the same ids, ties included), without the axis-generic helpers
     (take/put_along_axis, keepdims) that cost several times the arithmetic at this size."""
     z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max())
-    p = z / z.sum()
-    order = np.argsort(-p, kind="stable")
-    k = params.top_k or len(p)
-    # Everything past the top k is an exact 0.0 in the published order of operations, so only
-    # the head is computed; sums still run over full-length zero-padded arrays, because numpy's
-    # pairwise summation groups terms by length and a shorter sum could round differently.
-    ranked = np.zeros_like(p)
-    ranked[:k] = p[order[:k]]
-    ranked /= ranked.sum()
-    head = ranked[:k]
-    keep = np.cumsum(head) - head <= params.top_p  # mass ranked strictly before <= top_p
-    keep[0] = True
-    ranked[:k] = np.where(keep, head, 0.0) ** (1.0 / params.temperature)
-    ranked /= ranked.sum()
-    probs = np.zeros_like(p)
-    probs[order[:k]] = ranked[:k]
+    order = np.argsort(-z, kind="stable")
+    k = params.top_k or len(z)
+    # Everything past the top k weighs an exact 0.0, so only the head is computed: a running sum
+    # gains nothing from the zeros after it.
+    head = z[order[:k]]
+    head = np.exp(head - head[0])
+    mass = np.cumsum(head)
+    before = np.concatenate(([0.0], mass[:-1]))
+    probs = np.zeros_like(z)
+    probs[order[:k]] = np.where(before <= params.top_p * mass[-1], head, 0.0) ** (1.0 / params.temperature)
     cdf = np.cumsum(probs)
     return np.int64(min((cdf <= float(u) * cdf[-1]).sum(), len(cdf) - 1))

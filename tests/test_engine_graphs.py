@@ -76,7 +76,7 @@ def sampler_session(tmp_path_factory):
     class Sampler(torch.nn.Module):
         def forward(self, logits, u, top_k, top_p, inv_temperature):
             column = lambda x: x[:, None, None]  # noqa: E731 (one char per row: [rows, 1, 1])
-            return engine_graphs.sample(logits[:, None], column(u), engine_graphs.top_k_mask(top_k), column(top_p),
+            return engine_graphs.sample(logits[:, None], column(u), engine_graphs.top_k_mask(top_k)[:, None], column(top_p),
                                         column(inv_temperature))[:, 0]
 
     path = tmp_path_factory.mktemp("sampler") / "sampler.onnx"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from notagen_trt.runtime.sampling import SamplingParams, draw, sample, softmax, transform_probs
+from notagen_trt.runtime.sampling import SamplingParams, draw, sample, softmax, transform_probs, weights
 
 P = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
 
@@ -54,7 +54,7 @@ def test_invalid_params_are_rejected(kwargs):
                                     SamplingParams(top_k=1), SamplingParams(top_k=128, top_p=1.0)])
 def test_one_row_fast_path_equals_the_array_rule(params):
     """sample() on one row takes a shortcut (the batch-1 hot path); it must pick exactly the ids
-    of softmax -> transform_probs -> draw, ties and the top-p boundary included."""
+    of weights -> draw, ties and the top-p boundary included."""
     rng = np.random.default_rng(7)
     for i in range(3000):
         logits = (rng.normal(size=128) * rng.choice([0.1, 2.0, 8.0])).astype(np.float32)
@@ -63,6 +63,6 @@ def test_one_row_fast_path_equals_the_array_rule(params):
         if i % 5 == 0:
             logits = np.round(logits, 1)  # many ties everywhere
         u = rng.random()
-        want = draw(transform_probs(softmax(logits), params), u)
+        want = draw(weights(logits, params), u)
         got = sample(logits, u, params)
         assert got == want and np.ndim(got) == 0
