@@ -122,11 +122,11 @@ def _backend(spec: dict, config: ModelConfig):
 
         dtype = torch.float16 if precision == "fp16" else torch.float32
         return ReferenceBackend(model.to(dtype), backend.split("-")[1], device)
-    from notagen_trt.runtime.onnx_backend import OrtBackend
+    from notagen_trt.runtime.onnx_backend import AUTO, OrtBackend
 
-    # generate's threading (runtime/engine.py load_engine): one intra-op thread per call, and
-    # several rows side by side.
-    return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu", threads=1)
+    # generate's threading (runtime/engine.py load_engine): one intra-op thread per call and
+    # several rows side by side, or a call's share of idle cores where its ops split well.
+    return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu", threads=AUTO)
 
 
 def _peak_rss_mb() -> float:

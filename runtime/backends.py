@@ -26,7 +26,7 @@ def _ort_backend():
 
 
 def select_backend(model: str | Path, choice: str = "auto", precision: str | None = None,
-                   threads: int | None = None, device: str | None = None) -> tuple[Any, str]:
+                   threads: int | str | None = None, device: str | None = None) -> tuple[Any, str]:
     """(backend, note): the backend object and a one-line note on why it was chosen.
 
     ``model`` is a model directory (ONNX export, precision variant or engine) or a checkpoint.
@@ -60,7 +60,8 @@ def select_backend(model: str | Path, choice: str = "auto", precision: str | Non
     return backend, "; ".join([note, *passed])
 
 
-def _compiled_backend(model_dir: Path, choice: str, precision: str | None, threads: int | None) -> tuple[Any, str]:
+def _compiled_backend(model_dir: Path, choice: str, precision: str | None,
+                      threads: int | str | None) -> tuple[Any, str]:
     manifest = read_manifest(model_dir)
     holds = manifest.get("precision", "fp32")
     if precision is not None and precision != holds:
@@ -101,7 +102,7 @@ def _directory_of(path: Path) -> Path:
     return path.parent
 
 
-def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | None) -> tuple[Any, str]:
+def _engine_backend(engine_dir: Path, manifest: dict, choice: str, threads: int | str | None) -> tuple[Any, str]:
     """TensorRT when the engine matches this GPU and TensorRT version (``auto``, ``tensorrt``);
     otherwise ONNX Runtime on the ONNX directory the engine was built from, saying why."""
     why = "asked for ONNX Runtime"

@@ -316,7 +316,7 @@ def generate(executor: Executor, prompt: Prompt | None = None, config: Generatio
 
 
 def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
-                rows: int | None = None, threads: int | None = None, device: str | None = None,
+                rows: int | None = None, threads: int | str | None = None, device: str | None = None,
                 pieces: int | None = None) -> Engine:
     """The library entry point: a model directory or checkpoint (default: the demo model) on the
     fastest backend that runs here (or the one named), as an engine with ``rows`` rows (default:
@@ -329,10 +329,13 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
     from .backends import select_backend
 
     if threads is None:
-        # ONNX Runtime CPU: one intra-op thread per call and the rows side by side, a core each
-        # (runtime/onnx_backend.py). Intra-op threads that spin for work made a demo patch 4x
-        # slower on a busy 2-core machine, and a patch's ops are too small to split anyway.
-        threads = 1
+        # ONNX Runtime CPU: one intra-op thread per call and the rows side by side, a core each,
+        # or a call's share of the cores where they would idle and its ops are big enough to
+        # split (onnx_backend.AUTO). Intra-op threads that spin for work made a demo patch 4x
+        # slower on a busy 2-core machine, and a demo patch's ops are too small to split.
+        from .onnx_backend import AUTO
+
+        threads = AUTO
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
     rows = rows or min(chosen.default_rows, pieces or MAX_ROWS)

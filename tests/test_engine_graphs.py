@@ -10,9 +10,10 @@ import torch
 from test_generate import _mixed_requests
 
 from notagen_trt.cli import main
-from notagen_trt.config import VOCAB_SIZE
+from notagen_trt.config import VOCAB_SIZE, ModelConfig
 from notagen_trt.demo import DEMO_CHECKPOINT
 from notagen_trt.export import engine_graphs
+from notagen_trt.export.model import NotaGenModel
 from notagen_trt.export.onnx_export import export_onnx
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.engine import Engine, PieceRequest, generate
@@ -228,3 +229,28 @@ def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(dem
     # GroupQueryAttention there (3 pieces differ).
     valid = lambda backend: sum(c.valid for c in generated_validity(backend, 32))  # noqa: E731
     assert valid(int8) >= valid(fp32) - 2
+
+
+def test_a_lone_row_of_a_model_with_big_ops_gets_the_idle_cores(trained_engine_dir, tmp_path, monkeypatch):
+    """AUTO threads (generate's default): one per call, rows side by side; a call that would leave
+    cores idle gets them when the model's ops split well (hidden size 512 and up), and its pieces
+    are the ones one thread writes."""
+    from notagen_trt.runtime import onnx_backend
+
+    monkeypatch.setattr(onnx_backend.os, "cpu_count", lambda: 2)
+    big = tmp_path / "big"
+    torch.manual_seed(0)
+    export_onnx(NotaGenModel(ModelConfig(hidden_size=512, patch_num_layers=1, char_num_layers=1, patch_length=16)),
+                big, parity=False, layout="engine")
+
+    def threads(executor) -> list[int]:
+        parts = getattr(executor, "parts", [executor])
+        return [p._engine.get_session_options().intra_op_num_threads for p in parts]
+
+    assert threads(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(1)) == [2]
+    assert threads(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(2)) == [1, 1]  # a core each
+    assert threads(OrtBackend(big, "cpu", 1).executor(1)) == [1]  # asked for
+    assert threads(OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(1)) == [1]  # small ops
+    pieces = [Engine(OrtBackend(big, "cpu", t).executor(1)).generate(
+        [PieceRequest(None, GenerationConfig(seed=s, max_patches=12)) for s in range(2)]) for t in (1, onnx_backend.AUTO)]
+    assert [p.text for p in pieces[0]] == [p.text for p in pieces[1]]
