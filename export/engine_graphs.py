@@ -144,10 +144,10 @@ class PatchEngine(nn.Module):
         columns = zip(uniforms.split(1, dim=1), forced.split(1, dim=1), forced_mask.split(1, dim=1))
         for c, (u, f, m) in enumerate(columns):
             if c == 0:
-                x = hidden[:, None] if self.cpu else hidden
-            else:
-                x = tf.wte(tokens[-1]) if self.cpu else _Reshape.apply(tf.wte(tokens[-1]), [-1, width])
-            x = x + tf.wpe.weight[c]
+                x = (hidden[:, None] if self.cpu else hidden) + tf.wpe.weight[0]
+            else:  # one Gather from wte + wpe[c], a constant ONNX Runtime folds at load
+                x = nn.functional.embedding(tokens[-1], tf.wte.weight + tf.wpe.weight[c])
+                x = x if self.cpu else _Reshape.apply(x, [-1, width])
             for i, block in enumerate(tf.h):
                 q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
                 y, past[i] = self._attend(q, k, v, past[i], heads)
