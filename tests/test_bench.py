@@ -35,3 +35,23 @@ def test_bench_records_the_cpu_it_ran_on():
     info = cpu_info()
     assert info["model"] and info["cores"] >= 1
     assert set(info["flags"]) <= set(CPU_FLAGS)
+
+
+def test_bench_rounds_interleave_rows_and_report_medians_of_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--size", "demo", "--context", "8", "--patches", "3", "--published-patches", "2",
+                 "--warmup", "1", "--backends", "ort-cpu", "--batch", "1,2", "--inflight", "2",
+                 "--inflight-patches", "3,4", "--rounds", "3", "--json", str(out), "--json-only"]) == 0
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 3
+    published, *rows = report["results"]
+    assert len(published["ms_per_patch_per_round"]) == 3
+    assert published["ms_per_patch_median"] == sorted(published["ms_per_patch_per_round"])[1]
+    for r in rows:
+        assert len(r["ms_per_patch_per_round"]) == len(r["speedup_per_round"]) == 3
+        # each round's ratio is published / row in that round; the row's ratio is their median
+        for ref, ms, ratio in zip(published["ms_per_patch_per_round"], r["ms_per_patch_per_round"], r["speedup_per_round"]):
+            assert abs(ratio - ref / ms) <= 0.01 * ratio
+        assert r["speedup_vs_published"] == sorted(r["speedup_per_round"])[1]
+    inflight = [r for r in rows if r.get("inflight_pieces") and r["batch"] == 2]
+    assert inflight and len(inflight[0]["inflight_vs_one_row_per_round"]) == 3

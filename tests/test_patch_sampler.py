@@ -77,9 +77,10 @@ def test_in_graph_sampler_draws_the_numpy_ids(in_graph):
 
 
 def test_ties_on_the_top_p_boundary_cut_where_numpy_cuts(in_graph):
-    """k tied leaders with top_k = k renormalise to exactly 1/k in numpy's summation order, so
-    top_p = j/k sits exactly on a boundary. Summed in another order (left to right) the ratio is
-    off by an ulp and the cut moves a whole token: 255 of these 3,000 draws differed that way."""
+    """k tied leaders with top_k = k weigh exactly 1.0 each (exp(0)), so the running sums are
+    exact and top_p = j/k sits exactly on a boundary. Weights that were probabilities instead
+    (a softmax, whose ONNX Runtime and numpy roundings differ by ulps) moved the cut a whole token
+    on some of these draws: the first try of the running-sum rule failed here that way."""
     rng = np.random.default_rng(1)
     for i in range(3000):
         k = (2, 4, 8, 16)[i % 4]

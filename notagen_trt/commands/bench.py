@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.precisions) - set(PRECISIONS))
     if unknown:  # a typo would otherwise be timed as fp32 under its own label
         raise NotaGenError(f"unknown precisions {unknown}; choose from {', '.join(PRECISIONS)}")
+    if args.rounds < 1:
+        raise NotaGenError(f"--rounds must be >= 1, got {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="notagen-bench-") as tmp:
         if args.model:
             model_dir = Path(args.model)
@@ -85,27 +88,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                     specs.append(spec)
                     if args.inflight:  # K pieces of mixed lengths through the same rows
                         specs.append({**spec, "inflight": args.inflight})
-        rows = []
-        for spec in specs:
-            row = bench.run_subprocess(spec)
-            rows.append(row)
-            if not args.json_only:
-                print(json.dumps(row), flush=True)
+        # Rounds: every row once a round, rows in turn, so a machine's drift falls on all of them
+        # alike; a row reports the median over the rounds and each ratio is the median of its
+        # per-round ratios (published and in-flight rows measured in the same round).
+        rounds: list[list[dict]] = []
+        for r in range(args.rounds):
+            rounds.append([])
+            for spec in specs:
+                row = bench.run_subprocess(spec)
+                rounds[-1].append(row)
+                if not args.json_only:
+                    print(json.dumps({**row, "round": r + 1} if args.rounds > 1 else row), flush=True)
+    rows = [_merge([round_[i] for round_ in rounds]) for i in range(len(specs))]
     published = next((r for r in rows if r.get("backend") == "torch-published" and "error" not in r), None)
     ref_ms = published["ms_per_patch_median"] if published else None
-    for row in rows:
-        if ref_ms and "ms_per_patch_median" in row:
-            row["speedup_vs_published"] = round(ref_ms / row["ms_per_patch_median"], 2)
+    for i, row in enumerate(rows):
+        per_round = [round_[i] for round_ in rounds]
+        if published and "ms_per_patch_median" in row:
+            ratios = [ref["ms_per_patch_median"] / r["ms_per_patch_median"]
+                      for ref, r in zip((round_[0] for round_ in rounds), per_round)]
+            row["speedup_vs_published"] = round(statistics.median(ratios), 2)
+            if args.rounds > 1:
+                row["speedup_per_round"] = [round(x, 2) for x in ratios]
         if row.get("inflight_pieces"):  # the same K pieces through one row, in this run
-            one = next((r for r in rows if r.get("inflight_pieces") and r["batch"] == 1
+            one = next((j for j, r in enumerate(rows) if r.get("inflight_pieces") and r["batch"] == 1
                         and (r["backend"], r["precision"]) == (row["backend"], row["precision"])), None)
-            if one:
-                row["inflight_vs_one_row"] = round(row["pieces_per_minute"] / one["pieces_per_minute"], 2)
+            if one is not None and "error" not in rows[one]:
+                ratios = [r["pieces_per_minute"] / round_[one]["pieces_per_minute"]
+                          for r, round_ in zip(per_round, rounds)]
+                row["inflight_vs_one_row"] = round(statistics.median(ratios), 2)
+                if args.rounds > 1:
+                    row["inflight_vs_one_row_per_round"] = [round(x, 2) for x in ratios]
     bandwidth = bench.measure_copy_bandwidth_gb_s() if torch_device == "cuda" else None
     report = {
         "model": config.to_dict(),
         "size": args.size if not args.model else str(args.model),
         "context": args.context,
+        "rounds": args.rounds,
         "cpu": bench.cpu_info(),
         "gpu": next((r["device"] for r in rows if r.get("peak_gpu_mb") is not None), None),
         "reference": {"published_ms_per_patch_median": ref_ms, "algorithm": "PyTorch, no KV cache, numpy sampling per char"},
@@ -124,13 +143,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(per_round: list[dict]) -> dict:
+    """One row from its rounds: medians of the timings, the peak memory; an error if any round failed."""
+    failed = next((r for r in per_round if "error" in r), None)
+    if failed or len(per_round) == 1:
+        return dict(failed or per_round[0])
+    row = dict(per_round[0])
+    for key in ("ms_per_patch_median", "ms_per_patch_p90", "pieces_per_minute", "inflight_seconds"):
+        if row.get(key) is not None:
+            row[key] = round(statistics.median(r[key] for r in per_round), 3)
+    for key in ("peak_rss_mb", "peak_gpu_mb", "gpu_process_mb"):
+        if row.get(key) is not None:
+            row[key] = max(r[key] for r in per_round)
+    row["ms_per_patch_per_round"] = [r["ms_per_patch_median"] for r in per_round]
+    return row
+
+
 def _table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     cpu = report["cpu"]
     where = report.get("gpu") or f"{cpu['model']}, {cpu['cores']} cores ({' '.join(cpu['flags'])})"
-    table = Table(title=f"ms per patch at context {report['context']} (median), {where}")
+    rounds = report.get("rounds", 1)
+    over = f", median of {rounds} rounds" if rounds > 1 else ""
+    table = Table(title=f"ms per patch at context {report['context']} (median{over}), {where}")
     for col in ("backend", "precision", "rows", "ms/patch", "p90", "x published", "pieces/min", "RSS MB", "GPU MB"):
         table.add_column(col, justify="right" if col not in ("backend", "precision") else "left")
     for r in report["results"]:
@@ -193,6 +230,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
     p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every row this many times, rows in turn, and report medians (ratios: the median "
+                        "of each round's ratio), so that a machine's drift falls on every row alike (default 1)")
     p.add_argument("--inflight", type=int, default=0, metavar="K",
                    help="also send K pieces of mixed lengths through each row count (wall-clock pieces per minute)")
     p.add_argument("--inflight-patches", type=_ints, default=[100, 400], metavar="LO,HI",
