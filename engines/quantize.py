@@ -10,10 +10,11 @@ accuracy is checked on the CPU before an engine is built from it.
 - ``int8-wo``: int8 weights, per output channel, symmetric, stored as int8 initializers behind
   DequantizeLinear; activations stay fp32. No calibration. Its engine-ready graphs also get a
   CPU form (``cpu_file``): ONNX Runtime's ``MatMulNBits`` quantizer, 8-bit symmetric blocks of
-  128 inputs with int8 activations per block (accuracy level 4: MLAS's integer kernels), made
-  from the source's CPU form where it has one. On a CPU ONNX Runtime runs DequantizeLinear +
-  MatMul as an fp32 GEMM over weights it dequantizes every call; MatMulNBits reads a quarter of
-  the bytes (README: CPU figures). TensorRT parses only the QDQ form: plans are built from ``file``.
+  128 inputs (64 where 128 does not divide the hidden size) with int8 activations per block
+  (accuracy level 4: MLAS's integer kernels), made from the source's CPU form where it has one.
+  On a CPU ONNX Runtime runs DequantizeLinear + MatMul as an fp32 GEMM over weights it
+  dequantizes every call; MatMulNBits reads a quarter of the bytes (README: CPU figures).
+  TensorRT parses only the QDQ form: plans are built from ``file``.
 - ``int8``: W8A8 Q/DQ as ONNX Runtime's ``quantize_static`` writes it: symmetric int8 activations with
   ranges calibrated on real ABC (see calibration.py), per-channel symmetric int8 weights, bias in
   float: the layout TensorRT fuses.
@@ -46,7 +47,7 @@ from notagen_trt.errors import NotaGenError
 from notagen_trt.files import (GRAPH_FILE_KEYS, claim_out_dir, out_of_space_is_one_line, prepare_out_dir,
                                require_free_space, stage, staging_prefix, writing)
 from notagen_trt.manifest import (ENGINE_GRAPHS, GRAPH_NAMES, MANIFEST_NAME, file_checksums, layout_graphs, manifest_digest,
-                                  read_manifest, with_checksum)
+                                  model_config, read_manifest, with_checksum)
 
 from . import calibration
 from .calibration import CalibrationFeeds, FeedReader
@@ -116,16 +117,16 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
                     details[f"{name}.cpu"] = _variant_graph(src, scratch / f"{name}.cpu.onnx", precision, None, method,
                                                             [], log, external=external[name], graph=name)
         if precision == "int8-wo" and names != GRAPH_NAMES:
-            forms = {}
+            forms, block = {}, nbits_block(model_config(manifest).hidden_size)
             for name in ENGINE_GRAPHS:
                 log(f"int8-wo: {name}, CPU form (MatMulNBits)")
                 cpu = graphs[name].get("cpu_file")  # the source's CPU form (export/engine_graphs.py), if any
                 src = _linked_source(model_dir, {"file": cpu, "external_data": graphs[name].get("cpu_external_data")},
                                      scratch) if cpu else sources[name]
-                forms[name] = _int8_cpu_form(src, scratch / f"{name}.cpu.onnx", external[name])
+                forms[name] = _int8_cpu_form(src, scratch / f"{name}.cpu.onnx", block, external[name])
             recipe["cpu_form"] = {
                 "library": f"onnxruntime {ort.__version__} (onnxruntime.quantization.MatMulNBitsQuantizer)",
-                "weights": f"int8 symmetric, blocks of {NBITS_BLOCK} inputs", "activations": "int8 per block "
+                "weights": f"int8 symmetric, blocks of {block} inputs", "activations": "int8 per block "
                 f"(MatMulNBits accuracy level {NBITS_ACCURACY})", "graphs": forms}
         variant = with_checksum(_variant_manifest(model_dir, manifest, precision, scratch, recipe, names))
         written = _commit(scratch, out_dir, variant)
@@ -437,16 +438,22 @@ def _int8_weight_only(src: Path, dst: Path, external: bool = False) -> dict:
     return _float_gemms(dst, "weights")
 
 
-NBITS_BLOCK = 128  # inputs per int8 block of the CPU form (NotaGen-small, two cores: 32 -> 33 ms a patch, 128 -> 21)
+def nbits_block(hidden_size: int) -> int:
+    """Inputs per int8 block of the CPU form: 128 (NotaGen-small on two cores: blocks of 32 / 64 /
+    128 took 33 / 25 / 21 ms a patch), or 64 where 128 does not divide the hidden size, whose
+    last block would be padding (the demo's 192: 0.953x the time of blocks of 128)."""
+    return 128 if hidden_size % 128 == 0 else 64
+
+
 NBITS_ACCURACY = 4  # MatMulNBits accuracy level 4: int8 activations per block, integer dot products
 
 
-def _int8_cpu_form(src: Path, dst: Path, external: bool = False) -> dict:
+def _int8_cpu_form(src: Path, dst: Path, block: int, external: bool = False) -> dict:
     """The CPU form of an int8-wo graph (module doc), from the fp32 source graph ``src``."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     _quiet_quantizer()
-    config = DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=True, accuracy_level=NBITS_ACCURACY,
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=NBITS_ACCURACY,
                                           bits=8)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
     quantizer.process()
