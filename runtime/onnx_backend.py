@@ -118,7 +118,11 @@ class OrtBackend:
         self.name = f"onnxruntime-{device}"
         self._threads = threads
         threads = 1 if threads == AUTO else threads
-        self.patch = _Graph(model_dir, manifest, "patch_decoder", device, threads)
+        # On a CPU the step graphs load on first use: generation on the engine-ready graphs never
+        # steps them (the patch decoder's session was a quarter of NotaGen-small's start-up), and
+        # on the step graphs the char decoder runs inside the patch sampler.
+        engine_cpu = device == "cpu" and manifest.get("layout") == "engine"
+        self.patch = _Graph(model_dir, manifest, "patch_decoder", device, threads, lazy=engine_cpu)
         self.char = _Graph(model_dir, manifest, "char_decoder", device, threads, lazy=device == "cpu")
         self._patch_sampler = _Once(self._load_patch_sampler)
 
