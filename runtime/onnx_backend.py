@@ -98,7 +98,7 @@ class OrtBackend:
         row per core (up to 4) when each call runs on one thread; CUDA: one."""
         if self.manifest.get("layout") == "engine":
             return 16 if self.device == "cuda" else 4
-        return min(4, os.cpu_count() or 1) if self.device == "cpu" and self._threads in (1, AUTO) else 1
+        return min(4, os.cpu_count() or 1) if self._core_each else 1
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | str | None = None) -> None:
         """``threads``: intra-op threads per call; None: ONNX Runtime's default; ``AUTO``: one per
@@ -117,7 +117,7 @@ class OrtBackend:
         self.device = device
         self.name = f"onnxruntime-{device}"
         self._threads = threads
-        threads = 1 if threads == AUTO else threads
+        threads = self._step_threads
         # On a CPU the step graphs load on first use: generation on the engine-ready graphs never
         # steps them (the patch decoder's session was a quarter of NotaGen-small's start-up), and
         # on the step graphs the char decoder runs inside the patch sampler.
@@ -150,6 +150,11 @@ class OrtBackend:
     def _step_threads(self) -> int | None:
         return 1 if self._threads == AUTO else self._threads
 
+    @property
+    def _core_each(self) -> bool:
+        """Calls run on a core each, side by side (one thread per call, or AUTO, on a CPU)."""
+        return self.device == "cpu" and self._threads in (1, AUTO)
+
     def new_session(self) -> "_Session":
         return CudaSession(self) if self.device == "cuda" else CpuSession(self)
 
@@ -162,10 +167,9 @@ class OrtBackend:
             # (measured on 2 cores: see the README). With AUTO, calls that leave cores idle (fewer
             # rows than cores) get a share of them each where the ops are big enough to split: a
             # NotaGen-small patch took 0.59x the time on two threads, a demo patch 1.07x.
-            one_each = self.device == "cpu" and self._threads in (1, AUTO)
-            cores = min(rows, os.cpu_count() or 1) if one_each else 1
+            cores = min(rows, os.cpu_count() or 1) if self._core_each else 1
             threads = self._step_threads
-            if one_each and self._threads == AUTO and self.config.hidden_size >= SPLIT_HIDDEN:
+            if self._core_each and self._threads == AUTO and self.config.hidden_size >= SPLIT_HIDDEN:
                 threads = max(1, (os.cpu_count() or 1) // cores)
 
             def part(n: int) -> GraphExecutor:
@@ -178,7 +182,7 @@ class OrtBackend:
             return SideBySide(parts[0].name, parts)
         # CPU sessions of one intra-op thread run rows side by side, a core each; sessions that
         # use every core themselves (the default) step rows in turn.
-        workers = min(rows, os.cpu_count() or 1) if self.device == "cpu" and self._threads in (1, AUTO) else 1
+        workers = min(rows, os.cpu_count() or 1) if self._core_each else 1
         return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)], workers)
 
 
