@@ -1,5 +1,5 @@
 """Where an in-flight step of the fast path goes (NotaGen-X shape, random weights, fp16): the
-captured patch graph alone (CUDA events), the executor's ``sample`` (host packing, one copy each
+captured patch graphs alone (CUDA events), the executor's ``sample`` (host packing, one copy each
 way, the sync), and whole engine steps with the published rules, at 1 and 16 rows; and the
 16-row graph with _rows' tiles chosen per matrix shape (``TILES_BY_SHAPE``, each shape's best
 in ``decode_kernel_sweep.py --rows-only``) against the one tile the fast path uses.
@@ -46,12 +46,13 @@ def _new_workspace(backend) -> None:
 
 
 def graph_ms(executor, reps: int = 50) -> float:
-    """Median of ``reps`` replays of the patch graph, each timed with CUDA events."""
+    """Median of ``reps`` replays of the patch's graphs (characters, patch step), each timed with CUDA events."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        executor._graph.replay()
+        for graph in executor._graphs:
+            graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))

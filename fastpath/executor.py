@@ -1,12 +1,14 @@
 """The fast CUDA path as an executor: fixed-capacity KV caches, in-graph sampling, one CUDA graph
 per patch for every row.
 
-One replay of the captured graph samples a whole patch for every row: 16 char-level steps, each
-drawing its character on the device from a host-drawn uniform with the row's own sampling
+A patch for every row is two captured graphs replayed back to back: the 16 char-level steps,
+each drawing its character on the device from a host-drawn uniform with the row's own sampling
 settings (the numpy sampler's rule, in float64), then the patch-level step that writes the
-patch's keys and values in place at each row's own position. The host syncs once per patch, to
-read 16 characters per row; ``accept`` marks the rows whose patch joins their context, and the
-next replay advances them before it samples. Context loads replay a graph per padded length.
+patch's keys and values in place at each row's own position. The host waits once per patch, for
+the first graph only: it reads the 16 characters per row and applies the published rules while
+the GPU still runs the patch step, whose result no rule needs before the next patch. ``accept``
+marks the rows whose patch joins their context, and the next replay advances them before it
+samples. Context loads replay a graph per padded length.
 
 On CUDA with Triton, fp16 and int8 weight-only steps run on the fused kernels of
 ``decode_kernels`` (five a layer, float32 residual stream); fp32 and the CPU run PyTorch ops,
@@ -169,9 +171,15 @@ class FastExecutor(Executor):
         self._tokens_host = torch.zeros(rows, n, dtype=torch.long, pin_memory=pinned)
         self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         self._keep = zeros(rows, dt=torch.bool)
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None  # (chars, patch step)
+        cuda = self.device.type == "cuda"
+        # Marks the characters on their way to the host: the patch step runs on past it.
+        self._tokens_ready = torch.cuda.Event() if cuda else None
         self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # context loads, by padded length
         self._prefill_staging: dict[int, torch.Tensor] = {}
+        # The last copy out of each staging buffer: the host waits for it before writing the buffer
+        # again (two rows can load contexts of one padded length in one step, with no sync between).
+        self._prefill_copied: dict[int, torch.cuda.Event] = {}
         self._prefill_inputs: dict[int, torch.Tensor] = {}  # [length + 1, 16]: the patches, then row and last
         if fast.fused:  # the fused steps' activations: a float32 residual stream, fp16 between kernels
             h = cfg.hidden_size
@@ -221,10 +229,20 @@ class FastExecutor(Executor):
         host[:, 3 * n + 3] = self._accepted
         self._accepted[:] = False
         self._inputs.copy_(self._staging, non_blocking=True)
-        self._replay()
-        self._tokens_host.copy_(self.tokens, non_blocking=True)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # the one host sync per patch
+        if not self.graph_enabled:
+            self._attempt()
+            self._tokens_host.copy_(self.tokens)
+        else:
+            if self._graphs is None:
+                self._capture()
+            chars, patch_step = self._graphs
+            chars.replay()
+            self._tokens_host.copy_(self.tokens, non_blocking=True)
+            self._tokens_ready.record()
+            patch_step.replay()
+            # The one host wait per patch; the rules run while the GPU does the patch step (the
+            # staging buffer's copy preceded the characters, so the next patch may refill it).
+            self._tokens_ready.synchronize()
         tokens = self._tokens_host.numpy()
         return {row: tokens[row].copy() for row in requests}
 
@@ -235,7 +253,7 @@ class FastExecutor(Executor):
         self._accepted[row] = False
 
     def close(self) -> None:
-        self._graph = None
+        self._graphs = None
         self._prefill_graphs.clear()
 
     # ---- device work -------------------------------------------------------------------------
@@ -259,9 +277,15 @@ class FastExecutor(Executor):
     def _attempt(self) -> None:
         """Sample one patch per row from ``hidden`` and run its patch-level step at ``position``
         (keys/values written in place; ``hidden_next`` holds the result until accepted)."""
+        self._chars()
+        self._patch()
+
+    @torch.no_grad()
+    def _chars(self) -> None:
+        """The accepts, then one patch's characters for every row into ``tokens``."""
         self._unpack()
         if self.fast.fused:
-            self._attempt_fused()
+            self._chars_fused()
             return
         char = self.model.char_level_decoder.base
         tf = char.transformer
@@ -280,7 +304,15 @@ class FastExecutor(Executor):
             else:
                 sampled = sample_torch(logits, self.uniforms[:, c], *self._params)
                 self.tokens[:, c] = torch.where(self.forced_mask[:, c], self.forced[:, c], sampled)
-        self.hidden_next.copy_(self._patch_step(self._patch_tokens()))
+
+    @torch.no_grad()
+    def _patch(self) -> None:
+        """The patch-level step of ``tokens`` at ``position``: keys and values in place, the new
+        hidden state in ``hidden_next``."""
+        if self.fast.fused:
+            self._patch_fused()
+        else:
+            self.hidden_next.copy_(self._patch_step(self._patch_tokens()))
 
     def _patch_tokens(self) -> torch.Tensor:
         """The sampled patches as they enter the context: everything after the first eos is pad."""
@@ -296,7 +328,7 @@ class FastExecutor(Executor):
         packed[block.mlp.c_fc](self.x, ln=block.ln_2, gelu=True, out=self.mlp)
         packed[block.mlp.c_proj](self.mlp, residual=self.x)
 
-    def _attempt_fused(self) -> None:
+    def _chars_fused(self) -> None:
         char = self.model.char_level_decoder.base
         tf = char.transformer
         self.x.copy_(self.hidden + tf.wpe.weight[0])
@@ -308,6 +340,8 @@ class FastExecutor(Executor):
             embed = (tf.wte.weight, tf.wpe.weight[c + 1], self.x) if c < PATCH_SIZE - 1 else None
             self.fast.sample_into(self.logits, self.uniforms[:, c], self.forced[:, c], self.forced_mask[:, c],
                                   self.tokens[:, c], self._params, embed)
+
+    def _patch_fused(self) -> None:
         patch = self._patch_tokens()
         decoder = self.model.patch_level_decoder
         position = self.position.clamp(max=self.config.patch_length - 1)
@@ -345,11 +379,13 @@ class FastExecutor(Executor):
             return
         n = len(patches)
         length = min(1 << (n - 1).bit_length(), self.config.patch_length)
+        self._prefill_copied[length].synchronize()
         host = self._prefill_staging[length].numpy()
         host[:] = 0  # pad patches after the context: causal attention keeps them out of it
         host[:n] = patches
         host[-1, :2] = row, n - 1
         self._prefill_inputs[length].copy_(self._prefill_staging[length], non_blocking=True)
+        self._prefill_copied[length].record()
         self._prefill_graphs[length].replay()
 
     def _prefill_rows(self, ids: torch.Tensor, row: torch.Tensor, last: torch.Tensor) -> None:
@@ -388,19 +424,12 @@ class FastExecutor(Executor):
         for t, old in zip(written, saved):
             t.copy_(old)
         self._prefill_staging[length], self._prefill_inputs[length] = pinned, buffer
-        self._prefill_graphs[length] = graph
-
-    def _replay(self) -> None:
-        if not self.graph_enabled:
-            self._attempt()
-            return
-        if self._graph is None:
-            self._capture()
-        self._graph.replay()
+        self._prefill_graphs[length], self._prefill_copied[length] = graph, torch.cuda.Event()
 
     def _capture(self) -> None:
-        """Warm up on a side stream, then capture one patch for every row. Done when the executor
-        is made (its buffers are fixed, their contents do not matter), so engines made one after
+        """Warm up on a side stream, then capture one patch for every row: the characters, then
+        the patch step, in one memory pool (replayed in that order). Done when the executor is
+        made (its buffers are fixed, their contents do not matter), so engines made one after
         another never capture while another engine's thread runs GPU work."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream())
@@ -409,14 +438,16 @@ class FastExecutor(Executor):
             for _ in range(2):
                 self._attempt()
         torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
+        chars, patch_step = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # Our own stream: torch.cuda.graph's default capture stream is made once per process, on
         # whichever GPU captured first, so a second GPU's engine would capture onto the first's.
         # thread_local: in the default (global) mode a capture fails every other thread's
         # unsafe CUDA calls, and its own with them.
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            self._attempt()
-        self._graph = graph  # only a whole capture is kept (a failed one is tried again)
+        with torch.cuda.graph(chars, stream=stream, capture_error_mode="thread_local"):
+            self._chars()
+        with torch.cuda.graph(patch_step, pool=chars.pool(), stream=stream, capture_error_mode="thread_local"):
+            self._patch()
+        self._graphs = chars, patch_step  # only a whole capture is kept (a failed one is tried again)
         self.hidden.copy_(saved[0])
         self.position.copy_(saved[1])
         torch.cuda.current_stream().synchronize()
