@@ -1,4 +1,4 @@
-"""The fast CUDA path as an executor: fixed-capacity KV caches, in-graph sampling, one CUDA graph
+"""The fast CUDA path as an executor: fixed-capacity KV caches, in-graph sampling, two CUDA graphs
 per patch for every row.
 
 A patch for every row is two captured graphs replayed back to back: the 16 char-level steps,
