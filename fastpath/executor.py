@@ -253,6 +253,8 @@ class FastExecutor(Executor):
         self._accepted[row] = False
 
     def close(self) -> None:
+        if self._tokens_ready is not None:  # the last patch step may still run in the graphs' memory
+            torch.cuda.synchronize(self.device)
         self._graphs = None
         self._prefill_graphs.clear()
 
