@@ -172,9 +172,8 @@ class FastExecutor(Executor):
         self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         self._keep = zeros(rows, dt=torch.bool)
         self._graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None  # (chars, patch step)
-        cuda = self.device.type == "cuda"
         # Marks the characters on their way to the host: the patch step runs on past it.
-        self._tokens_ready = torch.cuda.Event() if cuda else None
+        self._tokens_ready = torch.cuda.Event() if pinned else None
         self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # context loads, by padded length
         self._prefill_staging: dict[int, torch.Tensor] = {}
         # The last copy out of each staging buffer: the host waits for it before writing the buffer

@@ -100,13 +100,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 if not args.json_only:
                     print(json.dumps({**row, "round": r + 1} if args.rounds > 1 else row), flush=True)
     rows = [_merge([round_[i] for round_ in rounds]) for i in range(len(specs))]
-    published = next((r for r in rows if r.get("backend") == "torch-published" and "error" not in r), None)
-    ref_ms = published["ms_per_patch_median"] if published else None
+    pub = next((i for i, r in enumerate(rows) if r.get("backend") == "torch-published" and "error" not in r), None)
+    ref_ms = rows[pub]["ms_per_patch_median"] if pub is not None else None
     for i, row in enumerate(rows):
         per_round = [round_[i] for round_ in rounds]
-        if published and "ms_per_patch_median" in row:
-            ratios = [ref["ms_per_patch_median"] / r["ms_per_patch_median"]
-                      for ref, r in zip((round_[0] for round_ in rounds), per_round)]
+        if pub is not None and "ms_per_patch_median" in row:
+            ratios = [round_[pub]["ms_per_patch_median"] / r["ms_per_patch_median"]
+                      for round_, r in zip(rounds, per_round)]
             row["speedup_vs_published"] = round(statistics.median(ratios), 2)
             if args.rounds > 1:
                 row["speedup_per_round"] = [round(x, 2) for x in ratios]
