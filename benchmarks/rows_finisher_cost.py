@@ -1,4 +1,4 @@
-"""How much of a 16-row patch on the fast path is _rows' split-K finish: the ticket and the last
+"""How much of a 16-row patch on the fast path is _rows' split-K handshake: the ticket and the last
 program's reduction + epilogue. NotaGen-X shape, random weights, fp16; the patch's two graphs
 timed with CUDA events (median of 100 replays) with three builds of ``_rows``:
 
