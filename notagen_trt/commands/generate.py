@@ -7,6 +7,8 @@ import json
 import re
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
@@ -96,11 +98,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return PieceRequest(prompt, cfg, text=continuation.text(prompt, cfg) if continuation else None)
 
     requests = (request(config(k)) for k in range(args.num_pieces))
-    with engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress:
-        for handle in engine.run(requests, progress.on_event):
-            row = save(handle)
-            progress.piece_done(row)
-            summary.add(row)
+    # A piece's files are written on a thread of their own, in the order the pieces end, while the
+    # engine steps the other rows: converting scores would otherwise stall every row (and count in
+    # their ms/patch). Its lines and summary rows follow on this thread as the writes finish.
+    with (engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress,
+          ThreadPoolExecutor(1, thread_name_prefix="notagen-trt-writer") as writer):
+        written: deque[Future] = deque()
+
+        def report(wait: bool) -> None:
+            while written and (wait or written[0].done()):
+                row = written.popleft().result()
+                progress.piece_done(row)
+                summary.add(row)
+
+        try:
+            for handle in engine.run(requests, progress.on_event):
+                written.append(writer.submit(save, handle))
+                report(wait=False)
+        finally:  # also after Ctrl-C or an error: pieces that ended are written and reported
+            report(wait=True)
     if summary.unconverted:  # the user asked for scores and got none for these pieces: not a success
         seed, why = summary.first_unconverted
         print(f"notagen-trt generate: error: {summary.unconverted} of {summary.count} pieces have only their .abc "
