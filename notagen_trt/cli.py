@@ -22,12 +22,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="notagen-trt", description="Compile NotaGen music models into fast inference engines and run them."
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
     for subparser in sub.choices.values():  # --debug is accepted after the subcommand too
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("notagen-trt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 class Terminated(KeyboardInterrupt):

@@ -25,6 +25,11 @@ def _ort_backend():
     return OrtBackend
 
 
+def check_backend(choice: str) -> None:
+    if choice not in CHOICES:
+        raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+
+
 def select_backend(model: str | Path, choice: str = "auto", precision: str | None = None,
                    threads: int | str | None = None, device: str | None = None) -> tuple[Any, str]:
     """(backend, note): the backend object and a one-line note on why it was chosen.
@@ -33,8 +38,7 @@ def select_backend(model: str | Path, choice: str = "auto", precision: str | Non
     ``precision`` (fp32 / fp16 / int8-wo) is what the fast CUDA path runs (fp16 when not given);
     ONNX Runtime and TensorRT run the precision their directory holds, which must match it.
     ``device`` (``cuda:N``) is the GPU the fast CUDA path runs on (default: the current one)."""
-    if choice not in CHOICES:
-        raise NotaGenError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+    check_backend(choice)
     if precision is not None and precision not in PRECISIONS:
         raise NotaGenError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     model = Path(model)

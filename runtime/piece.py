@@ -74,9 +74,10 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
-        if self.max_chars <= 0 or not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
-            raise ValueError(f"max_chars and max_seconds must be positive and finite, got {self.max_chars}, "
-                             f"{self.max_seconds}")
+        if self.max_chars <= 0:
+            raise ValueError(f"max_chars must be positive, got {self.max_chars}")
+        if not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
+            raise ValueError(f"max_seconds must be positive and finite, got {self.max_seconds}")
         if self.max_patches is not None and self.max_patches <= 0:
             raise ValueError(f"max_patches must be positive, got {self.max_patches}")
         if self.bars is not None and self.bars < 0:

@@ -98,9 +98,11 @@ def engine_devices(gpus: str, count: Callable[[], int] = gpu_count) -> list[str 
 
 def load_pool(settings: ServeSettings, log: Callable[[str], None] = lambda _: None) -> EnginePool:
     """The engines a service runs, started, behind one pool."""
+    from notagen_trt.runtime.backends import check_backend
     from notagen_trt.runtime.engine import load_engine
 
     backend = settings.backend
+    check_backend(backend)  # a typo is named as one, not taken for a GPU backend
     devices = engine_devices(settings.gpus) if backend != "ort-cpu" else ["cpu"]
     if devices == ["cpu"]:
         if backend not in ("auto", "ort-cpu"):

@@ -91,13 +91,53 @@ def test_corrupt_model_directory(capsys, tiny_dir, tmp_path):
         (["--seed", "-1"], "seed must be in"),
         (["--num-pieces", "0"], "--num-pieces must be at least 1"),
         (["--bars", "-3"], "bars must be >= 0"),
-        (["--max-patches", "0"], "max_patches must be positive"),
+        (["--max-patches", "0"], "--max-patches must be positive"),
+        (["--max-seconds", "0"], "--max-seconds must be positive"),
+        (["--top-p", "2"], "--top-p must be in (0, 1]"),
         (["--backend", "tensorrt-please"], "unknown backend"),
     ],
 )
 def test_invalid_values(capsys, tiny_dir, tmp_path, argv, needle):
     rc, err = run_cli(capsys, "generate", "--model", str(tiny_dir / "onnx"), "--out", str(tmp_path), *argv)
     assert_one_line_error(rc, err, needle)
+
+
+def test_a_model_that_does_not_load_leaves_no_empty_out_folder(capsys, tmp_path):
+    out = tmp_path / "new" / "pieces"
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(out)),
+                          "absent")
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(kept))
+    assert kept.is_dir()  # a folder the user made stays
+
+
+def test_a_device_that_is_not_here_is_one_line_before_any_work(capsys, tmp_path):
+    import torch
+
+    out = tmp_path / "ref"
+    assert_one_line_error(*run_cli(capsys, "reference", "--device", "gpu", "--out", str(out)), "--device gpu",
+                          "cpu, cuda or cuda:N")
+    assert_one_line_error(*run_cli(capsys, "train", "--device", "tpu", "--out", str(tmp_path / "m.pth")),
+                          "--device tpu")
+    if not torch.cuda.is_available():
+        assert_one_line_error(*run_cli(capsys, "reference", "--device", "cuda", "--out", str(out)),
+                              "no CUDA GPU", "--device cpu")
+    assert not out.exists()  # refused before the output folder was made
+
+
+def test_a_mistyped_backend_is_named_as_one_by_serve(capsys):
+    # --gpus none: nothing would start even if the check let the name through
+    assert_one_line_error(*run_cli(capsys, "serve", "--backend", "ort-cpux", "--gpus", "none"),
+                          "unknown backend 'ort-cpux'")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("notagen-trt ")
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

@@ -50,7 +50,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not 1 <= args.num_pieces <= MAX_PIECES:
         raise NotaGenError(f"--num-pieces must be at least 1 and at most {MAX_PIECES:,}, got {args.num_pieces}")
     prompt = resolve_prompt(args.period, args.composer, args.instrumentation)
-    sampling = SamplingParams(args.top_k, args.top_p, args.temperature)
+    try:
+        sampling = SamplingParams(args.top_k, args.top_p, args.temperature)
+    except ValueError as exc:
+        raise NotaGenError(_as_flags(str(exc))) from None
     if args.continue_ and (args.meter or args.key):
         raise NotaGenError("--meter and --key set a new piece's header; a continued piece keeps its file's "
                            "(drop them, or drop --continue)")
@@ -59,8 +62,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         try:
             return GenerationConfig(seed=args.seed + k, sampling=sampling, max_patches=args.max_patches,
                                     max_seconds=args.max_seconds, bars=args.bars, meter=args.meter, key=args.key)
-        except ValueError as exc:  # meter / key: name the flag
-            raise NotaGenError(f"--{str(exc)}" if str(exc).startswith(("meter", "key")) else str(exc)) from None
+        except ValueError as exc:
+            raise NotaGenError(_as_flags(str(exc))) from None
 
     config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
     continuation = None
@@ -70,9 +73,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         continuation = read_continuation(args.continue_)
         prompt = prompt or continuation.prompt  # a corpus piece carries its own prompt lines
     formats = _formats(args.formats)
+    made = not Path(args.out).exists()
     out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
-    refuse_model_dir(out, "generate")
-    engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
+    try:
+        refuse_model_dir(out, "generate")
+        engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
+    except BaseException:  # no model, no backend: leave no empty folder behind
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
         if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS:
@@ -157,6 +166,14 @@ class _Summary:
             self.stream.flush()
 
 
+_FIELDS = re.compile(r"\b(seed|max_patches|max_seconds|bars|meter|key|top_k|top_p|temperature)\b")
+
+
+def _as_flags(message: str) -> str:
+    """A GenerationConfig / SamplingParams error names its field (the API's name); here, the flag."""
+    return _FIELDS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
+
+
 def _formats(text: str) -> tuple[str, ...]:
     from notagen_trt.runtime.outputs import FORMATS
 
@@ -205,14 +222,18 @@ class _Progress:
         (self.bar.console.print if self.bar is not None else lambda s: print(s, file=sys.stderr))(line)
 
 
-def _positive_int(text: str) -> int:
+def _rows(text: str) -> int:
+    from notagen_trt.runtime.engine import MAX_ROWS
+
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if not 1 <= value <= MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROWS}, got {value}")
     return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .prompts import add_prompt_arguments
+
     from notagen_trt.runtime.backends import CHOICES, PRECISIONS
 
     p = sub.add_parser("generate", help="generate pieces (ABC, MusicXML, MIDI, SVG) on the fastest backend here")
@@ -224,14 +245,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fast CUDA path: fp32 (the reference's pieces bit for bit), fp16 (default) or int8-wo; "
                         "other backends run the precision of their model directory")
-    p.add_argument("--rows", type=_positive_int, default=None,
+    p.add_argument("--rows", type=_rows, default=None,
                    help="pieces in flight at once (default: 16 on the fast path and on engine-ready graphs with "
-                        "CUDA, 4 on ONNX Runtime CPU, 1 elsewhere; never more than --num-pieces)")
-    p.add_argument("--period")
-    p.add_argument("--composer")
-    p.add_argument("--instrumentation")
+                        "CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than --num-pieces; at most 64)")
+    add_prompt_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k")
-    p.add_argument("--num-pieces", type=int, default=1)
+    p.add_argument("--num-pieces", type=int, default=1, help="pieces to write, one per seed (default 1)")
     p.add_argument("--bars", type=int, default=None,
                    help="ask for N+1 bar lines: the body starts with the forced prefix [r:0/N], which the model "
                         "was trained to count down to [r:N/0]. It conditions, it does not cut: a model follows it "
@@ -244,9 +263,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue this piece (.abc, .musicxml, .xml, .mxl, .mid): its bars are the context, the "
                         "output is them, a comment line, then the new bars (--bars: how many to ask for, default "
                         "16; a file longer than the context keeps its header and last bars)")
-    p.add_argument("--max-patches", type=int, default=None, help="stop a piece after this many patches")
+    p.add_argument("--max-patches", type=int, default=None,
+                   help="stop a piece after this many patches (default: no limit but --max-seconds)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long (default 600)")
-    p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (0: off)")
+    p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (default 9; 0: off)")
     p.add_argument("--top-p", type=float, default=0.9, help="sampling: nucleus mass (default 0.9)")
     p.add_argument("--temperature", type=float, default=1.2, help="sampling temperature (default 1.2)")
     p.add_argument("--out", default="out", help="folder for the generated files (default: out); a new tune "

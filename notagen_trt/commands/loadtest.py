@@ -60,6 +60,8 @@ def _report(s: dict) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .prompts import add_prompt_arguments
+
     p = sub.add_parser("loadtest", help="load-test a running `notagen-trt serve` (pieces/min, latency, --check)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
@@ -68,9 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="afterwards, make the same pieces on a local engine (--model, --backend) and compare")
     p.add_argument("--seed", type=int, default=0, help="seed of the first request; request k uses seed + k")
-    p.add_argument("--period")
-    p.add_argument("--composer")
-    p.add_argument("--instrumentation")
+    add_prompt_arguments(p)
     p.add_argument("--max-patches", type=int, default=None)
     p.add_argument("--bars", type=int, default=None)
     p.add_argument("--outputs", default=None, help="comma-separated: abc,musicxml,midi,svg (default: abc)")

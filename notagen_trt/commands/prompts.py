@@ -34,6 +34,14 @@ def table(prompts) -> str:
     return "\n".join(lines)
 
 
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    """--period / --composer / --instrumentation, as every command that writes pieces takes them."""
+    p.add_argument("--period", help="the prompt's period, e.g. Baroque (all three or none; `notagen-trt prompts` "
+                                    "lists the combinations)")
+    p.add_argument("--composer", help='the prompt\'s composer, as listed, e.g. "Bach, Johann Sebastian"')
+    p.add_argument("--instrumentation", help="the prompt's instrumentation, e.g. Choral, Keyboard, Chamber")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prompts", help="list the valid --period / --composer / --instrumentation combinations")
     p.add_argument("--json", action="store_true", help="print them as a JSON list")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import devices
+from .devices import torch_device
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -21,11 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise NotaGenError(f"{out}: is a folder; --out names the checkpoint file to write, e.g. {out / 'model.pth'}")
     prepare_out_dir(out.parent, "train", fix="pass --out in a folder you can write")
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch_device(args.device)  # before minutes of training
     config = ModelConfig(
         hidden_size=args.hidden,
         patch_num_layers=args.patch_layers,
@@ -64,5 +63,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help=f"{devices.HELP} (default auto)")
     p.set_defaults(func=_cmd_train)
