@@ -211,6 +211,13 @@ def _plot(report: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _low_high(text: str) -> list[int]:
+    values = _ints(text)
+    if len(values) != 2 or not 1 <= values[0] <= values[1]:
+        raise argparse.ArgumentTypeError(f"give LO,HI with 1 <= LO <= HI, got {text!r}")
+    return values
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="per-patch latency of backends vs the published algorithm (one run)")
     src = p.add_mutually_exclusive_group()
@@ -235,7 +242,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "of each round's ratio), so that a machine's drift falls on every row alike (default 1)")
     p.add_argument("--inflight", type=int, default=0, metavar="K",
                    help="also send K pieces of mixed lengths through each row count (wall-clock pieces per minute)")
-    p.add_argument("--inflight-patches", type=_ints, default=[100, 400], metavar="LO,HI",
+    p.add_argument("--inflight-patches", type=_low_high, default=[100, 400], metavar="LO,HI",
                    help="in-flight piece lengths, drawn uniformly in LO..HI patches (default 100,400: a few hundred "
                         "patches is a typical piece)")
     p.add_argument("--patches-per-piece", type=int, default=400, help="for pieces per minute")

@@ -84,7 +84,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
-        if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS:
+        if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS and args.model is None and not args.continue_:
             print(f"note: --bars {args.bars} is shorter than any piece the demo model was trained on; the model "
                   "may write more bars (see --help)", file=sys.stderr)
     summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
@@ -244,7 +244,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "whichever runs here first")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="fast CUDA path: fp32 (the reference's pieces bit for bit), fp16 (default) or int8-wo; "
-                        "other backends run the precision of their model directory")
+                        "other backends run the precision of their model directory, which must match it "
+                        "(`notagen-trt quantize` makes fp16 / int8-wo ones)")
     p.add_argument("--rows", type=_rows, default=None,
                    help="pieces in flight at once (default: 16 on the fast path and on engine-ready graphs with "
                         "CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than --num-pieces; at most 64)")
