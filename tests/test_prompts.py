@@ -25,6 +25,8 @@ def test_no_prompt_means_unconditional():
         (("Barouqe", "Bach, Johann Sebastian", "Choral"), "did you mean 'Baroque'"),
         (("Baroque", "Bach, Johan Sebastian", "Choral"), "did you mean 'Bach, Johann Sebastian'"),
         (("Baroque", "Bach, Johann Sebastian", "Chorale"), "did you mean 'Choral'"),
+        (("Romantic", "chopin", "Keyboard"), "did you mean 'Chopin, Frederic'"),  # a part of the name
+        (("Baroque", "Qqqq", "Choral"), "valid: .*'Bach, Johann Sebastian'"),  # quoted: the names hold commas
         (("Classical", "Bach, Johann Sebastian", "Choral"), "not in period 'Classical'; use --period 'Baroque'"),
         (("Baroque", None, None), "give all three"),
     ],
