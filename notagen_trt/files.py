@@ -240,7 +240,8 @@ def _listed_files(manifest: dict) -> set[str]:
 
 def _describe(folder: Path, manifest: dict | None, foreign: list[str]) -> str:
     if manifest is not None and (manifest.get("kind"), manifest.get("precision")) != (None, None):
-        return f"holds a {manifest.get('precision')} {manifest.get('kind')} directory (see its manifest.json)"
+        # fp32, fp16, int8-wo, int8: each read aloud with "an"
+        return f"holds an {manifest.get('precision')} {manifest.get('kind')} directory (see its manifest.json)"
     shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
     return f"holds files this stage did not write ({shown})"
 
@@ -259,19 +260,24 @@ def claim_out_dir(path: str | Path, stage: str, kind: str, precision: str, force
     if not foreign:
         return Claim(path, entries)
     if not force:
-        raise NotaGenError(f"{path}: {_describe(path, manifest if not same else None, foreign)}; {OUT_FIX}, "
-                           f"or pass --force to replace everything in it")
+        clearable = _clearable(path)  # never offer --force where it would be refused
+        raise NotaGenError(f"{path}: {_describe(path, manifest if not same else None, foreign)}; {OUT_FIX}"
+                           + (", or pass --force to replace everything in it" if clearable else " (a new folder)"))
     _refuse_to_clear(path)
     return Claim(path, entries)
 
 
-def _refuse_to_clear(path: Path) -> None:
+def _clearable(path: Path) -> bool:
     """--force empties a folder: never the home folder, the current one or a folder above it."""
     target = path.resolve()
-    for keep in (Path.home().resolve(), Path.cwd().resolve(), Path(target.anchor)):
-        if target == keep or keep.is_relative_to(target):
-            raise NotaGenError(f"{path}: refusing to replace everything in the home folder, the current folder "
-                               f"or a folder above them; {OUT_FIX} (a new folder)")
+    return not any(target == keep or keep.is_relative_to(target)
+                   for keep in (Path.home().resolve(), Path.cwd().resolve(), Path(target.anchor)))
+
+
+def _refuse_to_clear(path: Path) -> None:
+    if not _clearable(path):
+        raise NotaGenError(f"{path}: refusing to replace everything in the home folder, the current folder "
+                           f"or a folder above them; {OUT_FIX} (a new folder)")
 
 
 def prepare_engine_out(path: str | Path, model_dir: str | Path | None, force: bool = False) -> Claim:

@@ -228,6 +228,9 @@ def test_force_never_empties_home_or_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(NotaGenError, match="refusing to replace everything"):
         claim_out_dir(tmp_path, "export", "onnx", "fp32", force=True)
+    with pytest.raises(NotaGenError) as refused:  # nor is --force offered there
+        claim_out_dir(tmp_path, "export", "onnx", "fp32")
+    assert "--force" not in str(refused.value) and "a new folder" in str(refused.value)
 
 
 def test_generate_refuses_a_model_directory_as_out(capsys, tiny_dir, tmp_path):
