@@ -133,6 +133,17 @@ def test_a_mistyped_backend_is_named_as_one_by_serve(capsys):
                           "unknown backend 'ort-cpux'")
 
 
+def test_loadtest_without_a_service_or_with_an_unknown_output_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert_one_line_error(*run_cli(capsys, "loadtest", "--url", f"http://127.0.0.1:{port}"),
+                          "no service answers there", "notagen-trt serve")
+    assert_one_line_error(*run_cli(capsys, "loadtest", "--outputs", "abc,pdf"), "unknown --outputs pdf")
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

@@ -24,9 +24,16 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         raise NotaGenError(f"--clients and --requests must be at least 1, got {args.clients} and {args.requests}")
     if not args.url.startswith(("http://", "https://")):
         raise NotaGenError(f"--url {args.url!r}: give an http:// or https:// address")
+    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
+    from notagen_trt.runtime.outputs import FORMATS
+
+    unknown = [o for o in outputs or () if o not in FORMATS]
+    if unknown:
+        raise NotaGenError(f"unknown --outputs {', '.join(unknown)}; choose from {','.join(FORMATS)}")
+    _reachable(args.url)
     bodies = request_bodies(args.requests, args.seed, period=args.period, composer=args.composer,
                             instrumentation=args.instrumentation, max_patches=args.max_patches, bars=args.bars,
-                            outputs=args.outputs.split(",") if args.outputs else None)
+                            outputs=outputs)
     key = read_api_key(args.api_key_file) if args.api_key_file else None
     outcomes, wall = asyncio.run(run_load(args.url, bodies, args.clients, args.stream, key))
     summary = {"url": args.url, "clients": args.clients, "stream": args.stream, **summarize(outcomes, wall)}
@@ -38,6 +45,17 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     else:
         _report(summary)
     return 1 if summary["errors"] or summary.get("check", {}).get("differ") else 0
+
+
+def _reachable(url: str) -> None:
+    """One request before the load: a service that is not there is one line, not N errors."""
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/healthz", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise NotaGenError(f"--url {url}: no service answers there ({type(exc).__name__}: {exc}); start one with "
+                           "`notagen-trt serve` or give its address") from None
 
 
 def _report(s: dict) -> None:
