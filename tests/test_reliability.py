@@ -1,6 +1,7 @@
 """Bad input, untrusted files, interruptions and endless generation end in a clear message and a
 safe state: one line on stderr, exit status 2, no traceback, nothing lost."""
 
+import argparse
 import json
 import os
 import signal
@@ -142,6 +143,16 @@ def test_loadtest_without_a_service_or_with_an_unknown_output_is_one_line(capsys
     assert_one_line_error(*run_cli(capsys, "loadtest", "--url", f"http://127.0.0.1:{port}"),
                           "no service answers there", "notagen-trt serve")
     assert_one_line_error(*run_cli(capsys, "loadtest", "--outputs", "abc,pdf"), "unknown --outputs pdf")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from notagen_trt.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[0]}" for name, sub in commands.items() for action in sub._actions
+              if action.option_strings and not action.help]
+    assert len(commands) >= 13 and not silent, silent
 
 
 def test_version(capsys):

@@ -236,7 +236,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "one call per patch for every row, as the demo model runs) or growing (the step graphs)")
     p.add_argument("--patches", type=int, default=30, help="timed patches per row (median reported)")
     p.add_argument("--published-patches", type=int, default=5, help="timed patches for the published row")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed patches before each row's timing (default 3)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every row this many times, rows in turn, and report medians (ratios: the median "
                         "of each round's ratio), so that a machine's drift falls on every row alike (default 1)")

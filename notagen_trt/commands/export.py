@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX step graphs with KV caches (+ parity check)")
     p.add_argument("--checkpoint", help=".pth or .safetensors checkpoint (default: the demo model)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graphs (default 17)")
     p.add_argument("--layout", choices=("growing", "engine"), default="growing",
                    help="engine: also write the engine-ready graphs (fixed-capacity KV caches, a whole patch per "
                         "call for every row, sampling in the graph) that ONNX Runtime runs batched and, on CUDA, "
@@ -58,5 +58,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
     p.add_argument("--force", action="store_true",
                    help="replace everything in --out even when it holds something other than an earlier export")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=_cmd_export)

@@ -38,7 +38,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="write an fp16 / int8 weight-only / int8 variant of an exported model")
     p.add_argument("--model", help="fp32 model directory from `notagen-trt export` (default: the demo model)")
-    p.add_argument("--precision", required=True, choices=["fp16", "int8-wo", "int8"])
+    p.add_argument("--precision", required=True, choices=["fp16", "int8-wo", "int8"],
+                   help="fp16; int8-wo (int8 weights: the fast one on a CPU); int8 (weights and activations, "
+                        "calibrated on ABC: for TensorRT)")
     p.add_argument("--out", required=True, help="variant directory to write")
     p.add_argument("--calib", help=".abc file or folder for calibration (default: the shipped calib split)")
     p.add_argument("--calib-pieces", type=int, default=32, help="calibration pieces to run (default: 32)")
@@ -48,5 +50,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: node names kept in float (e.g. the lm_head MatMul)")
     p.add_argument("--force", action="store_true",
                    help="replace everything in --out even when it holds something other than this precision's variant")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=_cmd_quantize)

@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", default="torch", help="torch (the PyTorch checkpoint), or an ONNX / engine directory")
     p.add_argument("--checkpoint", help="checkpoint for --against torch (default: the one the model was exported from)")
     p.add_argument("--data", help="folder or file of ABC pieces (default: calibration_data/heldout)")
-    p.add_argument("--pieces", type=int, default=3)
+    p.add_argument("--pieces", type=int, default=3, help="held-out pieces whose inputs are compared (default 3)")
     p.add_argument("--atol", type=float, help=f"absolute tolerance (default per precision, the looser side's "
                    f"atol / rtol: {defaults})")
     p.add_argument("--rtol", type=float, help="relative tolerance; an element fails where both are exceeded "
                    "(default per precision, see --atol)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
     p.set_defaults(func=_cmd_verify)
