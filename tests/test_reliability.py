@@ -155,6 +155,11 @@ def test_every_option_of_every_command_says_what_it_does():
     assert len(commands) >= 13 and not silent, silent
 
 
+def test_eval_of_a_checkpoint_refuses_the_options_it_would_ignore(capsys):
+    assert_one_line_error(*run_cli(capsys, "eval", "--checkpoint", "demo.pth", "--num-generated", "3"),
+                          "--checkpoint scores bits/char in PyTorch only")
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

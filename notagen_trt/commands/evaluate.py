@@ -26,6 +26,10 @@ def _pieces(args: argparse.Namespace) -> list[str]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint and args.model:
         raise NotaGenError("give --checkpoint (PyTorch) or --model (ONNX directory), not both")
+    if args.checkpoint and (args.backend, args.num_generated) != (None, None):
+        raise NotaGenError("--checkpoint scores bits/char in PyTorch only; --backend and --num-generated are for "
+                           "--model (drop them, or evaluate an exported --model DIR)")
+    args.backend, args.num_generated = args.backend or "ort-cpu", 8 if args.num_generated is None else args.num_generated
     pieces = _pieces(args)
     if args.checkpoint:
         result = _eval_checkpoint(args, pieces)
@@ -109,10 +113,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy vs fp32 (bits/char, top-1, logit diff) and validity of generated pieces")
     p.add_argument("--model", help="ONNX model directory of any precision (default: the demo model, exported)")
     p.add_argument("--checkpoint", help="evaluate a PyTorch checkpoint instead (bits/char only)")
-    p.add_argument("--backend", default="ort-cpu", help="ort-cpu or ort-cuda (default: ort-cpu)")
+    p.add_argument("--backend", default=None, help="--model: ort-cpu or ort-cuda (default: ort-cpu)")
     p.add_argument("--data", help=".abc file or folder (default: the shipped corpus's heldout split)")
     p.add_argument("--pieces", type=int, default=None, help="score N pieces spread over the sorted data (default: all)")
-    p.add_argument("--num-generated", type=int, default=8, help="pieces generated (seeds 0..N-1) for validity")
+    p.add_argument("--num-generated", type=int, default=None,
+                   help="--model: pieces generated (seeds 0..N-1) for validity (default 8)")
     p.add_argument("--baseline", action="store_true", help="also report a character-unigram baseline fitted on the train split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
