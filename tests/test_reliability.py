@@ -231,6 +231,16 @@ def test_cut_short_piece_is_saved_and_marked(capsys, tiny_dir, tmp_path):
     assert text.rstrip().endswith("% incomplete: generation stopped by max_patches after 3 patches")
 
 
+def test_a_long_run_off_a_terminal_says_it_is_still_going(capsys, tiny_dir, tmp_path, monkeypatch):
+    from notagen_trt.commands import generate as command
+
+    monkeypatch.setattr(command._Progress, "HEARTBEAT", -1.0)  # a line after every patch, not every 30 s
+    assert main(["generate", "--model", str(tiny_dir / "onnx"), "--max-patches", "3", "--out", str(tmp_path),
+                 "--formats", "abc"]) == 0
+    beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generating:")]
+    assert beats and beats[-1].startswith("generating: 0 of 1 pieces written, ") and "patches so far" in beats[-1]
+
+
 def test_failed_conversion_keeps_the_abc(tmp_path, monkeypatch):
     from notagen_trt.runtime import abcio, outputs
 

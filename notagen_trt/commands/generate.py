@@ -187,8 +187,11 @@ def _formats(text: str) -> tuple[str, ...]:
 class _Progress:
     """A rich progress bar on a terminal (pieces and patches); a line per piece otherwise."""
 
+    HEARTBEAT = 30.0  # seconds between "still generating" lines when stderr is not a terminal
+
     def __init__(self, total: int, quiet: bool) -> None:
         self.total, self.quiet, self.patches, self.bar = total, quiet, 0, None
+        self.done, self.last_line = 0, time.monotonic()
         if not quiet and sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -206,11 +209,19 @@ class _Progress:
             self.bar.stop()
 
     def on_event(self, event) -> None:
-        if self.bar is not None and event.kind == "patch":
-            self.patches += 1
+        if event.kind != "patch":
+            return
+        self.patches += 1
+        if self.bar is not None:
             self.bar.update(self.task, patches=self.patches)
+        elif not self.quiet and time.monotonic() - self.last_line > self.HEARTBEAT:  # a log, a CI job
+            self.last_line = time.monotonic()
+            print(f"generating: {self.done} of {self.total} pieces written, {self.patches} patches so far",
+                  file=sys.stderr)
 
     def piece_done(self, r: dict) -> None:
+        self.done += 1
+        self.last_line = time.monotonic()
         if self.bar is not None:
             self.bar.advance(self.task)
         if self.quiet:
