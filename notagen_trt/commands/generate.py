@@ -120,8 +120,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 progress.piece_done(row)
                 summary.add(row)
 
+        def on_event(event) -> None:  # between patches: a written piece's line need not wait for the next end
+            progress.on_event(event)
+            report(wait=False)
+
         try:
-            for handle in engine.run(requests, progress.on_event):
+            for handle in engine.run(requests, on_event):
                 written.append(writer.submit(save, handle))
                 report(wait=False)
         finally:  # also after Ctrl-C or an error: pieces that ended are written and reported
