@@ -40,7 +40,7 @@ def _canonical(kind: str, value: str, allowed: list[str]) -> str:
     # A part of a name ("chopin"), else a near spelling, in any case; names hold commas, so quoted.
     key = " ".join(value.split()).casefold()
     folded = {a.casefold(): a for a in allowed}
-    close = [a for a in allowed if key and key in a.casefold()][:3] or \
+    close = [a for a in allowed if len(key) >= 3 and key in a.casefold()][:3] or \
         [folded[c] for c in difflib.get_close_matches(key, list(folded), n=3, cutoff=0.5)]
     hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
             else f"valid: {', '.join(repr(a) for a in allowed)}")

@@ -90,6 +90,7 @@ def test_corrupt_model_directory(capsys, tiny_dir, tmp_path):
          "did you mean 'Bach, Johann Sebastian'"),
         (["--period", "Baroque"], "give all three"),
         (["--seed", "-1"], "seed must be in"),
+        (["--seed", str(2**63 - 2), "--num-pieces", "3"], "(piece 3's seed: --seed + 2)"),
         (["--num-pieces", "0"], "--num-pieces must be at least 1"),
         (["--bars", "-3"], "bars must be >= 0"),
         (["--max-patches", "0"], "--max-patches must be positive"),
@@ -107,15 +108,16 @@ def test_a_model_that_does_not_load_leaves_no_empty_out_folder(capsys, tmp_path)
     out = tmp_path / "new" / "pieces"
     assert_one_line_error(*run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(out)),
                           "absent")
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent it made
     kept = tmp_path / "kept"
     kept.mkdir()
-    run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(kept))
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(tmp_path / "absent"), "--out", str(kept)),
+                          "absent")
     assert kept.is_dir()  # a folder the user made stays
 
 
 def test_a_device_that_is_not_here_is_one_line_before_any_work(capsys, tmp_path):
-    import torch
+    torch = pytest.importorskip("torch")
 
     out = tmp_path / "ref"
     assert_one_line_error(*run_cli(capsys, "reference", "--device", "gpu", "--out", str(out)), "--device gpu",
@@ -439,3 +441,41 @@ def test_many_pieces_run_in_bounded_memory_and_stop_cleanly_on_ctrl_c(tiny_dir, 
         text = piece.read_text()
         assert text.startswith("% notagen-trt: prompt unconditional;") and "\nX:1\n" in text
         assert text.endswith("% incomplete: generation stopped by max_patches after 2 patches\n")
+
+
+def test_the_writer_reports_every_written_piece_in_order_and_raises_the_first_failure():
+    from notagen_trt.commands.generate import _Writer
+
+    class Sink:
+        def __init__(self):
+            self.rows = []
+
+        def piece_done(self, row):
+            self.rows.append(row)
+
+        add = piece_done
+
+    def save(n):
+        time.sleep(0.01 * (3 - n))  # the first piece's write is the slowest
+        if n == 1:
+            raise NotaGenError("piece 1: could not write")
+        return n
+
+    progress, summary = Sink(), Sink()
+    writer = _Writer(save, progress, summary, limit=1)  # the queue waits at two pieces
+    writer.submit(0)
+    with pytest.raises(NotaGenError, match="piece 1"):  # raised at the next piece after it failed
+        for n in (1, 2, 3):
+            writer.submit(n)
+            time.sleep(0.05)
+    with pytest.raises(NotaGenError, match="piece 1"):
+        writer.close()
+    assert progress.rows == summary.rows and 0 in summary.rows and 1 not in summary.rows
+    assert summary.rows == sorted(summary.rows)  # in the order the pieces ended
+    from concurrent.futures import Future
+
+    late = Future()
+    late.set_result(99)
+    writer.queued.append(late)
+    writer.report()  # after close (the engine's last events, after the summary closed): nothing is reported
+    assert 99 not in summary.rows

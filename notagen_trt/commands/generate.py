@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
@@ -63,7 +64,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             return GenerationConfig(seed=args.seed + k, sampling=sampling, max_patches=args.max_patches,
                                     max_seconds=args.max_seconds, bars=args.bars, meter=args.meter, key=args.key)
         except ValueError as exc:
-            raise NotaGenError(_as_flags(str(exc))) from None
+            where = f" (piece {k + 1}'s seed: --seed + {k})" if k and str(exc).startswith("seed") else ""
+            raise NotaGenError(_as_flags(str(exc)) + where) from None
 
     config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
     continuation = None
@@ -73,14 +75,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         continuation = read_continuation(args.continue_)
         prompt = prompt or continuation.prompt  # a corpus piece carries its own prompt lines
     formats = _formats(args.formats)
-    made = not Path(args.out).exists()
+    made = [f for f in (Path(args.out), *Path(args.out).parents) if not f.exists()]  # innermost first
     out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
     try:
         refuse_model_dir(out, "generate")
         engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
-    except BaseException:  # no model, no backend: leave no empty folder behind
-        if made and not any(out.iterdir()):
-            out.rmdir()
+    except BaseException:  # no model, no backend: leave no empty folders behind
+        with contextlib.suppress(OSError):  # one no longer empty stays
+            for folder in made:
+                folder.rmdir()
         raise
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
@@ -107,35 +110,71 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return PieceRequest(prompt, cfg, text=continuation.text(prompt, cfg) if continuation else None)
 
     requests = (request(config(k)) for k in range(args.num_pieces))
-    # A piece's files are written on a thread of their own, in the order the pieces end, while the
-    # engine steps the other rows: converting scores would otherwise stall every row (and count in
-    # their ms/patch). Its lines and summary rows follow on this thread as the writes finish.
-    with (engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress,
-          ThreadPoolExecutor(1, thread_name_prefix="notagen-trt-writer") as writer):
-        written: deque[Future] = deque()
+    with engine, summary, _Progress(args.num_pieces, quiet=args.json) as progress:
+        writer = _Writer(save, progress, summary, limit=2 * engine.executor.rows)
 
-        def report(wait: bool) -> None:
-            while written and (wait or written[0].done()):
-                row = written.popleft().result()
-                progress.piece_done(row)
-                summary.add(row)
-
-        def on_event(event) -> None:  # between patches: a written piece's line need not wait for the next end
+        def on_event(event) -> None:
             progress.on_event(event)
-            report(wait=False)
+            writer.report()  # between patches: a written piece's line need not wait for the next end
 
         try:
             for handle in engine.run(requests, on_event):
-                written.append(writer.submit(save, handle))
-                report(wait=False)
+                writer.submit(handle)
         finally:  # also after Ctrl-C or an error: pieces that ended are written and reported
-            report(wait=True)
+            writer.close()
     if summary.unconverted:  # the user asked for scores and got none for these pieces: not a success
         seed, why = summary.first_unconverted
         print(f"notagen-trt generate: error: {summary.unconverted} of {summary.count} pieces have only their .abc "
               f"(seed {seed}: {why})", file=sys.stderr)
         return 1
     return 0
+
+
+class _Writer:
+    """Each ended piece's files are written on a thread of their own, in the order the pieces end,
+    while the engine steps the other rows: converting scores would otherwise stall every row (and
+    count in their ms/patch). Lines and summary rows follow on the engine's thread as the writes
+    finish. At most ``limit`` pieces wait to be written (memory stays flat when writes fall behind)."""
+
+    def __init__(self, save, progress: "_Progress", summary: "_Summary", limit: int) -> None:
+        self.save, self.progress, self.summary, self.limit = save, progress, summary, limit
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="notagen-trt-writer")
+        self.queued: deque[Future] = deque()
+        self.failed: Exception | None = None  # the first write that failed (a full disk): raised by submit / close
+        self.open = True
+
+    def submit(self, handle) -> None:
+        self.queued.append(self.pool.submit(self.save, handle))
+        if len(self.queued) > self.limit:
+            wait([self.queued[0]])
+        self.report()
+        if self.failed is not None:
+            raise self.failed
+
+    def report(self) -> None:
+        """Report the writes that have finished, in order (also from the engine's events: never raises)."""
+        while self.open and self.queued and self.queued[0].done():
+            self._add(self.queued.popleft())
+
+    def _add(self, future: Future) -> None:
+        try:
+            row = future.result()
+        except Exception as exc:  # the others still count
+            self.failed = self.failed or exc
+            return
+        self.progress.piece_done(row)
+        self.summary.add(row)
+
+    def close(self) -> None:
+        """Wait for every queued write and report it, then raise the first that failed."""
+        try:
+            while self.queued:
+                self._add(self.queued.popleft())
+        finally:
+            self.open = False  # nothing is reported after the summary closes (the engine's last events)
+            self.pool.shutdown(wait=True)
+        if self.failed is not None:
+            raise self.failed
 
 
 class _Summary:

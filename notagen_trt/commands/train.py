@@ -22,9 +22,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise NotaGenError(f"{out}: is a folder; --out names the checkpoint file to write, e.g. {out / 'model.pth'}")
+    device = torch_device(args.device)  # before minutes of training, and before a folder is made
     prepare_out_dir(out.parent, "train", fix="pass --out in a folder you can write")
-
-    device = torch_device(args.device)  # before minutes of training
     config = ModelConfig(
         hidden_size=args.hidden,
         patch_num_layers=args.patch_layers,
