@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
-import statistics
 import tempfile
 
 import torch
@@ -24,6 +23,8 @@ from notagen_trt.config import PRESETS
 from notagen_trt.export.model import NotaGenModel
 from notagen_trt.fastpath import decode_kernels
 from notagen_trt.fastpath.executor import FastBackend
+
+from inflight_breakdown import graph_ms  # beside this script
 
 
 def variants(folder: pathlib.Path) -> dict[str, object]:
@@ -41,19 +42,6 @@ def variants(folder: pathlib.Path) -> dict[str, object]:
     return modules
 
 
-def graph_ms(executor, reps: int = 100) -> float:
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for graph in executor._graphs:
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main() -> None:
     torch.manual_seed(0)
     fast = FastBackend(NotaGenModel(PRESETS["x"]), "cuda", "fp16")
@@ -62,13 +50,13 @@ def main() -> None:
         modules = variants(pathlib.Path(folder))
         for rows in (1, 16):
             executor = fast.executor(rows)
-            out[f"base rows={rows}"] = graph_ms(executor)
+            out[f"base rows={rows}"] = graph_ms(executor, reps=100)
             executor.close()
         for round_ in range(2):  # interleaved: drift between variants shows as a round's spread
             for name, module in [("base", None), *modules.items()]:
                 decode_kernels._rows = base if module is None else module._rows
                 executor = fast.executor(16)
-                out[f"{name} rows=16 r{round_}"] = graph_ms(executor)
+                out[f"{name} rows=16 r{round_}"] = graph_ms(executor, reps=100)
                 executor.close()
     decode_kernels._rows = base
     print(json.dumps(out, indent=1))

@@ -29,17 +29,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint and (args.backend, args.num_generated) != (None, None):
         raise NotaGenError("--checkpoint scores bits/char in PyTorch only; --backend and --num-generated are for "
                            "--model (drop them, or evaluate an exported --model DIR)")
-    args.backend, args.num_generated = args.backend or "ort-cpu", 8 if args.num_generated is None else args.num_generated
     pieces = _pieces(args)
     if args.checkpoint:
         result = _eval_checkpoint(args, pieces)
     else:
         from notagen_trt.runtime.evaluate import evaluate
 
-        if args.backend not in ("ort-cpu", "ort-cuda"):
-            raise NotaGenError(f"unknown backend {args.backend!r}; choose ort-cpu or ort-cuda")
+        backend = args.backend or "ort-cpu"
+        if backend not in ("ort-cpu", "ort-cuda"):
+            raise NotaGenError(f"unknown backend {backend!r}; choose ort-cpu or ort-cuda")
         model = Path(args.model) if args.model else demo_model_dir()
-        result = evaluate(model, pieces, args.num_generated, "cuda" if args.backend == "ort-cuda" else "cpu")
+        generated = 8 if args.num_generated is None else args.num_generated
+        result = evaluate(model, pieces, generated, "cuda" if backend == "ort-cuda" else "cpu")
         if args.baseline:
             result["unigram_bits_per_char"] = _unigram(pieces, result)
     print(json.dumps(result) if args.json else report(result))
