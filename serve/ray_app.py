@@ -20,7 +20,7 @@ from ray import serve
 
 from notagen_trt.errors import NotaGenError
 
-from .settings import ServeSettings, load_pool, read_api_key
+from .settings import CPU_ROWS, GPU_ROWS, ServeSettings, load_pool, read_api_key
 
 _replica: dict = {}  # this replica process's pool and app options, made by its constructor
 
@@ -56,12 +56,13 @@ def deployment(settings: ServeSettings, gpu: bool, min_replicas: int = 1, max_re
     if not gpu:
         settings = dataclasses.replace(settings, gpus="none", threads=settings.threads or 1)
     actor = {"num_gpus": 1} if gpu else {"num_cpus": settings.threads}
+    rows = settings.rows or (GPU_ROWS if gpu else CPU_ROWS)
     if min_replicas == max_replicas:
         scaling: dict = {"num_replicas": max_replicas}
     else:  # a replica's rows are its useful concurrency; more ongoing requests than that add one
         scaling = {"autoscaling_config": {"min_replicas": min_replicas, "max_replicas": max_replicas,
-                                          "target_ongoing_requests": settings.rows}}
-    return NotaGenReplica.options(ray_actor_options=actor, max_ongoing_requests=settings.rows + settings.max_queue,
+                                          "target_ongoing_requests": rows}}
+    return NotaGenReplica.options(ray_actor_options=actor, max_ongoing_requests=rows + settings.max_queue,
                                   **scaling).bind(settings)
 
 

@@ -13,7 +13,10 @@ from notagen_trt.files import os_error_line
 
 from .pool import EnginePool
 
-DEFAULT_ROWS = 16  # pieces in flight per engine: new requests join the running batch at the next patch
+# Rows (pieces in flight per engine; new requests join the running batch at the next patch): by
+# default the backend's own (runtime/engine.py load_engine), 16 on a GPU and 4 on a CPU. A Ray
+# deployment needs the number before any replica loads its backend: these are the same figures.
+GPU_ROWS, CPU_ROWS = 16, 4
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY = 64 * 1024  # a piece request is a few hundred bytes
 
@@ -23,7 +26,7 @@ class ServeSettings:
     model: str | None = None  # default: the demo model
     backend: str = "auto"
     precision: str | None = None
-    rows: int = DEFAULT_ROWS
+    rows: int | None = None  # default: the backend's (GPU_ROWS / CPU_ROWS)
     threads: int | None = None
     gpus: str = "all"  # all | none | 0,1,...
     max_queue: int = DEFAULT_MAX_QUEUE
@@ -33,7 +36,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("rows", "max_queue", "max_body"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise NotaGenError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_patches is not None and self.max_patches < 1:
             raise NotaGenError(f"max-patches must be at least 1, got {self.max_patches}")

@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 from notagen_trt.cli import main  # noqa: E402
 from notagen_trt.serve.app import create_app  # noqa: E402
-from notagen_trt.serve.settings import ServeSettings, load_pool  # noqa: E402
+from notagen_trt.serve.settings import CPU_ROWS, ServeSettings, load_pool  # noqa: E402
 
 pytestmark = pytest.mark.serve
 PROMPT = dict(zip(("period", "composer", "instrumentation"), BACH))
@@ -193,6 +193,15 @@ def test_a_full_queue_answers_503_with_retry_after(guarded):
 
 # ---- schemathesis: the service's own OpenAPI schema, no 5xx ------------------------------------
 schemathesis = pytest.importorskip("schemathesis")
+
+
+def test_rows_default_to_the_backends_as_for_generate():
+    """Without --rows a CPU service takes the CPU backend's rows (4), as generate does, not a GPU's 16."""
+    pool = load_pool(ServeSettings(backend="ort-cpu", threads=1))
+    try:
+        assert [e.executor.rows for e in pool.engines] == [CPU_ROWS] and CPU_ROWS == 4
+    finally:
+        pool.close()
 
 
 @pytest.fixture(scope="module")

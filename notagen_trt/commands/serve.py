@@ -91,13 +91,14 @@ def settings_from_args(args: argparse.Namespace, **more):
 def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, queue_help: str) -> None:
     """The model, engine and listening options `serve` and `ui` share."""
     from notagen_trt.runtime.backends import CHOICES, PRECISIONS
-    from notagen_trt.serve.settings import DEFAULT_MAX_QUEUE, DEFAULT_ROWS
+    from notagen_trt.serve.settings import CPU_ROWS, DEFAULT_MAX_QUEUE, GPU_ROWS
 
     p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
     p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
                    help="as for generate (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"{rows_help} (default {DEFAULT_ROWS})")
+    p.add_argument("--rows", type=int, default=None,
+                   help=f"{rows_help} (default: the backend's, {GPU_ROWS} on a GPU, {CPU_ROWS} on a CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime CPU threads per call (default: one, rows side by side a core each; "
                         "a call's share of idle cores for models of hidden size 512 and up)")
