@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, writing
 
 CACHE_FIX = "set XDG_CACHE_HOME to a writable folder, or pass an exported --model DIR"
+# Exports of one checkpoint kept in the cache: each toolkit version (or exporter change) makes its
+# own, so upgrades would pile them up; the least recently used beyond these are removed.
+KEEP_EXPORTS = 3
 
 DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pth"
 
@@ -44,6 +48,7 @@ def exported_dir(checkpoint: Path) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "notagen-trt" / f"{name}-{digest}"
     damage = _cache_damage(cache)
     if damage is None:
+        _mark_used(cache)
         return cache
     prepare_out_dir(cache, "export", fix=CACHE_FIX)
     try:
@@ -59,7 +64,34 @@ def exported_dir(checkpoint: Path) -> Path:
     with writing(cache, fix=CACHE_FIX):
         # The engine-ready graphs too: ONNX Runtime runs rows batched on them (runtime/graph_executor.py).
         export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint, force=True, layout="engine")
+    _mark_used(cache)
+    _prune(cache)
     return cache
+
+
+def _mark_used(cache: Path) -> None:
+    """The folder's modification time says when an export was last used (best effort: a cache on
+    a read-only mount still serves)."""
+    try:
+        os.utime(cache)
+    except OSError:
+        pass
+
+
+def _prune(cache: Path) -> None:
+    """Remove the least recently used exports of the same checkpoint beyond KEEP_EXPORTS (two
+    installs of different versions sharing a cache keep one each)."""
+    name = cache.name.rsplit("-", 1)[0]
+    def is_export(p: Path) -> bool:  # NAME-<12 hex digits> holding a manifest: never another tool's folder
+        stem, _, digest = p.name.rpartition("-")
+        return (stem == name and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+                and (p / "manifest.json").is_file())
+
+    siblings = [p for p in cache.parent.glob(f"{name}-*") if is_export(p)]
+    siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in siblings if p != cache][KEEP_EXPORTS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"removed {old}: an older export of {name} (the cache keeps {KEEP_EXPORTS})", file=sys.stderr)
 
 
 def _cache_damage(cache: Path) -> str | None:

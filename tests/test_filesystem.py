@@ -307,6 +307,34 @@ def test_a_damaged_checkpoint_cache_is_rebuilt(capsys, tiny_dir, tmp_path, monke
     read_manifest(cache)  # whole again
 
 
+def test_the_export_cache_keeps_the_most_recently_used_exports(capsys, tiny_dir, tmp_path, monkeypatch):
+    """An upgrade exports a checkpoint again under a new key; the older exports beyond KEEP_EXPORTS
+    go, least recently used first, and nothing that is not an export is touched."""
+    import os
+
+    from notagen_trt.demo import KEEP_EXPORTS, exported_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    root = tmp_path / "notagen-trt"
+    old = [root / f"tiny-{i:012x}" for i in range(KEEP_EXPORTS + 1)]
+    for age, folder in enumerate(old):  # old[0] was used last
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+        os.utime(folder, (1e9 - age * 1000, 1e9 - age * 1000))
+    strangers = [root / "tiny-notanexport", root / "tiny-big-0123456789ab", root / "other-0123456789ab"]
+    for folder in strangers:
+        folder.mkdir()
+        (folder / "manifest.json").write_text("{}")
+    capsys.readouterr()
+    cache = exported_dir(tiny_dir / "tiny.pth")
+    err = capsys.readouterr().err
+    kept = sorted(p for p in root.iterdir() if p not in strangers)
+    assert kept == sorted([cache, *old[: KEEP_EXPORTS - 1]])
+    assert all(p.is_dir() for p in strangers)
+    assert err.count("removed ") == 2 and str(old[-1]) in err
+    assert exported_dir(tiny_dir / "tiny.pth") == cache and "removed" not in capsys.readouterr().err
+
+
 def test_a_library_failing_on_a_full_disk_says_so(tmp_path, monkeypatch):
     """ONNX Runtime's quantizer reads back a truncated file and complains about an ONNX domain:
     when the disk is full after a failure, the error says that instead."""
