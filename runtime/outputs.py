@@ -10,11 +10,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from notagen_trt.errors import NotaGenError
 from notagen_trt.files import write_atomic
 
 from . import abcio
 
 FORMATS = ("abc", "musicxml", "midi", "svg")
+
+
+def parse_formats(text: str, flag: str) -> tuple[str, ...]:
+    """A comma list of FORMATS from the command line (in FORMATS' order); an unknown one names ``flag``."""
+    asked = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in asked if f not in FORMATS]
+    if unknown:
+        raise NotaGenError(f"unknown {flag} {', '.join(unknown)}; choose from {','.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in asked)
 EXTENSIONS = {"abc": "abc", "musicxml": "musicxml", "midi": "mid", "svg": "svg"}
 
 

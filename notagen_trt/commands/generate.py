@@ -218,12 +218,9 @@ def _as_flags(message: str) -> str:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from notagen_trt.runtime.outputs import FORMATS
+    from notagen_trt.runtime.outputs import FORMATS, parse_formats
 
-    asked = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in asked if f not in FORMATS]
-    if unknown:
-        raise NotaGenError(f"unknown --formats {', '.join(unknown)}; choose from {','.join(FORMATS)}")
+    asked = parse_formats(text, "--formats")
     return ("abc", *(f for f in FORMATS[1:] if f in asked))  # the .abc is always written
 
 

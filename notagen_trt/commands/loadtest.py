@@ -24,12 +24,9 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         raise NotaGenError(f"--clients and --requests must be at least 1, got {args.clients} and {args.requests}")
     if not args.url.startswith(("http://", "https://")):
         raise NotaGenError(f"--url {args.url!r}: give an http:// or https:// address")
-    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
-    from notagen_trt.runtime.outputs import FORMATS
+    from notagen_trt.runtime.outputs import parse_formats
 
-    unknown = [o for o in outputs or () if o not in FORMATS]
-    if unknown:
-        raise NotaGenError(f"unknown --outputs {', '.join(unknown)}; choose from {','.join(FORMATS)}")
+    outputs = list(parse_formats(args.outputs, "--outputs")) if args.outputs else None
     _reachable(args.url)
     bodies = request_bodies(args.requests, args.seed, period=args.period, composer=args.composer,
                             instrumentation=args.instrumentation, max_patches=args.max_patches, bars=args.bars,
