@@ -156,6 +156,24 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
     return path
 
 
+def check_out_file(path: str | Path, flag: str) -> Path:
+    """Check before the work that ``flag``'s file can be written: its folder exists and takes a
+    file (a read-only mount or a missing folder would otherwise lose a whole run's results)."""
+    path = Path(path)
+    if path.is_dir():
+        raise NotaGenError(f"{path}: is a folder; {flag} takes a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise NotaGenError(f"{path}: the folder {folder} does not exist; create it or choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NotaGenError(f"{path}: cannot write to {folder} ({exc.strerror or exc}); choose another {flag}") from None
+    return path
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

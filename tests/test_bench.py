@@ -55,3 +55,20 @@ def test_bench_rounds_interleave_rows_and_report_medians_of_ratios(tmp_path):
         assert r["speedup_vs_published"] == sorted(r["speedup_per_round"])[1]
     inflight = [r for r in rows if r.get("inflight_pieces") and r["batch"] == 2]
     assert inflight and len(inflight[0]["inflight_vs_one_row_per_round"]) == 3
+
+
+def test_bench_refuses_what_cannot_run_here_before_the_published_row(tmp_path, capsys):
+    """A CUDA row on a machine whose ONNX Runtime has no CUDA provider, and a --json / --plot file
+    that cannot be written, are refused in one line before anything is timed (the published row
+    alone takes minutes on the bigger shapes)."""
+    import onnxruntime as ort
+
+    cases = [(["--json", str(tmp_path / "missing" / "b.json")], "does not exist"),
+             (["--plot", str(tmp_path)], "is a folder")]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        cases.append((["--backends", "ort-cuda"], "no CUDA provider"))
+    for extra, words in cases:
+        rc = main(["bench", "--size", "demo", "--context", "8", "--patches", "2", *extra])
+        captured = capsys.readouterr()
+        assert rc != 0 and captured.out == ""  # no row ran
+        assert words in captured.err and len(captured.err.strip().splitlines()) == 1

@@ -222,3 +222,13 @@ def test_notagen_small_exports_with_parity(tmp_path):
     assert max(manifest["parity"]["max_abs_diff"].values()) <= 1e-4
     assert manifest["parity"]["patch_steps"] == 32 and manifest["graphs"]["patch_decoder"]["external_data"] is None
     assert (tmp_path / "patch_decoder.onnx").stat().st_size > 300e6  # ~88M fp32 parameters
+
+
+def test_a_model_of_the_step_graphs_only_runs_with_a_note_on_the_faster_layout(tiny_dir):
+    """Step graphs only (`export --layout growing`): ONNX Runtime runs them, and the backend's note
+    (which `generate` prints) says how to get the engine-ready graphs it runs about twice as fast."""
+    from notagen_trt.runtime.backends import select_backend
+
+    backend, note = select_backend(tiny_dir / "onnx", "ort-cpu")
+    assert read_manifest(tiny_dir / "onnx")["layout"] == "growing"
+    assert "step graphs only" in note and "--layout engine" in note

@@ -180,7 +180,8 @@ def test_export_over_an_engine_directory_is_refused_unless_forced(capsys, tiny_d
     assert_one_line_error(*run_cli(capsys, *argv), str(engine), "engine directory", "--force")
     assert _snapshot(engine) == before
     assert run_cli(capsys, *argv, "--force")[0] == 0
-    assert sorted(p.name for p in engine.iterdir()) == ["char_decoder.onnx", "manifest.json", "patch_decoder.onnx"]
+    assert sorted(p.name for p in engine.iterdir()) == ["char_decoder.onnx", "context_loader.onnx", "manifest.json",
+                                                        "patch_decoder.onnx", "patch_engine.cpu.onnx", "patch_engine.onnx"]
 
 
 def test_quantize_over_another_precision_or_foreign_files_is_refused(capsys, tiny_dir, tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
+from notagen_trt.files import check_out_file, writing
 
 PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
 
@@ -36,6 +38,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise NotaGenError(f"unknown precisions {unknown}; choose from {', '.join(PRECISIONS)}")
     if args.rounds < 1:
         raise NotaGenError(f"--rounds must be >= 1, got {args.rounds}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:  # before the run: a path that cannot be written would lose its results
+            check_out_file(path, flag)
+    _check_available(backends, args.torch_device)
     with tempfile.TemporaryDirectory(prefix="notagen-bench-") as tmp:
         if args.model:
             model_dir = Path(args.model)
@@ -136,11 +142,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "results": rows,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        with writing(args.json, fix="choose another --json"):
+            Path(args.json).write_text(json.dumps(report, indent=2))
     _table(report)
     if args.plot:
         _plot(report, args.plot)
-    return 0
+    failed = [r for r in rows if "error" in r]
+    for r in failed:
+        print(f"bench: {r['backend']} {r['precision']} rows {r['batch']} failed: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _check_available(backends: list[str], torch_device: str) -> None:
+    """Refuse, before any row runs, what cannot run on this machine (the published row comes first
+    and takes minutes on the bigger shapes)."""
+    if torch_device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NotaGenError("--torch-device cuda: no CUDA GPU visible to PyTorch; use --torch-device cpu or auto")
+    if "ort-cuda" in backends:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise NotaGenError("--backends ort-cuda needs onnxruntime-gpu: pip install 'notagen-trt[ort-gpu]'") from None
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise NotaGenError("--backends ort-cuda: this ONNX Runtime has no CUDA provider (pip install "
+                               "onnxruntime-gpu on a machine with a CUDA GPU); leave ort-cuda out of --backends")
 
 
 def _merge(per_round: list[dict]) -> dict:

@@ -49,11 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help=".pth or .safetensors checkpoint (default: the demo model)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the graphs (default 17)")
-    p.add_argument("--layout", choices=("growing", "engine"), default="growing",
-                   help="engine: also write the engine-ready graphs (fixed-capacity KV caches, a whole patch per "
-                        "call for every row, sampling in the graph) that ONNX Runtime runs batched and, on CUDA, "
-                        "as one CUDA graph per patch, and their CPU form (ONNX Runtime's fused attention over "
-                        "the positions in use)")
+    p.add_argument("--layout", choices=("growing", "engine"), default="engine",
+                   help="engine (default): the step graphs and the engine-ready graphs (fixed-capacity KV caches, "
+                        "a whole patch per call for every row, sampling in the graph) that ONNX Runtime runs "
+                        "batched and, on CUDA, as one CUDA graph per patch, with their CPU form (ONNX Runtime's "
+                        "fused attention over the positions in use); growing: the step graphs only (smaller, "
+                        "slower)")
     p.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.add_argument("--external-data", action="store_true", help="store weights beside the graphs (automatic > 1.5 GB)")
     p.add_argument("--force", action="store_true",

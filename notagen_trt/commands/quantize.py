@@ -32,6 +32,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/{graphs}, manifest.json ({args.precision}: "
               f"weights {recipe['weights']}, activations {recipe['activations']}{cpu}); check it with "
               f"`notagen-trt eval --model {args.out}`")
+        if manifest.get("layout") != "engine":
+            cpu_form = " and no CPU form (the int8 kernels that make int8-wo fast on a CPU)" * (args.precision == "int8-wo")
+            print(f"note: {model} has the step graphs only, so the variant has no engine-ready graphs{cpu_form}; "
+                  "`notagen-trt export --layout engine` (export's default) writes them", file=sys.stderr)
     return 0
 
 
