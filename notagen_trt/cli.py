@@ -17,8 +17,16 @@ from notagen_trt.files import os_error_line
 DEBUG_HELP = "show tracebacks for errors"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, as every other error is (argparse prints the whole usage block
+    first); the subcommands' parsers are of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="notagen-trt", description="Compile NotaGen music models into fast inference engines and run them."
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

@@ -61,6 +61,8 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
     """The validated manifest of ``directory``, or a NotaGenError naming the problem and the fix."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
+    if not directory.exists():
+        raise NotaGenError(f"{directory}: no such model directory; point at a directory written by `notagen-trt export`")
     if not path.is_file():
         raise NotaGenError(f"{path}: no manifest; point at a directory written by `notagen-trt export` (or re-run it)")
     try:

@@ -201,6 +201,8 @@ def test_bad_manifests_are_refused(exported, tmp_path, edit, message):
 def test_missing_manifest_and_missing_graph_file(exported, tmp_path):
     with pytest.raises(NotaGenError, match="no manifest"):
         OrtBackend(tmp_path)
+    with pytest.raises(NotaGenError, match="no such model directory"):  # as generate says it
+        read_manifest(tmp_path / "nope")
     out, _ = exported
     bad = _tampered(out, tmp_path / "bad", lambda m: None)
     (bad / "char_decoder.onnx").unlink()

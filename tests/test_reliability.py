@@ -162,6 +162,16 @@ def test_eval_of_a_checkpoint_refuses_the_options_it_would_ignore(capsys):
                           "--checkpoint scores bits/char in PyTorch only")
 
 
+@pytest.mark.parametrize("argv, words", [(["generate", "--rows", "0"], "--rows"),
+                                         (["export", "--layout", "engin", "--out", "x"], "invalid choice: 'engin'"),
+                                         (["nosuch"], "invalid choice: 'nosuch'")])
+def test_usage_errors_are_one_line_too(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and words in err and "--help" in err and len(err.strip().splitlines()) == 1
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
