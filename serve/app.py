@@ -171,6 +171,11 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         status, line = _validation_line(exc)
+        kind = request.headers.get("content-type") or "none"
+        if "json" not in kind and any(isinstance(e.get("input"), bytes) for e in exc.errors()):
+            # FastAPI reads a body as JSON only when it says so (curl -d sends form encoding).
+            line = (f"the body is not read as JSON: send it with Content-Type: application/json (curl: -H "
+                    f"'Content-Type: application/json'), not {kind}")
         return reply(request, status, line, "invalid")
 
     @app.exception_handler(HTTPException)

@@ -154,6 +154,14 @@ def test_bad_requests_get_a_one_line_4xx(server, body, status, words):
     assert httpx.get(f"{server.url}/healthz").status_code == 200  # still serving
 
 
+def test_json_sent_as_a_form_is_told_to_say_json(server):
+    """curl -d sends application/x-www-form-urlencoded; the answer says which header to send."""
+    r = httpx.post(f"{server.url}/v1/pieces", content='{"max_patches": 5}', timeout=30,
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    error = r.json()["error"]
+    assert r.status_code == 422 and "Content-Type: application/json" in error and "x-www-form-urlencoded" in error
+
+
 def test_unknown_paths_and_methods(server):
     assert httpx.get(f"{server.url}/v2/nothing").json() == {"error": "no such endpoint: /v2/nothing"}
     assert httpx.delete(f"{server.url}/v1/pieces").status_code == 405
