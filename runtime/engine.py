@@ -78,6 +78,11 @@ class PieceHandle:
     def cancel(self) -> None:
         self._cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        """Cancel was asked for (the piece ends at the engine's next step)."""
+        return self._cancelled
+
     def wait(self, timeout: float | None = None) -> Piece | None:
         self._done.wait(timeout)
         return self.piece
@@ -123,6 +128,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.note = executor.name  # which backend runs it, and why (set by load_engine)
+        # What made its pieces, for the line that opens each .abc: the backend, and (set by
+        # load_engine) the model and its precision.
+        self.made_by = executor.name
 
     # ---- submitting ---------------------------------------------------------------------------
     def submit(self, request: PieceRequest, listener: Listener | None = None) -> PieceHandle:
@@ -343,4 +351,6 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     engine = Engine(chosen.executor(rows))
     engine.note = f"{engine.executor.name}, {rows} row{'s' * (rows > 1)}: {note}"
+    precision = getattr(chosen, "precision", None) or getattr(chosen, "manifest", {}).get("precision", "fp32")
+    engine.made_by = f"{engine.executor.name} ({Path(model).name if model is not None else 'demo'}, {precision})"
     return engine

@@ -20,6 +20,10 @@ class Prompt:
         """The three conditioning lines that open a generated piece."""
         return [f"%{self.period}\n", f"%{self.composer}\n", f"%{self.instrumentation}\n"]
 
+    def as_dict(self) -> dict[str, str]:
+        """As the API, `generate --json` and `prompts --json` give it."""
+        return {"period": self.period, "composer": self.composer, "instrumentation": self.instrumentation}
+
 
 @lru_cache(maxsize=1)
 def valid_prompts() -> tuple[Prompt, ...]:

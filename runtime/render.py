@@ -10,12 +10,14 @@ from .prompts import Prompt
 
 
 def settings_comment(prompt: Prompt | None, config: GenerationConfig, backend: str) -> str:
-    """An ABC comment line recording how a piece was made (converters ignore comments)."""
+    """An ABC comment line recording how a piece was made (converters ignore comments); ``backend``
+    names the backend, and the model and precision where the caller knows them (Engine.made_by)."""
     s = config.sampling
     who = f"{prompt.period} / {prompt.composer} / {prompt.instrumentation}" if prompt else "unconditional"
     return (f"% notagen-trt: prompt {who}; seed {config.seed}; top_k {s.top_k}, top_p {s.top_p:g}, "
             f"temperature {s.temperature:g}" + (f"; bars {config.bars}" if config.bars is not None else "")
             + (f"; meter {config.meter}" if config.meter else "") + (f"; key {config.key}" if config.key else "")
+            + (f"; max_patches {config.max_patches}" if config.max_patches is not None else "")
             + f"; backend {backend}\n")
 
 

@@ -95,7 +95,7 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
     @app.get("/v1/prompts", response_model=PromptsOut, summary="Valid period / composer / instrumentation",
              responses={401: ERRORS[401]})
     async def prompts():
-        return {"prompts": [vars(p) for p in valid_prompts()]}
+        return {"prompts": [p.as_dict() for p in valid_prompts()]}
 
     @app.post("/v1/pieces", response_model=PieceOut, summary="Generate a piece", responses=ERRORS)
     async def create_piece(body: request_model, request: Request):

@@ -39,7 +39,7 @@ class Job:
                  config: GenerationConfig, formats: list[str], stream: bool,
                  continuation: Continuation | None = None) -> None:
         self.metrics, self.path, self.prompt, self.config = metrics, path, prompt, config
-        self.formats, self.stream, self.backend = formats, stream, pool.backend
+        self.formats, self.stream, self.backend, self.made_by = formats, stream, pool.backend, pool.made_by
         self.loop = asyncio.get_running_loop()
         self.bars: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # ("bar", text) ... ("done", "")
         self.finished = asyncio.Event()
@@ -103,7 +103,7 @@ class Job:
         if piece.stop_reason == "cancelled":  # the service is shutting down
             self._record("cancelled")
             raise ApiError(503, "the service is shutting down; the piece was cancelled", "cancelled")
-        abc = piece_abc(self.prompt, self.config, piece, self.backend)
+        abc = piece_abc(self.prompt, self.config, piece, self.made_by)
         if self.continuation is not None:  # the user's bars, a marker comment, the new bars
             abc = self.continuation.mark(abc)
         scores = [k for k in self.formats if k != "abc"]
@@ -113,8 +113,7 @@ class Job:
         outputs = {kind: (abc if kind == "abc" else made.get(kind)) for kind in self.formats}
         self._record("complete" if piece.complete else "stopped")
         prompt = self.prompt
-        return {"seed": self.config.seed, "prompt": prompt and {"period": prompt.period, "composer": prompt.composer,
-                                                                "instrumentation": prompt.instrumentation},
+        return {"seed": self.config.seed, "prompt": prompt and prompt.as_dict(),
                 "outputs": outputs, "errors": errors, "complete": piece.complete, "stop_reason": piece.stop_reason,
                 "patches": piece.patches, "seconds": round(piece.seconds, 3), "backend": self.backend}
 

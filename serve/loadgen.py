@@ -141,10 +141,10 @@ def check(outcomes: list[Outcome], bodies: list[dict], model: str | None = None,
     configs = [config_of({**bodies[o.index], "seed": o.result["seed"]}) for o in answered]
     with load_engine(model, backend, precision, rows) as engine:
         pieces = engine.generate(PieceRequest(p, c) for p, c in zip(prompts, configs))
-        name = engine.executor.name
+        name, made_by = engine.executor.name, engine.made_by
     differ = []
     for o, prompt, config, piece in zip(answered, prompts, configs, pieces):
-        if o.result["outputs"]["abc"] != piece_abc(prompt, config, piece, name):
+        if o.result["outputs"]["abc"] != piece_abc(prompt, config, piece, made_by):
             differ.append(f"request {o.index} (seed {config.seed}): the service's ABC ({o.result['backend']}, "
                           f"{o.result['patches']} patches) differs from the local piece ({name}, {piece.patches} patches)")
     return name, differ

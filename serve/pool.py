@@ -30,6 +30,11 @@ class EnginePool:
         return self.engines[0].executor.name
 
     @property
+    def made_by(self) -> str:
+        """The backend, model and precision, as the line that opens each piece's .abc says."""
+        return self.engines[0].made_by
+
+    @property
     def rows(self) -> int:
         return sum(e.executor.rows for e in self.engines)
 

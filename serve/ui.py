@@ -284,7 +284,8 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                         score = await asyncio.to_thread(score_html, partial)
                     except Exception:  # noqa: BLE001 - a half-written piece may not draw yet; keep the last
                         pass
-                    yield (f"Writing… ({what}; {bars} lines so far)"), skip, score, partial, skip, skip
+                    doing = "Stopping…" if handle.cancelled else "Writing…"  # bars already queued still draw
+                    yield (f"{doing} ({what}; {bars} lines so far)"), skip, score, partial, skip, skip
         finally:
             if not handle.done:  # the page was closed or the run cancelled: free the row
                 handle.cancel()
@@ -292,8 +293,11 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         if handle.error:
             yield (f"⚠️ The engine failed: {handle.error}"), skip, skip, skip, skip, skip
             return
-        abc = piece_abc(prompt, config, piece, pool.backend)
+        abc = piece_abc(prompt, config, piece, pool.made_by)
         abc = continuation.mark(abc) if continuation else abc
+        # Converting a long piece takes seconds: say so, rather than leave the last "Writing…" up.
+        ended = "Stopped" if piece.stop_reason == "cancelled" else "Written"
+        yield (f"{ended} ({what}; {bars} lines); making the MusicXML, MIDI and score…"), skip, skip, abc, skip, skip
         made, errors, final_score = await asyncio.to_thread(finished_files, abc, _stem(prompt, config.seed, continuation))
         urls = files.store(made)
         how = {"eos": "finished", "cancelled": "stopped"}.get(piece.stop_reason, f"cut short ({piece.stop_reason})")

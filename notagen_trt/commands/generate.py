@@ -96,12 +96,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     def save(handle) -> dict:
         """Write a piece the moment it ends: a later failure or interrupt cannot lose it."""
         piece, cfg = handle.piece, handle.request.config
-        abc = piece_abc(prompt, cfg, piece, engine.executor.name)  # the service returns the same text
+        abc = piece_abc(prompt, cfg, piece, engine.made_by)  # the service returns the same text
         if continuation is not None:  # the user's bars, a marker comment, the new bars
             abc = continuation.mark(abc)
         stem = piece_stem(prompt, cfg.seed, cfg.bars, cfg.sampling, cfg.meter, cfg.key, args.continue_)
         files, errors = write_piece(out, stem, abc, formats)
-        return {"seed": cfg.seed, "prompt": prompt.lines() if prompt else None, "patches": piece.patches,
+        return {"seed": cfg.seed, "prompt": prompt.as_dict() if prompt else None, "patches": piece.patches,
                 "stop_reason": piece.stop_reason, "complete": piece.complete, "seconds": round(piece.seconds, 3),
                 "ms_per_patch": round(1000 * piece.seconds / max(1, piece.patches), 3), "files": files,
                 "errors": errors}

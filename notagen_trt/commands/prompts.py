@@ -12,8 +12,7 @@ def _cmd_prompts(args: argparse.Namespace) -> int:
 
     prompts = valid_prompts()
     if args.json:
-        print(json.dumps([{"period": p.period, "composer": p.composer, "instrumentation": p.instrumentation}
-                          for p in prompts], indent=1))
+        print(json.dumps([p.as_dict() for p in prompts], indent=1))
         return 0
     print(table(prompts))
     return 0
