@@ -19,7 +19,18 @@ def read_pieces(path: str | Path) -> list[tuple[str, str]]:
         raise NotaGenError(f"{path}: no such file or folder of .abc pieces")
     if not files:
         raise NotaGenError(f"{path}: holds no .abc files")
-    return [(str(f.relative_to(path)) if path.is_dir() else f.name, f.read_text(encoding="utf-8")) for f in files]
+    pieces = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise NotaGenError(f"{f}: not a text file; expected a piece in ABC notation") from None
+        # Every ABC tune has a key field: without one the file is something else (it would be
+        # scored or calibrated on as if it were music).
+        if not any(line.startswith("K:") or line.startswith("[K:") for line in text.splitlines()):
+            raise NotaGenError(f"{f}: not a piece in ABC notation (no K: key field)")
+        pieces.append((str(f.relative_to(path)) if path.is_dir() else f.name, text))
+    return pieces
 
 
 def default_split(split: str) -> Path:

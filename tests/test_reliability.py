@@ -157,6 +157,14 @@ def test_every_option_of_every_command_says_what_it_does():
     assert len(commands) >= 13 and not silent, silent
 
 
+def test_eval_refuses_data_that_is_not_abc(capsys, tmp_path):
+    """Scored as if it were music otherwise (a bits/char of a text file, with no complaint)."""
+    (tmp_path / "notes.abc").write_text("shopping list: milk, eggs\n")
+    (tmp_path / "binary.abc").write_bytes(b"\xff\xfe\x00junk")
+    for name, words in (("notes.abc", "no K: key field"), ("binary.abc", "not a text file")):
+        assert_one_line_error(*run_cli(capsys, "eval", "--data", str(tmp_path / name)), name, words)
+
+
 def test_eval_of_a_checkpoint_refuses_the_options_it_would_ignore(capsys):
     assert_one_line_error(*run_cli(capsys, "eval", "--checkpoint", "demo.pth", "--num-generated", "3"),
                           "--checkpoint scores bits/char in PyTorch only")
