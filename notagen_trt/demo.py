@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -79,19 +80,34 @@ def _mark_used(cache: Path) -> None:
 
 
 def _prune(cache: Path) -> None:
-    """Remove the least recently used exports of the same checkpoint beyond KEEP_EXPORTS (two
-    installs of different versions sharing a cache keep one each)."""
+    """Remove the least recently used exports of the same checkpoint (the same weights, by their
+    sha256 in the manifest) beyond KEEP_EXPORTS; two installs of different versions sharing a
+    cache keep one each. Best effort: another process may be pruning or exporting too."""
     name = cache.name.rsplit("-", 1)[0]
-    def is_export(p: Path) -> bool:  # NAME-<12 hex digits> holding a manifest: never another tool's folder
-        stem, _, digest = p.name.rpartition("-")
-        return (stem == name and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
-                and (p / "manifest.json").is_file())
+    source = _source_sha256(cache)
 
-    siblings = [p for p in cache.parent.glob(f"{name}-*") if is_export(p)]
-    siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in [p for p in siblings if p != cache][KEEP_EXPORTS - 1:]:
+    def same_checkpoint(p: Path) -> bool:  # NAME-<12 hex digits>, an export of these weights
+        stem, _, digest = p.name.rpartition("-")
+        return (p != cache and stem == name and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+                and source is not None and _source_sha256(p) == source)
+
+    try:
+        siblings = sorted(((p.stat().st_mtime, p) for p in cache.parent.glob(f"{name}-*") if same_checkpoint(p)),
+                          reverse=True)
+    except OSError:
+        return
+    for _, old in siblings[KEEP_EXPORTS - 1:]:
         shutil.rmtree(old, ignore_errors=True)
-        print(f"removed {old}: an older export of {name} (the cache keeps {KEEP_EXPORTS})", file=sys.stderr)
+        if not old.exists():
+            print(f"removed {old}: an older export of {name} (the cache keeps {KEEP_EXPORTS})", file=sys.stderr)
+
+
+def _source_sha256(folder: Path) -> str | None:
+    """The sha256 of the checkpoint an export was made from (its manifest), or None."""
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("source", {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _cache_damage(cache: Path) -> str | None:

@@ -165,6 +165,10 @@ def check_out_file(path: str | Path, flag: str) -> Path:
     folder = path.parent
     if not folder.is_dir():
         raise NotaGenError(f"{path}: the folder {folder} does not exist; create it or choose another {flag}")
+    if path.exists():  # an existing file (or /dev/null) is written in place: its own permission counts
+        if not os.access(path, os.W_OK):
+            raise NotaGenError(f"{path}: cannot write to this file; choose another {flag}")
+        return path
     try:
         fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=folder)
         os.close(fd)

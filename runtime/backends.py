@@ -77,7 +77,7 @@ def _compiled_backend(model_dir: Path, choice: str, precision: str | None,
         raise NotaGenError(f"{model_dir}: an ONNX model directory; build engines with `notagen-trt build --model "
                            f"{model_dir} --out DIR` and pass --model DIR")
     backend, note = _ort(model_dir, choice, threads)
-    if manifest.get("layout") != "engine":  # an export of the step graphs only runs, but slower
+    if manifest.get("layout") != "engine" and holds != "int8":  # step graphs only: they run, but slower
         note += (f"; {model_dir} has the step graphs only: `notagen-trt export --layout engine` (export's default) "
                  "adds the engine-ready graphs, which ONNX Runtime runs about twice as fast")
     return backend, note

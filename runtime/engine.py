@@ -323,13 +323,37 @@ def generate(executor: Executor, prompt: Prompt | None = None, config: Generatio
     return engine.generate([PieceRequest(prompt, config, text)])[0]
 
 
+def model_label(model: str | Path | None) -> str:
+    """The model's name in a piece's first line, the same however the path is spelt: its folder's
+    name (of a checkpoint, its stem; of a graph file, its folder's); the demo model and its cached
+    export are "demo", any checkpoint's cached export its checkpoint's stem."""
+    from notagen_trt.demo import DEMO_CHECKPOINT
+
+    from .backends import CHECKPOINT_SUFFIXES
+
+    if model is None:
+        return "demo"
+    path = Path(model).resolve()
+    if path.is_file():
+        if path == DEMO_CHECKPOINT.resolve():
+            return "demo"
+        if path.suffix in CHECKPOINT_SUFFIXES:
+            return path.stem
+        path = path.parent
+    if path.parent.name == "notagen-trt" and path.name[-13:-12] == "-":  # an export in the user cache
+        return path.name[:-13]
+    return path.name
+
+
 def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
                 rows: int | None = None, threads: int | str | None = None, device: str | None = None,
-                pieces: int | None = None) -> Engine:
+                pieces: int | None = None, at_least: int = 1) -> Engine:
     """The library entry point: a model directory or checkpoint (default: the demo model) on the
     fastest backend that runs here (or the one named), as an engine with ``rows`` rows (default:
     what suits the backend, no more than ``pieces`` when the caller knows it will ask for no more:
-    a batched row without a piece still costs its share of each call). ``engine.note`` says which
+    a batched row without a piece still costs its share of each call; no fewer than ``at_least``:
+    a service keeps a few clients going on a backend that steps its rows one after another).
+    ``engine.note`` says which
     backend was chosen and why. ``device`` (e.g. ``cuda:1``) places the fast CUDA path on one GPU
     (a service runs one engine per GPU)."""
     from notagen_trt.demo import demo_model_dir
@@ -346,11 +370,11 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         threads = AUTO
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
-    rows = rows or min(chosen.default_rows, pieces or MAX_ROWS)
+    rows = rows or max(at_least, min(chosen.default_rows, pieces or MAX_ROWS))
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     engine = Engine(chosen.executor(rows))
     engine.note = f"{engine.executor.name}, {rows} row{'s' * (rows > 1)}: {note}"
     precision = getattr(chosen, "precision", None) or getattr(chosen, "manifest", {}).get("precision", "fp32")
-    engine.made_by = f"{engine.executor.name} ({Path(model).name if model is not None else 'demo'}, {precision})"
+    engine.made_by = f"{engine.executor.name} ({model_label(model)}, {precision})"
     return engine

@@ -17,7 +17,6 @@ def settings_comment(prompt: Prompt | None, config: GenerationConfig, backend: s
     return (f"% notagen-trt: prompt {who}; seed {config.seed}; top_k {s.top_k}, top_p {s.top_p:g}, "
             f"temperature {s.temperature:g}" + (f"; bars {config.bars}" if config.bars is not None else "")
             + (f"; meter {config.meter}" if config.meter else "") + (f"; key {config.key}" if config.key else "")
-            + (f"; max_patches {config.max_patches}" if config.max_patches is not None else "")
             + f"; backend {backend}\n")
 
 

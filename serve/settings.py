@@ -14,8 +14,9 @@ from notagen_trt.files import os_error_line
 from .pool import EnginePool
 
 # Rows (pieces in flight per engine; new requests join the running batch at the next patch): by
-# default the backend's own (runtime/engine.py load_engine), 16 on a GPU and 4 on a CPU. A Ray
-# deployment needs the number before any replica loads its backend: these are the same figures.
+# default the backend's own (runtime/engine.py load_engine), 16 on a GPU and 4 on a CPU, and never
+# fewer than 4 (a backend that steps its rows one after another still serves four clients at
+# once). A Ray deployment needs the number before any replica loads its backend: these figures.
 GPU_ROWS, CPU_ROWS = 16, 4
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY = 64 * 1024  # a piece request is a few hundred bytes
@@ -115,7 +116,7 @@ def load_pool(settings: ServeSettings, log: Callable[[str], None] = lambda _: No
     try:
         for device in devices:
             engine = load_engine(settings.model, backend, settings.precision, settings.rows, settings.threads,
-                                 None if device == "cpu" else device)
+                                 None if device == "cpu" else device, at_least=CPU_ROWS)
             engines.append(engine)
             if len(devices) > 1 and not engine.executor.name.startswith("fast-"):
                 raise NotaGenError(f"one engine per GPU needs the fast CUDA path, not {engine.executor.name}; "

@@ -72,3 +72,10 @@ def test_bench_refuses_what_cannot_run_here_before_the_published_row(tmp_path, c
         captured = capsys.readouterr()
         assert rc != 0 and captured.out == ""  # no row ran
         assert words in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_an_existing_writable_file_is_a_fine_json_target(tmp_path):
+    """The up-front check tests an existing file itself (its folder may be read-only, as /dev is)."""
+    from notagen_trt.files import check_out_file
+
+    assert check_out_file("/dev/null", "--json") == __import__("pathlib").Path("/dev/null")

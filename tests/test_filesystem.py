@@ -309,23 +309,28 @@ def test_a_damaged_checkpoint_cache_is_rebuilt(capsys, tiny_dir, tmp_path, monke
 
 
 def test_the_export_cache_keeps_the_most_recently_used_exports(capsys, tiny_dir, tmp_path, monkeypatch):
-    """An upgrade exports a checkpoint again under a new key; the older exports beyond KEEP_EXPORTS
-    go, least recently used first, and nothing that is not an export is touched."""
+    """An upgrade exports a checkpoint again under a new key; the older exports of the same weights
+    beyond KEEP_EXPORTS go, least recently used first. Another checkpoint of the same file name
+    (other weights) and anything that is not an export are left alone."""
+    import hashlib
     import os
 
     from notagen_trt.demo import KEEP_EXPORTS, exported_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     root = tmp_path / "notagen-trt"
-    old = [root / f"tiny-{i:012x}" for i in range(KEEP_EXPORTS + 1)]
-    for age, folder in enumerate(old):  # old[0] was used last
+    mine = hashlib.sha256((tiny_dir / "tiny.pth").read_bytes()).hexdigest()
+
+    def fake_export(folder, sha, age):
         folder.mkdir(parents=True)
-        (folder / "manifest.json").write_text("{}")
+        (folder / "manifest.json").write_text(json.dumps({"source": {"sha256": sha}}))
         os.utime(folder, (1e9 - age * 1000, 1e9 - age * 1000))
-    strangers = [root / "tiny-notanexport", root / "tiny-big-0123456789ab", root / "other-0123456789ab"]
-    for folder in strangers:
-        folder.mkdir()
-        (folder / "manifest.json").write_text("{}")
+        return folder
+
+    old = [fake_export(root / f"tiny-{i:012x}", mine, i) for i in range(KEEP_EXPORTS + 1)]  # old[0] used last
+    strangers = [fake_export(root / "tiny-00000000ffff", "other weights", 99),  # another tiny.pth
+                 fake_export(root / "tiny-notanexport", mine, 99), fake_export(root / "tiny-big-0123456789ab", mine, 99),
+                 fake_export(root / "other-0123456789ab", mine, 99)]
     capsys.readouterr()
     cache = exported_dir(tiny_dir / "tiny.pth")
     err = capsys.readouterr().err

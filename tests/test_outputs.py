@@ -95,3 +95,19 @@ def test_the_score_preview_shows_every_page(tmp_path):
     import xml.dom.minidom
 
     xml.dom.minidom.parseString(svg)  # well-formed
+
+
+def test_the_model_a_piece_names_does_not_depend_on_how_its_path_is_spelt(tmp_path, monkeypatch):
+    """The CLI, the service, the page and loadtest --check write the same first line for the same
+    model, whichever path each was given."""
+    from notagen_trt.demo import DEMO_CHECKPOINT, demo_model_dir
+    from notagen_trt.runtime.engine import model_label
+
+    cache = demo_model_dir()
+    assert {model_label(m) for m in (None, cache, cache / "patch_engine.onnx", DEMO_CHECKPOINT)} == {"demo"}
+    variant = tmp_path / "demo-int8wo"
+    variant.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert {model_label(m) for m in (variant, "demo-int8wo", "./demo-int8wo/")} == {"demo-int8wo"}
+    monkeypatch.chdir(variant)
+    assert model_label(".") == "demo-int8wo"

@@ -172,7 +172,8 @@ def test_eval_of_a_checkpoint_refuses_the_options_it_would_ignore(capsys):
 
 @pytest.mark.parametrize("argv, words", [(["generate", "--rows", "0"], "--rows"),
                                          (["export", "--layout", "engin", "--out", "x"], "invalid choice: 'engin'"),
-                                         (["nosuch"], "invalid choice: 'nosuch'")])
+                                         (["nosuch"], "invalid choice: 'nosuch'"),
+                                         (["generate", "--nosuch"], "notagen-trt generate --help")])
 def test_usage_errors_are_one_line_too(capsys, argv, words):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

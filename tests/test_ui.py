@@ -244,12 +244,13 @@ def test_stop_ends_the_piece_and_keeps_what_was_written(server):
         page.fill("#length input[type=number]", "64")
         _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
         _wait_status(page, "lines so far", 120)
-        page.click("#stop")
-        _wait_status(page, "Stopp", 30)
-        page.evaluate("""() => { window.after = [];
-            new MutationObserver(() => window.after.push(document.querySelector('#status').innerText))
+        page.evaluate("""() => { window.seen = [];
+            new MutationObserver(() => window.seen.push(document.querySelector('#status').innerText))
                 .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""")
+        page.click("#stop")
         status = _wait_status(page, "Done:", 60)
         assert "stopped" in status and "[V:1]" in page.inner_text("#abc")
         # Once stopping, the page never says it is writing again (bars already made still draw).
-        assert not [s for s in page.evaluate("window.after") if "Writing" in s]
+        seen = page.evaluate("window.seen")
+        after = seen[next(i for i, s in enumerate(seen) if s.startswith("Stopp")):]
+        assert after and not [s for s in after if "Writing" in s], seen

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.files import claim_out_dir, prepare_out_dir
-from notagen_trt.manifest import graph_files
+from notagen_trt.manifest import graph_files, read_manifest
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -32,7 +32,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/{graphs}, manifest.json ({args.precision}: "
               f"weights {recipe['weights']}, activations {recipe['activations']}{cpu}); check it with "
               f"`notagen-trt eval --model {args.out}`")
-        if manifest.get("layout") != "engine":
+        # int8 (W8A8) variants are step graphs by design (calibration feeds them): nothing to add.
+        if args.precision != "int8" and read_manifest(model).get("layout") != "engine":
             cpu_form = " and no CPU form (the int8 kernels that make int8-wo fast on a CPU)" * (args.precision == "int8-wo")
             print(f"note: {model} has the step graphs only, so the variant has no engine-ready graphs{cpu_form}; "
                   "`notagen-trt export --layout engine` (export's default) writes them", file=sys.stderr)

@@ -98,7 +98,8 @@ def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, 
                    help="as for generate (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="as for generate")
     p.add_argument("--rows", type=int, default=None,
-                   help=f"{rows_help} (default: the backend's, {GPU_ROWS} on a GPU, {CPU_ROWS} on a CPU)")
+                   help=f"{rows_help} (default: the backend's, {GPU_ROWS} on a GPU, {CPU_ROWS} on a CPU; "
+                        f"at least {CPU_ROWS})")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime CPU threads per call (default: one, rows side by side a core each; "
                         "a call's share of idle cores for models of hidden size 512 and up)")
