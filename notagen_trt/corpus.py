@@ -38,3 +38,14 @@ def default_split(split: str) -> Path:
     from importlib import resources
 
     return Path(str(resources.files("notagen_trt.calibration_data").joinpath(split)))
+
+
+def trained_prompt_counts() -> dict[tuple[str, str, str], int]:
+    """How many pieces of the shipped train split (the demo model's training data) carry each
+    (period, composer, instrumentation) prompt."""
+    import collections
+    import json
+
+    manifest = json.loads((default_split("train").parent / "manifest.json").read_text(encoding="utf-8"))
+    return dict(collections.Counter(tuple(p["prompt"]) for p in manifest["pieces"]
+                                    if p.get("split") == "train" and p.get("prompt")))

@@ -157,6 +157,20 @@ def test_every_option_of_every_command_says_what_it_does():
     assert len(commands) >= 13 and not silent, silent
 
 
+def test_a_prompt_the_demo_model_barely_saw_gets_a_note(capsys, tmp_path):
+    """The demo model saw one Chopin piece and 366 Bach chorales: a Chopin piece may never end."""
+    from notagen_trt.corpus import trained_prompt_counts
+
+    counts = trained_prompt_counts()
+    assert counts[("Baroque", "Bach, Johann Sebastian", "Choral")] > 300
+    bach = ("Baroque", "Bach, Johann Sebastian", "Choral")
+    for prompt, noted in ((("Romantic", "Chopin, Frederic", "Keyboard"), True), (bach, False)):
+        argv = ["generate", "--period", prompt[0], "--composer", prompt[1], "--instrumentation", prompt[2],
+                "--max-patches", "3", "--formats", "abc", "--out", str(tmp_path / prompt[0])]
+        rc, err = run_cli(capsys, *argv)
+        assert rc == 0 and ("saw this prompt in" in err) == noted, err
+
+
 def test_eval_refuses_data_that_is_not_abc(capsys, tmp_path):
     """Scored as if it were music otherwise (a bits/char of a text file, with no complaint)."""
     (tmp_path / "notes.abc").write_text("shopping list: milk, eggs\n")

@@ -90,6 +90,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS and args.model is None and not args.continue_:
             print(f"note: --bars {args.bars} is shorter than any piece the demo model was trained on; the model "
                   "may write more bars (see --help)", file=sys.stderr)
+        if prompt is not None and args.model is None and not args.continue_:
+            _note_rare_prompt(prompt)
     summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
                        sys.stdout if args.json else None, wants_scores=len(formats) > 1)
 
@@ -215,6 +217,23 @@ _FIELDS = re.compile(r"\b(seed|max_patches|max_seconds|bars|meter|key|top_k|top_
 def _as_flags(message: str) -> str:
     """A GenerationConfig / SamplingParams error names its field (the API's name); here, the flag."""
     return _FIELDS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
+
+
+RARE_PROMPT = 10  # training pieces below which the demo model's pieces of a prompt may not end
+
+
+def _note_rare_prompt(prompt) -> None:
+    """The demo model learnt a prompt from the pieces of the shipped corpus that carry it: say so
+    when those are few (its pieces may then never write the end, see the README)."""
+    from notagen_trt.corpus import trained_prompt_counts
+
+    counts = trained_prompt_counts()
+    seen = counts.get((prompt.period, prompt.composer, prompt.instrumentation), 0)
+    if seen < RARE_PROMPT:
+        best = max(counts, key=counts.get)
+        print(f"note: the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} ({' / '.join(best)}: "
+              f"{counts[best]}); its pieces may run on without ending: --max-patches or --max-seconds cut them",
+              file=sys.stderr)
 
 
 def _formats(text: str) -> tuple[str, ...]:
