@@ -34,6 +34,26 @@ def demo_model_dir() -> Path:
     return exported_dir(demo_checkpoint())
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "notagen-trt"
+
+
+DIGEST = 12  # hex digits of an export's key in its cache folder's name, NAME-<key>
+
+
+def checkpoint_name(checkpoint: Path) -> str:
+    """The name a checkpoint goes by: "demo" for the demo model, else its file's stem."""
+    return "demo" if checkpoint.resolve() == DEMO_CHECKPOINT.resolve() else checkpoint.stem[:40]
+
+
+def cached_export_name(folder: Path) -> str | None:
+    """The checkpoint name of an export in the user cache (a folder NAME-<key> there), else None."""
+    stem, _, key = folder.name.rpartition("-")
+    if folder.parent.resolve() != _cache_root().resolve() or len(key) != DIGEST:
+        return None
+    return stem if stem and all(c in "0123456789abcdef" for c in key) else None
+
+
 def exported_dir(checkpoint: Path) -> Path:
     """A checkpoint exported to ONNX once, in the user cache, keyed by its hash."""
     # Keyed by the weights, the toolkit version and the exporter's source, so an upgrade, or a
@@ -44,9 +64,7 @@ def exported_dir(checkpoint: Path) -> Path:
     exporter = Path(export.__file__).parent
     key = checkpoint.read_bytes() + f"{__version__}/{FORMAT_VERSION}".encode() + b"".join(
         (exporter / name).read_bytes() for name in ("model.py", "onnx_export.py", "trace_ops.py", "engine_graphs.py"))
-    digest = hashlib.sha256(key).hexdigest()[:12]
-    name = "demo" if checkpoint.resolve() == DEMO_CHECKPOINT.resolve() else checkpoint.stem[:40]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "notagen-trt" / f"{name}-{digest}"
+    cache = _cache_root() / f"{checkpoint_name(checkpoint)}-{hashlib.sha256(key).hexdigest()[:DIGEST]}"
     damage = _cache_damage(cache)
     if damage is None:
         _mark_used(cache)
@@ -83,13 +101,11 @@ def _prune(cache: Path) -> None:
     """Remove the least recently used exports of the same checkpoint (the same weights, by their
     sha256 in the manifest) beyond KEEP_EXPORTS; two installs of different versions sharing a
     cache keep one each. Best effort: another process may be pruning or exporting too."""
-    name = cache.name.rsplit("-", 1)[0]
+    name = cached_export_name(cache)
     source = _source_sha256(cache)
 
-    def same_checkpoint(p: Path) -> bool:  # NAME-<12 hex digits>, an export of these weights
-        stem, _, digest = p.name.rpartition("-")
-        return (p != cache and stem == name and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
-                and source is not None and _source_sha256(p) == source)
+    def same_checkpoint(p: Path) -> bool:  # another export of these weights
+        return p != cache and cached_export_name(p) == name and source is not None and _source_sha256(p) == source
 
     try:
         siblings = sorted(((p.stat().st_mtime, p) for p in cache.parent.glob(f"{name}-*") if same_checkpoint(p)),

@@ -146,10 +146,7 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
         raise NotaGenError(f"{path}: is a file, but notagen-trt {stage} writes a folder of files there; {fix}")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        # Creating a file is the only test that sees read-only mounts and ACLs (root passes access()).
-        fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        _probe(path)
     except OSError as exc:
         raise NotaGenError(f"{path}: cannot write to this folder ({exc.strerror or exc}); {fix}") from None
     clean_stale_staging(path)
@@ -170,12 +167,18 @@ def check_out_file(path: str | Path, flag: str) -> Path:
             raise NotaGenError(f"{path}: cannot write to this file; choose another {flag}")
         return path
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        _probe(folder)
     except OSError as exc:
         raise NotaGenError(f"{path}: cannot write to {folder} ({exc.strerror or exc}); choose another {flag}") from None
     return path
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that sees read-only mounts and ACLs
+    (root passes access()); raises OSError."""
+    fd, probe = tempfile.mkstemp(prefix=f".write-test-{os.getpid()}-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -127,6 +127,16 @@ def layout_graphs(manifest: dict[str, Any]) -> tuple[str, ...]:
     return GRAPH_NAMES + (ENGINE_GRAPHS if manifest.get("layout") == "engine" else ())
 
 
+# What to do about a model of the step graphs only (export --layout growing): it runs, slower.
+ENGINE_LAYOUT_FIX = "`notagen-trt export --layout engine` (export's default) writes the engine-ready graphs"
+
+
+def step_graphs_only(manifest: dict[str, Any]) -> bool:
+    """A model without the engine-ready graphs that could have them (int8 W8A8 variants never do:
+    calibration feeds the step graphs)."""
+    return manifest.get("layout") != "engine" and manifest.get("precision", "fp32") != "int8"
+
+
 def model_config(manifest: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_dict(manifest["model"])
 

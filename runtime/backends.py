@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from notagen_trt.errors import NotaGenError
-from notagen_trt.manifest import read_manifest
+from notagen_trt.manifest import ENGINE_LAYOUT_FIX, read_manifest, step_graphs_only
 
 CHOICES = ("auto", "fast", "tensorrt", "ort-cuda", "ort-cpu")
 PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
@@ -77,9 +77,8 @@ def _compiled_backend(model_dir: Path, choice: str, precision: str | None,
         raise NotaGenError(f"{model_dir}: an ONNX model directory; build engines with `notagen-trt build --model "
                            f"{model_dir} --out DIR` and pass --model DIR")
     backend, note = _ort(model_dir, choice, threads)
-    if manifest.get("layout") != "engine" and holds != "int8":  # step graphs only: they run, but slower
-        note += (f"; {model_dir} has the step graphs only: `notagen-trt export --layout engine` (export's default) "
-                 "adds the engine-ready graphs, which ONNX Runtime runs about twice as fast")
+    if step_graphs_only(manifest):
+        note += f"; {model_dir} has the step graphs only ({ENGINE_LAYOUT_FIX}, which ONNX Runtime runs about twice as fast)"
     return backend, note
 
 

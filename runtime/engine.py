@@ -325,9 +325,9 @@ def generate(executor: Executor, prompt: Prompt | None = None, config: Generatio
 
 def model_label(model: str | Path | None) -> str:
     """The model's name in a piece's first line, the same however the path is spelt: its folder's
-    name (of a checkpoint, its stem; of a graph file, its folder's); the demo model and its cached
-    export are "demo", any checkpoint's cached export its checkpoint's stem."""
-    from notagen_trt.demo import DEMO_CHECKPOINT
+    name (of a graph file, its folder's); a checkpoint, and its export in the user cache, by the
+    checkpoint's name ("demo" for the demo model)."""
+    from notagen_trt.demo import cached_export_name, checkpoint_name
 
     from .backends import CHECKPOINT_SUFFIXES
 
@@ -335,14 +335,10 @@ def model_label(model: str | Path | None) -> str:
         return "demo"
     path = Path(model).resolve()
     if path.is_file():
-        if path == DEMO_CHECKPOINT.resolve():
-            return "demo"
         if path.suffix in CHECKPOINT_SUFFIXES:
-            return path.stem
+            return checkpoint_name(path)
         path = path.parent
-    if path.parent.name == "notagen-trt" and path.name[-13:-12] == "-":  # an export in the user cache
-        return path.name[:-13]
-    return path.name
+    return cached_export_name(path) or path.name
 
 
 def load_engine(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,

@@ -16,6 +16,7 @@ from notagen_trt.files import write_atomic
 from . import abcio
 
 FORMATS = ("abc", "musicxml", "midi", "svg")
+EXTENSIONS = {"abc": "abc", "musicxml": "musicxml", "midi": "mid", "svg": "svg"}
 
 
 def parse_formats(text: str, flag: str) -> tuple[str, ...]:
@@ -25,7 +26,6 @@ def parse_formats(text: str, flag: str) -> tuple[str, ...]:
     if unknown:
         raise NotaGenError(f"unknown {flag} {', '.join(unknown)}; choose from {','.join(FORMATS)}")
     return tuple(f for f in FORMATS if f in asked)
-EXTENSIONS = {"abc": "abc", "musicxml": "musicxml", "midi": "mid", "svg": "svg"}
 
 
 def _midi(musicxml: str) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from notagen_trt.demo import demo_model_dir
 from notagen_trt.files import claim_out_dir, prepare_out_dir
-from notagen_trt.manifest import graph_files, read_manifest
+from notagen_trt.manifest import ENGINE_LAYOUT_FIX, graph_files, step_graphs_only
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -32,11 +32,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/{graphs}, manifest.json ({args.precision}: "
               f"weights {recipe['weights']}, activations {recipe['activations']}{cpu}); check it with "
               f"`notagen-trt eval --model {args.out}`")
-        # int8 (W8A8) variants are step graphs by design (calibration feeds them): nothing to add.
-        if args.precision != "int8" and read_manifest(model).get("layout") != "engine":
+        if step_graphs_only(manifest):  # the variant keeps its source's layout (int8 aside)
             cpu_form = " and no CPU form (the int8 kernels that make int8-wo fast on a CPU)" * (args.precision == "int8-wo")
             print(f"note: {model} has the step graphs only, so the variant has no engine-ready graphs{cpu_form}; "
-                  "`notagen-trt export --layout engine` (export's default) writes them", file=sys.stderr)
+                  f"{ENGINE_LAYOUT_FIX}", file=sys.stderr)
     return 0
 
 

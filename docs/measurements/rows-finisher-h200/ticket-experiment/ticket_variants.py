@@ -1,8 +1,8 @@
-# ruff: noqa  (an experiment's script, kept as it ran; from benchmarks/: python3 ../docs/measurements/rows-finisher-h200/ticket-experiment/ticket_variants.py)
+# ruff: noqa  (an experiment's script, kept as it ran but for the path below; on a GPU, from the repository root: python3 docs/measurements/rows-finisher-h200/ticket-experiment/ticket_variants.py)
 """Experiment: cheaper split-K tickets for _rows (16 rows, NotaGen-X fp16, random weights)."""
 import importlib.util, json, pathlib, sys, tempfile
 import torch
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # as run: from benchmarks/_tmp
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[4] / "benchmarks"))  # for inflight_breakdown (it ran from benchmarks/_tmp)
 from notagen_trt.config import PRESETS
 from notagen_trt.export.model import NotaGenModel
 from notagen_trt.fastpath import decode_kernels
