@@ -19,6 +19,7 @@ which reproduce the reference exactly. The published rules are not here: the eng
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -187,11 +188,19 @@ class FastExecutor(Executor):
             self.logits = zeros(rows, VOCAB_SIZE, dt=torch.float32)
             ln_f = self.model.patch_level_decoder.base.ln_f
             self._patch_ln_f = (ln_f.weight.float(), ln_f.bias.float(), ln_f.eps)
+        # The engine's row -> the buffers' row. A lone active row runs on row 0 of the buffers
+        # through one-row graphs (the batch-1 kernels): on an H200 a patch for 16 rows costs ~1.4x
+        # a patch for one, and a service with one piece in flight, or the last piece of a batch,
+        # should not pay for the 15 idle rows. ``_to_row0`` moves a lone row to buffer row 0.
+        self._slot = list(range(rows))
+        self._lone = self._row0_view() if rows > 1 else None
         if self.graph_enabled:
             # Every graph is captured now, before an engine thread runs: a capture while another
             # thread works on the same GPU can fail both (a service runs one engine per thread).
             with self._on_device():
                 self._capture()
+                if self._lone is not None:
+                    self._lone._capture(pool=self._graphs[0].pool())
                 length = 1
                 while True:
                     self._capture_prefill(min(length, cfg.patch_length))
@@ -206,13 +215,19 @@ class FastExecutor(Executor):
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def load(self, row: int, patches: np.ndarray) -> None:
-        self._accepted[row] = False  # the row's state is the loaded context's
+        slot = self._slot[row]
+        self._accepted[slot] = False  # the row's state is the loaded context's
         with self._on_device():
-            self._prefill(row, np.asarray(patches, dtype=np.int64))
+            self._prefill(slot, np.asarray(patches, dtype=np.int64))
 
     def sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
         with self._on_device():
-            return self._sample(requests)
+            if len(requests) == 1 and self._lone is not None:
+                (row, request), = requests.items()
+                self._to_row0(self._slot[row])
+                return {row: self._lone._sample({0: request})[0]}
+            tokens = self._sample({self._slot[row]: r for row, r in requests.items()})
+            return {row: tokens[self._slot[row]] for row in requests}
 
     def _sample(self, requests: Mapping[int, PatchRequest]) -> dict[int, np.ndarray]:
         n = PATCH_SIZE
@@ -246,16 +261,51 @@ class FastExecutor(Executor):
         return {row: tokens[row].copy() for row in requests}
 
     def accept(self, rows: Sequence[int]) -> None:
-        self._accepted[list(rows)] = True  # applied on the device at the start of the next patch
+        # Applied on the device at the start of the next patch (by whichever graphs run it).
+        self._accepted[[self._slot[row] for row in rows]] = True
 
     def free(self, row: int) -> None:
-        self._accepted[row] = False
+        self._accepted[self._slot[row]] = False
 
     def close(self) -> None:
         if self._tokens_ready is not None:  # the last patch step may still run in the graphs' memory
             torch.cuda.synchronize(self.device)
         self._graphs = None
+        if self._lone is not None:
+            self._lone._graphs = None
         self._prefill_graphs.clear()
+
+    # ---- one row on its own ------------------------------------------------------------------
+    _ROW_BUFFERS = ("position", "hidden", "hidden_next", "_inputs", "uniforms", "forced", "forced_mask",
+                    "top_k", "top_p", "inv_temperature", "tokens", "_staging", "_tokens_host", "_accepted",
+                    "_keep", "x", "qkv", "attn", "mlp", "logits")
+
+    def _row0_view(self) -> "FastExecutor":
+        """A one-row executor over row 0 of these buffers (views: the same memory), with graphs
+        of its own. It applies only row 0's pending accept; the other rows' wait for the next
+        patch of every row."""
+        view = copy.copy(self)
+        view.rows, view._slot, view._lone, view._graphs = 1, [0], None, None
+        view._prefill_graphs = {}  # contexts load through this executor's graphs
+        for name in self._ROW_BUFFERS:
+            if hasattr(self, name):  # the fused buffers exist only on the fused path
+                setattr(view, name, getattr(self, name)[:1])
+        view.patch_kv = [kv[:1] for kv in self.patch_kv]
+        view.char_kv = [kv[:1] for kv in self.char_kv]
+        return view
+
+    @torch.no_grad()
+    def _to_row0(self, slot: int) -> None:
+        """Buffer row ``slot`` trades its state (caches, position, hidden states, pending
+        accept) with buffer row 0, and the engine rows that map to them trade places."""
+        if slot == 0:
+            return
+        pair, back = [0, slot], [slot, 0]
+        for t in (*self.patch_kv, self.position, self.hidden, self.hidden_next):
+            t[pair] = t[back]  # in place: the captured graphs keep reading the same memory
+        self._accepted[pair] = self._accepted[back]
+        a, b = self._slot.index(0), self._slot.index(slot)
+        self._slot[a], self._slot[b] = slot, 0
 
     # ---- device work -------------------------------------------------------------------------
     def _linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
@@ -427,7 +477,7 @@ class FastExecutor(Executor):
         self._prefill_staging[length], self._prefill_inputs[length] = pinned, buffer
         self._prefill_graphs[length], self._prefill_copied[length] = graph, torch.cuda.Event()
 
-    def _capture(self) -> None:
+    def _capture(self, pool: tuple | None = None) -> None:
         """Warm up on a side stream, then capture one patch for every row: the characters, then
         the patch step, in one memory pool (replayed in that order). Done when the executor is
         made (its buffers are fixed, their contents do not matter), so engines made one after
@@ -444,7 +494,8 @@ class FastExecutor(Executor):
         # whichever GPU captured first, so a second GPU's engine would capture onto the first's.
         # thread_local: in the default (global) mode a capture fails every other thread's
         # unsafe CUDA calls, and its own with them.
-        with torch.cuda.graph(chars, stream=stream, capture_error_mode="thread_local"):
+        # ``pool``: a lone row's graphs share the memory pool of every row's (never run at once).
+        with torch.cuda.graph(chars, pool=pool, stream=stream, capture_error_mode="thread_local"):
             self._chars()
         with torch.cuda.graph(patch_step, pool=chars.pool(), stream=stream, capture_error_mode="thread_local"):
             self._patch()

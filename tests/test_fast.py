@@ -60,6 +60,28 @@ def test_batched_fast_path_equals_reference(trained, prompt):
     assert len({p.patches for p in fast}) > 1  # rows stopped at different times
 
 
+def test_lone_row_runs_alone_and_trades_places(trained):
+    """One piece left in a multi-row executor runs on the one-row path: its state moves to buffer
+    row 0 (the other rows untouched), and pieces that arrive afterwards take the freed rows; every
+    piece is still the one a one-row engine writes."""
+    configs = [GenerationConfig(seed=s, max_patches=n) for s, n in ((0, 6), (1, 30), (2, 20))]
+    executor = FastBackend(copy.deepcopy(trained), "cpu", "fp32").executor(3)
+    engine = Engine(executor)
+    first = [engine.submit(PieceRequest(None, c)) for c in configs[:2]]  # rows 0 and 1
+    while not first[0].done:
+        engine.step()
+    idle = executor.position[2].clone()
+    engine.step()  # the second piece alone: buffer row 1 trades places with row 0
+    assert executor._slot[:2] == [1, 0] and executor.position[2] == idle
+    late = engine.submit(PieceRequest(None, configs[2]))  # takes engine row 0, now buffer row 1
+    while not (first[1].done and late.done):
+        engine.step()
+    one_row = FastBackend(copy.deepcopy(trained), "cpu", "fp32")
+    for handle, config in zip([*first, late], configs):
+        want = generate(one_row.executor(1), None, config)
+        assert (handle.piece.text, handle.piece.patches) == (want.text, want.patches)
+
+
 def test_forced_length_on_the_fast_path(trained):
     config = GenerationConfig(seed=0, bars=7, max_patches=40)
     piece = generate(FastBackend(copy.deepcopy(trained), "cpu", "fp32").executor(1), resolve_prompt(*BACH), config)
@@ -69,9 +91,11 @@ def test_forced_length_on_the_fast_path(trained):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for graph capture")
-def test_cuda_graph_replay_equals_eager(trained):
-    requests = [PieceRequest(None, GenerationConfig(seed=s, max_patches=60)) for s in range(3)]
-    backend = FastBackend(copy.deepcopy(trained), "cuda", "fp32")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graph_replay_equals_eager(trained, precision):
+    # Pieces of different lengths: the last one runs on the one-row graphs.
+    requests = [PieceRequest(None, GenerationConfig(seed=s, max_patches=30 + 15 * s)) for s in range(3)]
+    backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
     eager = Engine(backend.executor(3, graph=False)).generate(requests)
     graphed = Engine(backend.executor(3, graph=True)).generate(requests)
     assert [p.text for p in eager] == [p.text for p in graphed]
