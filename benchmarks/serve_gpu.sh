@@ -6,6 +6,7 @@
 # MAXP (max patches per piece, 200), PORT (8765), NG (notagen-trt), GPUS ("0 all"), OFFLINE_RUNS
 # ("warm timed"; empty to skip the offline runs). Results: OUT/*.json.
 set -uo pipefail
+source "$(dirname "$0")/serve_up.sh"
 OUT=${OUT:-out/serve-gpu} CLIENTS=${CLIENTS:-64} PIECES=${PIECES:-128} MAXP=${MAXP:-200} PORT=${PORT:-8765}
 NG=${NG:-notagen-trt} CKPT=${CKPT:-/tmp/notagen-x-random.pth} BACKEND=${BACKEND:-fast} GPUS=${GPUS:-0 all}
 mkdir -p "$OUT"
@@ -25,12 +26,7 @@ for run in ${OFFLINE_RUNS-warm timed}; do
     --json > "$OUT/offline.json" 2> "$OUT/offline.err"
 done
 for gpus in $GPUS; do
-  "$NG" serve "${common[@]}" --gpus "$gpus" --port "$PORT" --log-level warning 2> "$OUT/serve-$gpus.log" &
-  server=$!
-  until python3 -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/readyz').status_code != 200)" 2>/dev/null; do
-    kill -0 "$server" 2>/dev/null || break
-    sleep 1
-  done
+  start_service "$OUT/serve-$gpus.log" "${common[@]}" --gpus "$gpus"
   # one request first: each engine captures its CUDA graph on its first patch
   "$NG" loadtest --url "http://127.0.0.1:$PORT" --clients 2 --requests 2 --max-patches 4 > /dev/null 2>&1
   "$NG" loadtest --url "http://127.0.0.1:$PORT" --clients "$CLIENTS" --requests "$PIECES" --max-patches "$MAXP" --stream \

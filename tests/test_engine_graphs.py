@@ -171,6 +171,7 @@ def test_caches_and_row_state_are_written_in_place(trained_engine_dir):
     executor.sample({1: request})
     assert host["position"].tolist() == [0, 6]  # the accept was applied in the next call
     assert cache.ctypes.data == before and np.abs(cache[1, :, 5]).sum() > 0 and np.abs(cache[1, :, 6]).sum() > 0
+    assert not cache[0].any()  # a lone row's call is a call of that row alone
 
 
 def test_generate_cli_runs_the_engine_ready_graphs(demo_engine_dir, tmp_path, capsys):
