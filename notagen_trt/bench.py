@@ -125,7 +125,7 @@ def _backend(spec: dict, config: ModelConfig):
     from notagen_trt.runtime.onnx_backend import AUTO, OrtBackend
 
     # generate's threading (runtime/engine.py load_engine): one intra-op thread per call and
-    # several rows side by side, or a call's share of idle cores where its ops split well.
+    # several rows side by side, or every row in one call on every core where its ops split well.
     return OrtBackend(spec["model_dir"], "cuda" if backend == "ort-cuda" else "cpu", threads=AUTO)
 
 

@@ -358,8 +358,8 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
 
     if threads is None:
         # ONNX Runtime CPU: one intra-op thread per call and the rows side by side, a core each,
-        # or a call's share of the cores where they would idle and its ops are big enough to
-        # split (onnx_backend.AUTO). Intra-op threads that spin for work made a demo patch 4x
+        # or, where the model's ops are big enough to split, every row in one call on every core
+        # (onnx_backend.AUTO). Intra-op threads that spin for work made a demo patch 4x
         # slower on a busy 2-core machine, and a demo patch's ops are too small to split.
         from .onnx_backend import AUTO
 

@@ -102,8 +102,8 @@ class OrtBackend:
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | str | None = None) -> None:
         """``threads``: intra-op threads per call; None: ONNX Runtime's default; ``AUTO``: one per
-        call on the step graphs, and on the engine-ready graphs the cores shared out between the
-        calls that run side by side when the model's ops are big enough to split (``executor``)."""
+        call on the step graphs, and on the engine-ready graphs one per call side by side, or every
+        row in one call on every core when the model's ops are big enough to split (``executor``)."""
         if device not in ("cpu", "cuda"):
             raise NotaGenError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -164,13 +164,15 @@ class OrtBackend:
             from .graph_executor import GraphExecutor
 
             # On a CPU with one call per core, calls side by side, the rows split between them
-            # (measured on 2 cores: see the README). With AUTO, calls that leave cores idle (fewer
-            # rows than cores) get a share of them each where the ops are big enough to split: a
-            # NotaGen-small patch took 0.59x the time on two threads, a demo patch 1.07x.
+            # (measured on 2 cores: see the README). With AUTO, a model whose ops are big enough
+            # to split runs every row in one call on every core instead: on 2 cores NotaGen-small
+            # (int8-wo) took 0.64x / 0.80x / 0.69x the time of two 1-thread calls side by side for
+            # 1 / 2 / 4 pieces in flight (the weights are read once a patch, and a lone piece gets
+            # both cores); the demo's small ops took 1.15x-1.60x, so it stays side by side.
             cores = min(rows, os.cpu_count() or 1) if self._core_each else 1
             threads = self._step_threads
             if self._core_each and self._threads == AUTO and self.config.hidden_size >= SPLIT_HIDDEN:
-                threads = max(1, (os.cpu_count() or 1) // cores)
+                cores, threads = 1, os.cpu_count() or 1
 
             def part(n: int) -> GraphExecutor:
                 return GraphExecutor(self.model_dir, self.manifest, self.config, n, session_options(threads), self.device)

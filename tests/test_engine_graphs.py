@@ -235,10 +235,10 @@ def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(dem
     assert valid(int8) >= valid(fp32) - 2
 
 
-def test_a_lone_row_of_a_model_with_big_ops_gets_the_idle_cores(trained_engine_dir, tmp_path, monkeypatch):
-    """AUTO threads (generate's default): one per call, rows side by side; a call that would leave
-    cores idle gets them when the model's ops split well (hidden size 512 and up), and its pieces
-    are the ones one thread writes."""
+def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_engine_dir, tmp_path, monkeypatch):
+    """AUTO threads (generate's default): for small ops one thread per call, rows side by side a
+    core each; when the model's ops split well (hidden size 512 and up), every row in one call on
+    every core. Its pieces are the ones one thread writes."""
     from notagen_trt.runtime import onnx_backend
 
     monkeypatch.setattr(onnx_backend.os, "cpu_count", lambda: 2)
@@ -252,9 +252,13 @@ def test_a_lone_row_of_a_model_with_big_ops_gets_the_idle_cores(trained_engine_d
         return [p._engine.get_session_options().intra_op_num_threads for p in parts]
 
     assert threads(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(1)) == [2]
-    assert threads(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(2)) == [1, 1]  # a core each
+    assert threads(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(4)) == [2]  # one call, both cores
     assert threads(OrtBackend(big, "cpu", 1).executor(1)) == [1]  # asked for
+    assert threads(OrtBackend(big, "cpu", 1).executor(4)) == [1, 1]  # asked for: a core each
     assert threads(OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(1)) == [1]  # small ops
-    pieces = [Engine(OrtBackend(big, "cpu", t).executor(1)).generate(
-        [PieceRequest(None, GenerationConfig(seed=s, max_patches=12)) for s in range(2)]) for t in (1, onnx_backend.AUTO)]
+    assert threads(OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(4)) == [1, 1]  # a core each
+    pieces = [Engine(OrtBackend(big, "cpu", t).executor(rows)).generate(
+        [PieceRequest(None, GenerationConfig(seed=s, max_patches=12)) for s in range(3)])
+        for t, rows in ((1, 1), (onnx_backend.AUTO, 1), (onnx_backend.AUTO, 4))]
+    assert [p.text for p in pieces[0]] == [p.text for p in pieces[2]]
     assert [p.text for p in pieces[0]] == [p.text for p in pieces[1]]

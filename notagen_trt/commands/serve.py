@@ -102,7 +102,7 @@ def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, 
                         f"at least {CPU_ROWS})")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime CPU threads per call (default: one, rows side by side a core each; "
-                        "a call's share of idle cores for models of hidden size 512 and up)")
+                        "for models of hidden size 512 and up, every row in one call on every core)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     p.add_argument("--gpus", default="all",
