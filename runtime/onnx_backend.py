@@ -85,7 +85,7 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
-AUTO = "auto"  # threads: one per call, or a call's share of the cores where its ops are big enough
+AUTO = "auto"  # threads: one per call, side by side; every core for one call where its ops are big enough
 SPLIT_HIDDEN = 512  # hidden size from which a call's ops gain from more than one thread (see below)
 
 

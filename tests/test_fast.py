@@ -70,9 +70,11 @@ def test_lone_row_runs_alone_and_trades_places(trained):
     first = [engine.submit(PieceRequest(None, c)) for c in configs[:2]]  # rows 0 and 1
     while not first[0].done:
         engine.step()
-    idle = executor.position[2].clone()
+    idle = [t[2].clone() for t in (executor.position, executor.hidden_next, *executor.patch_kv)]
     engine.step()  # the second piece alone: buffer row 1 trades places with row 0
-    assert executor._slot[:2] == [1, 0] and executor.position[2] == idle
+    assert executor._slot[:2] == [1, 0]
+    # A step of every row would have written row 2's next hidden state and its keys and values.
+    assert all(torch.equal(t[2], old) for t, old in zip((executor.position, executor.hidden_next, *executor.patch_kv), idle))
     late = engine.submit(PieceRequest(None, configs[2]))  # takes engine row 0, now buffer row 1
     while not (first[1].done and late.done):
         engine.step()
@@ -93,12 +95,40 @@ def test_forced_length_on_the_fast_path(trained):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for graph capture")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_graph_replay_equals_eager(trained, precision):
-    # Pieces of different lengths: the last one runs on the one-row graphs.
+    # Pieces of different lengths: the last one runs on the one-row graphs, after moving to row 0.
     requests = [PieceRequest(None, GenerationConfig(seed=s, max_patches=30 + 15 * s)) for s in range(3)]
     backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
     eager = Engine(backend.executor(3, graph=False)).generate(requests)
-    graphed = Engine(backend.executor(3, graph=True)).generate(requests)
+    executor = backend.executor(3, graph=True)
+    lone_steps, lone_sample = [], executor._lone._sample
+    executor._lone._sample = lambda requests: lone_steps.append(1) or lone_sample(requests)
+    graphed = Engine(executor).generate(requests)
     assert [p.text for p in eager] == [p.text for p in graphed]
+    assert lone_steps  # the last piece ran on the one-row graphs
+    if precision == "fp32":  # the reference's ops: every piece is the one-row engine's
+        assert [p.text for p in graphed] == [generate(backend.executor(1), None, r.config).text for r in requests]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for graph capture")
+@pytest.mark.parametrize("precision", ["fp16", "int8-wo"])
+def test_a_lone_piece_on_many_rows_is_the_one_row_piece(trained, precision):
+    """In fp16 / int8-wo the one-row kernels round otherwise than the batched ones: a piece alone
+    on a 16-row engine must run them, and so write exactly what a one-row engine writes."""
+    if precision == "int8-wo" and _triton_missing():
+        pytest.skip("int8-wo on the fast path needs Triton")
+    request = [PieceRequest(None, GenerationConfig(seed=3, max_patches=80))]
+    backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
+    alone = Engine(backend.executor(16)).generate(request)[0]
+    assert alone.text == Engine(backend.executor(1)).generate(request)[0].text
+
+
+def _triton_missing() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return True
+    return False
 
 
 @pytest.mark.gpu
