@@ -97,7 +97,7 @@ class GraphExecutor(Executor):
             # Xeon, and in int8-wo another piece). Other rows' accepts stay pending.
             (row, request), = requests.items()
             one = slice(row, row + 1)
-            fill_settings({name: array[one] for name, array in self._host.items()}, {0: request}, self._accepted[one])
+            fill_settings({name: self._host[name][one] for name in SETTINGS}, {0: request}, self._accepted[one])
             if row not in self._row_bindings:
                 self._row_bindings[row] = self._bind_engine(one)
             self._engine.run_with_iobinding(self._row_bindings[row])

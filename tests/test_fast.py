@@ -115,20 +115,12 @@ def test_cuda_graph_replay_equals_eager(trained, precision):
 def test_a_lone_piece_on_many_rows_is_the_one_row_piece(trained, precision):
     """In fp16 / int8-wo the one-row kernels round otherwise than the batched ones: a piece alone
     on a 16-row engine must run them, and so write exactly what a one-row engine writes."""
-    if precision == "int8-wo" and _triton_missing():
-        pytest.skip("int8-wo on the fast path needs Triton")
+    if precision == "int8-wo":
+        pytest.importorskip("triton", reason="int8-wo on the fast path needs Triton")
     request = [PieceRequest(None, GenerationConfig(seed=3, max_patches=80))]
     backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
     alone = Engine(backend.executor(16)).generate(request)[0]
     assert alone.text == Engine(backend.executor(1)).generate(request)[0].text
-
-
-def _triton_missing() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return True
-    return False
 
 
 @pytest.mark.gpu
