@@ -28,6 +28,7 @@ import numpy as np
 
 from notagen_trt.config import PATCH_SIZE, PRESETS, ModelConfig
 from notagen_trt.runtime import codec
+from notagen_trt.runtime.cores import usable_cores
 from notagen_trt.runtime.engine import Engine, PieceRequest
 from notagen_trt.runtime.piece import GenerationConfig
 
@@ -165,7 +166,7 @@ def _device_name(gpu: bool) -> str:
             return pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
         except Exception:
             return "GPU (name unavailable)"
-    return f"CPU ({os.cpu_count()} cores)"
+    return f"CPU ({usable_cores()} of {os.cpu_count()} cores usable)"
 
 
 # The CPU features that decide which ONNX Runtime kernels run (int8 and fp16 paths above all).
@@ -188,7 +189,8 @@ def cpu_info() -> dict:
         import platform
 
         model = platform.processor() or platform.machine()
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+    return {"model": model, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def measure_one(spec: dict) -> dict:

@@ -9,7 +9,6 @@ objects are shared by every session of a backend (``run`` is thread-safe in ONNX
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from notagen_trt.config import BOS_ID, HEAD_DIM, VOCAB_SIZE, ModelConfig
 from notagen_trt.errors import NotaGenError
 from notagen_trt.manifest import graph_io, model_config, read_manifest
 
+from .cores import usable_cores
 from .executor import Executor, SideBySide, StepExecutor, StepSession
 from .sampling import SamplingParams
 
@@ -98,7 +98,7 @@ class OrtBackend:
         row per core (up to 4) when each call runs on one thread; CUDA: one."""
         if self.manifest.get("layout") == "engine":
             return 16 if self.device == "cuda" else 4
-        return min(4, os.cpu_count() or 1) if self._core_each else 1
+        return min(4, usable_cores()) if self._core_each else 1
 
     def __init__(self, model_dir: str | Path, device: Device = "cpu", threads: int | str | None = None) -> None:
         """``threads``: intra-op threads per call; None: ONNX Runtime's default; ``AUTO``: one per
@@ -169,10 +169,10 @@ class OrtBackend:
             # (int8-wo) took 0.64x / 0.80x / 0.69x the time of two 1-thread calls side by side for
             # 1 / 2 / 4 pieces in flight (the weights are read once a patch, and a lone piece gets
             # both cores); the demo's small ops took 1.15x-1.60x, so it stays side by side.
-            cores = min(rows, os.cpu_count() or 1) if self._core_each else 1
+            cores = min(rows, usable_cores()) if self._core_each else 1
             threads = self._step_threads
             if self._core_each and self._threads == AUTO and self.config.hidden_size >= SPLIT_HIDDEN:
-                cores, threads = 1, os.cpu_count() or 1
+                cores, threads = 1, usable_cores()
 
             def part(n: int) -> GraphExecutor:
                 return GraphExecutor(self.model_dir, self.manifest, self.config, n, session_options(threads), self.device)
@@ -184,7 +184,7 @@ class OrtBackend:
             return SideBySide(parts[0].name, parts)
         # CPU sessions of one intra-op thread run rows side by side, a core each; sessions that
         # use every core themselves (the default) step rows in turn.
-        workers = min(rows, os.cpu_count() or 1) if self._core_each else 1
+        workers = min(rows, usable_cores()) if self._core_each else 1
         return StepExecutor(self.name, self.config, [self.new_session() for _ in range(rows)], workers)
 
 

@@ -34,6 +34,7 @@ def test_bench_records_the_cpu_it_ran_on():
 
     info = cpu_info()
     assert info["model"] and info["cores"] >= 1
+    assert 1 <= info["usable_cores"] <= info["cores"]
     assert set(info["flags"]) <= set(CPU_FLAGS)
 
 

@@ -2,6 +2,9 @@
 row writes the reference's pieces, whatever the rows, and writes the caches in place."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -241,7 +244,7 @@ def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_en
     every core. Its pieces are the ones one thread writes."""
     from notagen_trt.runtime import onnx_backend
 
-    monkeypatch.setattr(onnx_backend.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(onnx_backend, "usable_cores", lambda: 2)
     big = tmp_path / "big"
     torch.manual_seed(0)
     export_onnx(NotaGenModel(ModelConfig(hidden_size=512, patch_num_layers=1, char_num_layers=1, patch_length=16)),
@@ -262,3 +265,24 @@ def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_en
         for t, rows in ((1, 1), (onnx_backend.AUTO, 1), (onnx_backend.AUTO, 4))]
     assert [p.text for p in pieces[0]] == [p.text for p in pieces[2]]
     assert [p.text for p in pieces[0]] == [p.text for p in pieces[1]]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and two usable cores")
+def test_a_process_pinned_to_one_core_runs_one_thread_whatever_the_host_has(trained_engine_dir):
+    """taskset / cpusets (and a container's CPU quota): the rows' calls follow the cores this
+    process may use, not os.cpu_count(), which counts the host's."""
+    code = f"""
+import os
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+from notagen_trt.runtime import onnx_backend
+from notagen_trt.runtime.cores import usable_cores
+executor = onnx_backend.OrtBackend({str(trained_engine_dir)!r}, "cpu", onnx_backend.AUTO).executor(4)
+print(usable_cores(), os.cpu_count(), len(getattr(executor, "parts", [executor])),
+      executor._engine.get_session_options().intra_op_num_threads)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    usable, host, calls, threads = map(int, out.stdout.split())
+    assert (usable, calls, threads) == (1, 1, 1) and host >= 2  # 4 rows in one call on the one core
+    assert len(OrtBackend(trained_engine_dir, "cpu", "auto").executor(4).parts) == 2  # unpinned: a call a core
