@@ -6,6 +6,7 @@ engine its rows), loaded on demand: it is the one backend that imports torch.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
@@ -28,6 +29,8 @@ def unavailable_reason() -> str:
 
 def load(model: str | Path, precision: str = "fp16", device: str = "cuda"):
     """A FastBackend for a model directory (its manifest names the checkpoint) or a checkpoint."""
+    import torch
+
     from notagen_trt.export.checkpoint import load_model
     from notagen_trt.manifest import source_checkpoint
 
@@ -37,4 +40,18 @@ def load(model: str | Path, precision: str = "fp16", device: str = "cuda"):
         raise NotaGenError(f"the fast CUDA path runs {', '.join(PRECISIONS)}, not {precision!r}")
     path = Path(model)
     checkpoint = path if path.is_file() else source_checkpoint(path)
-    return FastBackend(load_model(checkpoint), device, precision)
+    network = load_model(checkpoint)
+    parameters = sum(p.numel() for p in network.parameters())
+    try:
+        return FastBackend(network, device, precision)
+    except torch.cuda.OutOfMemoryError:
+        pass  # cleaned up below, once the exception (whose frames hold the half-made backend) is gone
+    del network
+    gc.collect()  # what reached the GPU before it ran out, so that a fallback backend finds it free
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    weights = parameters * {"fp32": 4, "fp16": 2}.get(precision, 1)
+    smaller = {"fp32": "--precision fp16 or int8-wo, ", "fp16": "--precision int8-wo, "}.get(precision, "")
+    raise NotaGenError(f"{checkpoint}: its {precision} weights (about {weights / 2**30:.2f} GiB) do not fit on {device} "
+                       f"({free / 2**30:.2f} of {total / 2**30:.2f} GiB free); try {smaller}another GPU, or stop other "
+                       "work on this one")

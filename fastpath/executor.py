@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from notagen_trt.config import EOS_ID, PATCH_SIZE, VOCAB_SIZE
+from notagen_trt.errors import NotaGenError
 from notagen_trt.export.model import Block, Conv1D, NotaGenModel
 from notagen_trt.runtime.executor import Executor
 from notagen_trt.runtime.piece import PatchRequest
@@ -98,7 +100,11 @@ class FastBackend:
     int8-wo weights repacked [out, in] for the fused kernels (the GPU never holds two copies);
     otherwise the PyTorch modules in fp32 / fp16. Executors of any row count share it."""
 
-    default_rows = 16  # a patch for 16 rows costs about 1.35x a patch for one on an H200
+    MAX_DEFAULT_ROWS = 16  # a patch for 16 rows costs about 1.4x a patch for one on an H200
+    # GPU memory a default row count leaves free beside the rows' caches: the graphs' pools, context
+    # loads, the workspace, and whatever else the GPU runs (the caches are NotaGen-X's bulk: 105 MB a
+    # row in fp16 against 50 MB of everything else at 16 rows).
+    HEADROOM = 1 << 30
 
     def __init__(self, model: NotaGenModel, device: str | torch.device = "cuda", precision: Precision = "fp16") -> None:
         if precision not in PRECISIONS:
@@ -129,12 +135,52 @@ class FastBackend:
         self.config = model.config
         self.name = f"fast-{self.device.type}-{precision}" + ("-triton" if self.fused else "")
 
+    def row_bytes(self) -> int:
+        """GPU memory of one row's caches, patch and char level (its other buffers are KBs)."""
+        cfg = self.config
+        per_position = 2 * cfg.num_heads * 64 * (torch.finfo(self.dtype).bits // 8)  # keys and values
+        return per_position * (cfg.patch_num_layers * cfg.patch_length + cfg.char_num_layers * PATCH_SIZE)
+
+    def free_bytes(self) -> int:
+        """The GPU's free memory, once PyTorch's allocator has handed back what it holds unused (the
+        packing's temporaries; the pools of graphs no longer alive, which no other allocation can use)."""
+        gc.collect()  # engines dropped but not yet collected (their views form cycles) still hold their graphs
+        torch.cuda.empty_cache()
+        return torch.cuda.mem_get_info(self.device)[0]
+
+    @property
+    def default_rows(self) -> int:
+        """16, or as many rows as the GPU's free memory holds beside HEADROOM (a smaller GPU, or one
+        other work shares); the CPU's eager mode: 16."""
+        if self.device.type != "cuda":
+            return self.MAX_DEFAULT_ROWS
+        return rows_that_fit(self.free_bytes(), self.row_bytes(), self.HEADROOM, self.MAX_DEFAULT_ROWS)
+
     def executor(self, rows: int = 1, graph: bool | None = None) -> "FastExecutor":
-        return FastExecutor(self, rows, graph)
+        try:
+            return FastExecutor(self, rows, graph)
+        except torch.cuda.OutOfMemoryError:
+            pass  # cleaned up below, once the exception (whose frames hold the half-made executor) is gone
+        gc.collect()
+        torch.cuda.empty_cache()
+        free, need = self.free_bytes(), rows * self.row_bytes()
+        # What the default would take: the graphs' pools and context loads need more than the caches
+        # (21 rows of NotaGen-X whose caches fit in the 2.11 GiB free with 50 MiB to spare did not).
+        fit = rows_that_fit(free, self.row_bytes(), self.HEADROOM, rows - 1)
+        smaller = ", --precision fp16 (caches of half the size)" if self.precision == "fp32" else ""
+        raise NotaGenError(
+            f"{rows} rows do not fit on {self.device}: their caches need {need / 2**30:.2f} GiB in {self.precision} "
+            f"and {free / 2**30:.2f} GiB is free beside the model; ask for fewer rows (--rows {fit}, or no --rows: "
+            f"the default takes what fits){smaller}, or stop other work on that GPU")
 
     def linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         packed = self.packed.get(layer)
         return packed(x, gelu=gelu) if packed is not None else dense(layer, x, gelu)
+
+
+def rows_that_fit(free: int, row_bytes: int, headroom: int, most: int) -> int:
+    """Rows whose caches fit in ``free`` bytes beside ``headroom``: 1 to ``most``."""
+    return max(1, min(most, (free - headroom) // row_bytes))
 
 
 class FastExecutor(Executor):

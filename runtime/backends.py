@@ -56,7 +56,10 @@ def select_backend(model: str | Path, choice: str = "auto", precision: str | Non
             except NotaGenError as exc:
                 reason = str(exc)
             else:
-                return backend, f"fast CUDA path ({backend.precision}{', fused Triton kernels' if backend.fused else ''})"
+                note = f"fast CUDA path ({backend.precision}{', fused Triton kernels' if backend.fused else ''})"
+                if backend.default_rows < backend.MAX_DEFAULT_ROWS:
+                    note += f"; the GPU's free memory holds {backend.default_rows} rows beside {backend.HEADROOM >> 20} MiB"
+                return backend, note
         if choice == "fast":
             raise NotaGenError(f"the fast CUDA path cannot run here: {reason}")
         passed.append(f"not the fast CUDA path: {reason}")

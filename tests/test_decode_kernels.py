@@ -23,7 +23,7 @@ def layer_norm(k: int) -> torch.nn.LayerNorm:
     return ln
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16, 40])  # one row, batches, a prefill
+@pytest.mark.parametrize("rows", [1, 3, 16, 40, 130])  # one row, batches, 16 rows a launch, a prefill
 @pytest.mark.parametrize("int8", [False, True])
 def test_linear_with_layernorm_gelu_and_residual(rows, int8):
     from notagen_trt.fastpath.decode_kernels import PackedLinear

@@ -10,7 +10,8 @@ import torch
 from conftest import BACH
 
 from notagen_trt.export.reference import ReferenceBackend
-from notagen_trt.fastpath.executor import FastBackend, sample_torch
+from notagen_trt.errors import NotaGenError
+from notagen_trt.fastpath.executor import FastBackend, rows_that_fit, sample_torch
 from notagen_trt.runtime.engine import Engine, PieceRequest, generate
 from notagen_trt.runtime.piece import GenerationConfig
 from notagen_trt.runtime.prompts import resolve_prompt
@@ -121,6 +122,53 @@ def test_a_lone_piece_on_many_rows_is_the_one_row_piece(trained, precision):
     backend = FastBackend(copy.deepcopy(trained), "cuda", precision)
     alone = Engine(backend.executor(16)).generate(request)[0]
     assert alone.text == Engine(backend.executor(1)).generate(request)[0].text
+
+
+def test_rows_are_sized_by_their_caches(trained):
+    """A row's GPU memory is its caches: keys and values of every patch- and char-level position,
+    half as much in fp16 as in fp32; default rows are those that fit beside the headroom."""
+    cfg = trained.config
+    fp32, fp16 = (FastBackend(copy.deepcopy(trained), "cpu", p).row_bytes() for p in ("fp32", "fp16"))
+    assert fp32 == 2 * 64 * cfg.num_heads * 4 * (cfg.patch_num_layers * cfg.patch_length + cfg.char_num_layers * 16)
+    assert fp16 * 2 == fp32
+    executor = FastBackend(copy.deepcopy(trained), "cpu", "fp32").executor(3)
+    held = sum(t.numel() * t.element_size() for t in (*executor.patch_kv, *executor.char_kv))
+    assert held == 3 * fp32
+    assert rows_that_fit(free=(1 << 30) + 5 * fp32 + 7, row_bytes=fp32, headroom=1 << 30, most=16) == 5
+    assert rows_that_fit(free=(1 << 30) + 99 * fp32, row_bytes=fp32, headroom=1 << 30, most=16) == 16
+    assert rows_that_fit(free=100, row_bytes=fp32, headroom=1 << 30, most=16) == 1  # one row is always tried
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_short_of_memory_gets_fewer_rows_or_a_sentence():
+    """A GPU that other work fills: the default rows are those its free memory holds, rows that do
+    not fit are refused in one sentence saying what to do, and the failed attempt leaves nothing
+    behind (the same rows load once the memory is back)."""
+    from notagen_trt.config import ModelConfig
+    from notagen_trt.export.model import NotaGenModel
+
+    torch.manual_seed(0)  # rows of 4 MB: well above the allocator's 2 MB rounding
+    network = NotaGenModel(ModelConfig(hidden_size=256, patch_num_layers=4, char_num_layers=1, patch_length=1024))
+    backend = FastBackend(network, "cuda", "fp16")
+    row = backend.row_bytes()
+    assert row > 4 << 20
+    # In two steps: the driver's own bookkeeping for a huge allocation takes some of the memory.
+    hogs = [torch.empty(backend.free_bytes() - backend.HEADROOM - (64 << 20), dtype=torch.uint8, device="cuda")]
+    hogs.append(torch.empty(backend.free_bytes() - backend.HEADROOM - int(5.5 * row), dtype=torch.uint8, device="cuda"))
+    assert backend.default_rows == 5, (backend.free_bytes() - backend.HEADROOM) / row
+    request = [PieceRequest(None, GenerationConfig(seed=1, max_patches=10))]
+    assert Engine(backend.executor(backend.default_rows)).generate(request)[0].patches > 0
+    del hogs
+    torch.cuda.empty_cache()
+    allocated = torch.cuda.memory_allocated()
+    hog = torch.empty(backend.free_bytes() - (64 << 20), dtype=torch.uint8, device="cuda")  # 64 rows: 128 MB
+    with pytest.raises(NotaGenError, match=r"64 rows do not fit on cuda.*--rows \d+"):
+        backend.executor(64)
+    del hog
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() == allocated
+    assert Engine(backend.executor(64)).generate(request)[0].patches > 0
 
 
 @pytest.mark.gpu

@@ -317,8 +317,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "other backends run the precision of their model directory, which must match it "
                         "(`notagen-trt quantize` makes fp16 / int8-wo ones)")
     p.add_argument("--rows", type=_rows, default=None,
-                   help="pieces in flight at once (default: 16 on the fast path and on engine-ready graphs with "
-                        "CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than --num-pieces; at most 64)")
+                   help="pieces in flight at once (default: 16 on the fast path, or what the GPU's free memory holds, "
+                        "and on engine-ready graphs with CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than "
+                        "--num-pieces; at most 64)")
     add_prompt_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k")
     p.add_argument("--num-pieces", type=int, default=1, help="pieces to write, one per seed (default 1)")
