@@ -19,7 +19,8 @@ are stored [out, in], fp16 or int8 with one scale per output channel (the int8-w
 engines/quantize.py). 2-16 rows (batched decoding; up to 64, 16 at a time) run _rows: the same
 weight prefetch, on tensor cores, with the input dimension split over programs and the partial
 sums added by whichever program finishes last, always in split order; longer inputs (prefill)
-run a tensor-core tile (_linear). Every sum runs in a fixed order: the same inputs give the same bits on every run.
+run a tensor-core tile (_linear). Every sum runs in a fixed order: the same inputs give the same
+bits on every run.
 """
 
 from __future__ import annotations

@@ -160,9 +160,7 @@ class FastBackend:
         try:
             return FastExecutor(self, rows, graph)
         except torch.cuda.OutOfMemoryError:
-            pass  # cleaned up below, once the exception (whose frames hold the half-made executor) is gone
-        gc.collect()
-        torch.cuda.empty_cache()
+            pass  # cleaned up below (free_bytes), once the exception, whose frames hold the half-made executor, is gone
         free, need = self.free_bytes(), rows * self.row_bytes()
         # What the default would take: the graphs' pools and context loads need more than the caches
         # (21 rows of NotaGen-X whose caches fit in the 2.11 GiB free with 50 MiB to spare did not).
