@@ -153,19 +153,22 @@ def test_a_gpu_short_of_memory_gets_fewer_rows_or_a_sentence():
     backend = FastBackend(network, "cuda", "fp16")
     row = backend.row_bytes()
     assert row > 4 << 20
+
+    def hog(leave: int) -> torch.Tensor:
+        return torch.empty(backend.free_bytes(collect=True) - leave, dtype=torch.uint8, device="cuda")
+
     # In two steps: the driver's own bookkeeping for a huge allocation takes some of the memory.
-    hogs = [torch.empty(backend.free_bytes() - backend.HEADROOM - (64 << 20), dtype=torch.uint8, device="cuda")]
-    hogs.append(torch.empty(backend.free_bytes() - backend.HEADROOM - int(5.5 * row), dtype=torch.uint8, device="cuda"))
-    assert backend.default_rows == 5, (backend.free_bytes() - backend.HEADROOM) / row
+    hogs = [hog(backend.HEADROOM + (64 << 20)), hog(backend.HEADROOM + int(5.5 * row))]
+    assert backend.default_rows == 5, (backend.free_bytes(collect=True) - backend.HEADROOM) / row
     request = [PieceRequest(None, GenerationConfig(seed=1, max_patches=10))]
     assert Engine(backend.executor(backend.default_rows)).generate(request)[0].patches > 0
     del hogs
-    torch.cuda.empty_cache()
+    backend.free_bytes(collect=True)  # the engine above, collected
     allocated = torch.cuda.memory_allocated()
-    hog = torch.empty(backend.free_bytes() - (64 << 20), dtype=torch.uint8, device="cuda")  # 64 rows: 128 MB
+    hogs = hog(64 << 20)  # 64 rows need 256 MB
     with pytest.raises(NotaGenError, match=r"64 rows do not fit on cuda.*--rows \d+"):
         backend.executor(64)
-    del hog
+    del hogs
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() == allocated
     assert Engine(backend.executor(64)).generate(request)[0].patches > 0
