@@ -34,7 +34,7 @@ def load(model: str | Path, precision: str = "fp16", device: str = "cuda"):
     from notagen_trt.export.checkpoint import load_model
     from notagen_trt.manifest import source_checkpoint
 
-    from .executor import PRECISIONS, FastBackend
+    from .executor import PRECISIONS, FastBackend, out_of_memory
 
     if precision not in PRECISIONS:
         raise NotaGenError(f"the fast CUDA path runs {', '.join(PRECISIONS)}, not {precision!r}")
@@ -44,8 +44,10 @@ def load(model: str | Path, precision: str = "fp16", device: str = "cuda"):
     parameters = sum(p.numel() for p in network.parameters())
     try:
         return FastBackend(network, device, precision)
-    except torch.cuda.OutOfMemoryError:
-        pass  # cleaned up below, once the exception (whose frames hold the half-made backend) is gone
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+        if not out_of_memory(exc):
+            raise
+    # Cleaned up here, once the exception (whose frames hold the half-made backend) is gone.
     del network
     gc.collect()  # what reached the GPU before it ran out, so that a fallback backend finds it free
     torch.cuda.empty_cache()

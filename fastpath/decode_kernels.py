@@ -309,8 +309,9 @@ class PackedLinear:
     int8 with a per-output-channel scale."""
 
     # One row: _gemv, a program per BLOCK_N weight rows held whole (BLOCK_N * next_pow2(in) <=
-    # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps). More rows
-    # (prefill): _linear, tiles (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
+    # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps); up to
+    # MANY_ROWS, ROWS at a time. More rows (the longer context loads): _linear, tiles TILES
+    # (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
     # (benchmarks/decode_kernel_sweep.py; the best _rows tile per shape was within 5% of this one).
     GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
     ROWS = 16  # the tensor cores' smallest tile height

@@ -165,21 +165,32 @@ class FastBackend:
     def executor(self, rows: int = 1, graph: bool | None = None) -> "FastExecutor":
         try:
             return FastExecutor(self, rows, graph)
-        except torch.cuda.OutOfMemoryError:
-            pass  # cleaned up below (free_bytes), once the exception, whose frames hold the half-made executor, is gone
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not out_of_memory(exc):
+                raise
+        # Cleaned up here (free_bytes), once the exception, whose frames hold the half-made executor, is gone.
         free, need = self.free_bytes(collect=True), rows * self.row_bytes()
+        smaller = "--precision fp16 (caches of half the size), " if self.precision == "fp32" else ""
+        if rows == 1:
+            raise NotaGenError(f"not even one row fits on {self.device} ({free / 2**30:.2f} GiB free beside the "
+                               f"model); try {smaller}another GPU, or stop other work on that one")
         # What the default would take: the graphs' pools and context loads need more than the caches
         # (21 rows of NotaGen-X whose caches fit in the 2.11 GiB free with 50 MiB to spare did not).
         fit = rows_that_fit(free, self.row_bytes(), self.HEADROOM, rows - 1)
-        smaller = ", --precision fp16 (caches of half the size)" if self.precision == "fp32" else ""
         raise NotaGenError(
             f"{rows} rows do not fit on {self.device}: their caches need {need / 2**30:.2f} GiB in {self.precision} "
             f"and {free / 2**30:.2f} GiB is free beside the model; ask for fewer rows (--rows {fit}, or no --rows: "
-            f"the default takes what fits){smaller}, or stop other work on that GPU")
+            f"the default takes what fits), {smaller}or stop other work on that GPU")
 
     def linear(self, layer: Conv1D, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         packed = self.packed.get(layer)
         return packed(x, gelu=gelu) if packed is not None else dense(layer, x, gelu)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA allocation failure: PyTorch's own error, or the RuntimeError a CUDA call (a graph
+    capture's end, a module load) raises when the GPU has no memory left."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def rows_that_fit(free: int, row_bytes: int, headroom: int, most: int) -> int:

@@ -57,8 +57,9 @@ def select_backend(model: str | Path, choice: str = "auto", precision: str | Non
                 reason = str(exc)
             else:
                 note = f"fast CUDA path ({backend.precision}{', fused Triton kernels' if backend.fused else ''})"
-                if backend.default_rows < backend.MAX_DEFAULT_ROWS:
-                    note += f"; the GPU's free memory holds {backend.default_rows} rows beside {backend.HEADROOM >> 20} MiB"
+                rows = backend.default_rows  # read once: it measures the GPU's free memory
+                if rows < backend.MAX_DEFAULT_ROWS:
+                    note += f"; the GPU's free memory holds {rows} rows beside {backend.HEADROOM >> 20} MiB"
                 return backend, note
         if choice == "fast":
             raise NotaGenError(f"the fast CUDA path cannot run here: {reason}")

@@ -10,10 +10,12 @@ import os
 
 @functools.cache
 def usable_cores() -> int:
-    """The minimum of the host's CPUs, this process's affinity and its cgroup CPU quota (rounded
-    up), as joblib's loky counts them; at least 1. Read once per process."""
+    """The minimum of the host's CPUs, this process's affinity, its cgroup CPU quota (rounded up)
+    and LOKY_MAX_CPU_COUNT where set, as joblib's loky counts them; at least 1. Read once per
+    process. (loky's count, not ``joblib.cpu_count``, which says 1 wherever joblib itself cannot
+    use multiprocessing, such as a container without /dev/shm.)"""
     try:
-        from joblib import cpu_count
+        from joblib.externals.loky import cpu_count
     except ImportError:  # an install without joblib (pip install 'notagen-trt[ort]' brings it): affinity only
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cpu_count())

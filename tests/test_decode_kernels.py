@@ -49,17 +49,19 @@ def test_linear_with_layernorm_gelu_and_residual(rows, int8):
     assert (residual - want).abs().max().item() < 2e-2
 
 
+@pytest.mark.parametrize("rows", [16, 40])  # 40: three launches, 16 rows each, back to back
 @pytest.mark.parametrize("int8", [False, True])
-def test_split_rows_are_deterministic(int8):
+def test_split_rows_are_deterministic(int8, rows):
     """2-16 rows split the input over programs; whichever finishes last adds the partials, always
-    in split order: repeated calls give the same bits, and the ticket counters end at zero."""
+    in split order: repeated calls give the same bits, and the ticket counters end at zero (also
+    between the launches of more rows, which share the scratch)."""
     from notagen_trt.fastpath.decode_kernels import PackedLinear
 
     torch.manual_seed(0)
     k, n = 5120, 1280  # NotaGen-X's MLP output projection: the deepest split
     lin = PackedLinear(torch.randn(k, n) * 0.02, torch.randn(n) * 0.1, int8=int8).to("cuda")
     assert lin.rows_tile()[3] > 1
-    x = torch.randn(16, k, device="cuda").half()
+    x = torch.randn(rows, k, device="cuda").half()
     first = lin(x, out_dtype=torch.float32)
     w_used = (lin.weight.float() * (lin.scale.float()[:, None] if int8 else 1.0)).t()
     assert (first - (x.float() @ w_used + lin.bias.float())).abs().max().item() < 2e-2

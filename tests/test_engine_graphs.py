@@ -269,20 +269,32 @@ def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_en
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux CPU affinity and two usable cores")
-def test_a_process_pinned_to_one_core_runs_one_thread_whatever_the_host_has(trained_engine_dir):
+def test_a_process_pinned_to_one_core_runs_one_thread_whatever_the_host_has(trained_engine_dir, tmp_path):
     """taskset / cpusets (and a container's CPU quota): the rows' calls follow the cores this
-    process may use, not os.cpu_count(), which counts the host's."""
+    process may use, not os.cpu_count(), which counts the host's: rows side by side a core each
+    (small ops), or one call on every core (big ops), both on the one core when pinned."""
+    from notagen_trt.runtime import onnx_backend
+    from notagen_trt.runtime.cores import usable_cores
+
+    big = tmp_path / "big"
+    torch.manual_seed(0)
+    export_onnx(NotaGenModel(ModelConfig(hidden_size=512, patch_num_layers=1, char_num_layers=1, patch_length=16)),
+                big, parity=False, layout="engine")
     code = f"""
 import os
 os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
 from notagen_trt.runtime import onnx_backend
 from notagen_trt.runtime.cores import usable_cores
-executor = onnx_backend.OrtBackend({str(trained_engine_dir)!r}, "cpu", onnx_backend.AUTO).executor(4)
-print(usable_cores(), os.cpu_count(), len(getattr(executor, "parts", [executor])),
-      executor._engine.get_session_options().intra_op_num_threads)
+small = onnx_backend.OrtBackend({str(trained_engine_dir)!r}, "cpu", onnx_backend.AUTO).executor(4)
+big = onnx_backend.OrtBackend({str(big)!r}, "cpu", onnx_backend.AUTO).executor(4)
+print(usable_cores(), os.cpu_count(), len(getattr(small, "parts", [small])),
+      small._engine.get_session_options().intra_op_num_threads, big._engine.get_session_options().intra_op_num_threads)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    usable, host, calls, threads = map(int, out.stdout.split())
-    assert (usable, calls, threads) == (1, 1, 1) and host >= 2  # 4 rows in one call on the one core
-    assert len(OrtBackend(trained_engine_dir, "cpu", "auto").executor(4).parts) == 2  # unpinned: a call a core
+    usable, host, calls, small_threads, big_threads = map(int, out.stdout.split())
+    assert (usable, calls, small_threads, big_threads) == (1, 1, 1, 1) and host >= 2  # all on the one core
+    # Unpinned, the same: a call a core (up to the 4 rows), or one call on every core.
+    assert len(OrtBackend(trained_engine_dir, "cpu", "auto").executor(4).parts) == min(4, usable_cores())
+    executor = OrtBackend(big, "cpu", onnx_backend.AUTO).executor(4)
+    assert executor._engine.get_session_options().intra_op_num_threads == usable_cores()

@@ -139,6 +139,32 @@ def test_rows_are_sized_by_their_caches(trained):
     assert rows_that_fit(free=100, row_bytes=fp32, headroom=1 << 30, most=16) == 1  # one row is always tried
 
 
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: out of memory")])
+def test_rows_that_run_the_gpu_out_of_memory_are_refused_in_a_sentence(trained, monkeypatch, error):
+    """Either form of a CUDA allocation failure while an executor is made (its caches, or a
+    graph capture's end) becomes one line naming the rows that fit; other errors pass through."""
+    from notagen_trt.fastpath import executor as fast_executor
+
+    backend = FastBackend(copy.deepcopy(trained), "cpu", "fp32")
+    row = backend.row_bytes()
+    monkeypatch.setattr(backend, "free_bytes", lambda collect=False: backend.HEADROOM + 6 * row)
+
+    raised = [error]
+
+    def fail(self, *args, **kwargs):
+        raise raised[0]
+
+    monkeypatch.setattr(fast_executor.FastExecutor, "__init__", fail)
+    with pytest.raises(NotaGenError, match=r"^32 rows do not fit on cpu.*--rows 6\b.*--precision fp16"):
+        backend.executor(32)
+    with pytest.raises(NotaGenError, match="^not even one row fits"):
+        backend.executor(1)
+    raised[0] = RuntimeError("an unrelated failure")
+    with pytest.raises(RuntimeError, match="^an unrelated failure$"):
+        backend.executor(32)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_short_of_memory_gets_fewer_rows_or_a_sentence():
