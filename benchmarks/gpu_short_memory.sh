@@ -6,15 +6,11 @@
 #   - with too little left for the weights, one line again.
 # Env: OUT (default out/gpu-short-memory), MODEL, LEAVE ("4 1.2"), NG (notagen-trt).
 set -uo pipefail
+source "$(dirname "$0")/x_checkpoint.sh"
 OUT=${OUT:-out/gpu-short-memory} NG=${NG:-notagen-trt} LEAVE=${LEAVE:-4 1.2}
 MODEL=${MODEL:-/tmp/notagen-x-random.pth}
 mkdir -p "$OUT"
-[ -e "$MODEL" ] || python3 -c "
-import torch, sys
-from notagen_trt.config import PRESETS
-from notagen_trt.export.model import NotaGenModel
-torch.manual_seed(0)
-torch.save({'model': NotaGenModel(PRESETS['x']).state_dict()}, sys.argv[1])" "$MODEL"
+x_checkpoint "$MODEL"
 # The first run compiles the Triton kernels, on a free GPU.
 "$NG" generate --model "$MODEL" --backend fast --num-pieces 1 --max-patches 3 --formats abc --out /tmp/gsm-warm \
   > /dev/null 2>&1

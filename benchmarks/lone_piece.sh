@@ -9,16 +9,12 @@
 # (notagen-trt). Results: OUT/generate.json, OUT/served-C.json, OUT/summary.json.
 set -uo pipefail
 source "$(dirname "$0")/serve_up.sh"
+source "$(dirname "$0")/x_checkpoint.sh"
 OUT=${OUT:-out/lone-piece} PIECES=${PIECES:-4} MAXP=${MAXP:-200} PORT=${PORT:-8766} NG=${NG:-notagen-trt}
 BACKEND=${BACKEND:-fast} PRECISION=${PRECISION-fp16} ROWS=${ROWS:-16} CLIENTS=${CLIENTS:-1}
 MODEL=${MODEL:-/tmp/notagen-x-random.pth}
 mkdir -p "$OUT"
-[ -e "$MODEL" ] || python3 -c "
-import torch, sys
-from notagen_trt.config import PRESETS
-from notagen_trt.export.model import NotaGenModel
-torch.manual_seed(0)
-torch.save({'model': NotaGenModel(PRESETS['x']).state_dict()}, sys.argv[1])" "$MODEL"
+x_checkpoint "$MODEL"
 common=(--model "$MODEL" --backend "$BACKEND")
 [ -n "$PRECISION" ] && common+=(--precision "$PRECISION")
 # Twice: the first run compiles the Triton kernels (cached on disk for the timed run and the service).

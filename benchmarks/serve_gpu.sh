@@ -7,16 +7,12 @@
 # ("warm timed"; empty to skip the offline runs). Results: OUT/*.json.
 set -uo pipefail
 source "$(dirname "$0")/serve_up.sh"
+source "$(dirname "$0")/x_checkpoint.sh"
 OUT=${OUT:-out/serve-gpu} CLIENTS=${CLIENTS:-64} PIECES=${PIECES:-128} MAXP=${MAXP:-200} PORT=${PORT:-8765}
 NG=${NG:-notagen-trt} CKPT=${CKPT:-/tmp/notagen-x-random.pth} BACKEND=${BACKEND:-fast} GPUS=${GPUS:-0 all}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpus.txt" 2>/dev/null
-[ -f "$CKPT" ] || python3 -c "
-import torch, sys
-from notagen_trt.config import PRESETS
-from notagen_trt.export.model import NotaGenModel
-torch.manual_seed(0)
-torch.save({'model': NotaGenModel(PRESETS['x']).state_dict()}, sys.argv[1])" "$CKPT"
+x_checkpoint "$CKPT"
 common=(--model "$CKPT" --backend "$BACKEND" --rows 16)
 [ "$BACKEND" = fast ] && common+=(--precision fp16)
 # Twice: the first run compiles the Triton kernels (cached on disk for the second and the service).
