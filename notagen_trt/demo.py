@@ -69,7 +69,6 @@ def exported_dir(checkpoint: Path) -> Path:
     if damage is None:
         _mark_used(cache)
         return cache
-    prepare_out_dir(cache, "export", fix=CACHE_FIX)
     try:
         from notagen_trt.export.checkpoint import load_model
         from notagen_trt.export.onnx_export import export_onnx
@@ -78,11 +77,13 @@ def exported_dir(checkpoint: Path) -> Path:
             f"{checkpoint}: a checkpoint must be exported to ONNX once for this backend, which needs torch: "
             "pip install 'notagen-trt[export]', or pass an exported --model DIR"
         ) from None
+    model = load_model(checkpoint)  # first: a file that is no checkpoint leaves no cache folder behind
+    prepare_out_dir(cache, "export", fix=CACHE_FIX)
     print(f"{cache}: {damage}; rebuilding it" if damage else f"exporting {checkpoint.name} to {cache} (once)",
           file=sys.stderr)
     with writing(cache, fix=CACHE_FIX):
         # The engine-ready graphs too: ONNX Runtime runs rows batched on them (runtime/graph_executor.py).
-        export_onnx(load_model(checkpoint), cache, checkpoint_path=checkpoint, force=True, layout="engine")
+        export_onnx(model, cache, checkpoint_path=checkpoint, force=True, layout="engine")
     _mark_used(cache)
     _prune(cache)
     return cache

@@ -13,6 +13,7 @@ from notagen_trt.manifest import ENGINE_LAYOUT_FIX, read_manifest, step_graphs_o
 CHOICES = ("auto", "fast", "tensorrt", "ort-cuda", "ort-cpu")
 PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
 CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
+GRAPH_SUFFIXES = (".onnx", ".plan")  # a file of a model directory stands for the directory
 
 
 def _ort_backend():
@@ -78,6 +79,12 @@ def _compiled_backend(model_dir: Path, choice: str, precision: str | None,
     if manifest.get("kind") == "engine":
         return _engine_backend(model_dir, manifest, choice, threads)
     if choice == "tensorrt":
+        from . import cuda
+
+        if cuda.local_gpu() is None:  # say so before sending anyone to build engines for it
+            why = "no CUDA GPU is visible here" if cuda.find_cudart() else f"cuda-python is missing ({cuda.INSTALL})"
+            raise NotaGenError(f"TensorRT runs on a CUDA GPU and {why}; use --backend ort-cpu (engines built here "
+                               "with `notagen-trt build` run on a machine with one)")
         raise NotaGenError(f"{model_dir}: an ONNX model directory; build engines with `notagen-trt build --model "
                            f"{model_dir} --out DIR` and pass --model DIR")
     backend, note = _ort(model_dir, choice, threads)
@@ -111,6 +118,10 @@ def _directory_of(path: Path) -> Path:
         from notagen_trt.demo import exported_dir
 
         return exported_dir(path)
+    if path.suffix not in GRAPH_SUFFIXES or not (path.parent / "manifest.json").is_file():
+        raise NotaGenError(f"{path}: not a model; pass a model directory (written by `notagen-trt export`, "
+                           f"`quantize` or `build`), a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), or a graph "
+                           f"({', '.join(GRAPH_SUFFIXES)}) listed in its directory's manifest")
     manifest = read_manifest(path.parent)
     if path.name not in {g.get("file") for g in manifest.get("graphs", {}).values()}:
         raise NotaGenError(f"{path}: not a graph listed in {path.parent / 'manifest.json'}; pass the model directory")

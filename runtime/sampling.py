@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from notagen_trt.config import VOCAB_SIZE
+
+
+# Settings every way in accepts (CLI, HTTP, page): top-k past the vocabulary keeps it all, as 0
+# does; a temperature under 0.01 is a greedy draw already (p ** 100 leaves the top alone).
+TOP_K_MAX = VOCAB_SIZE
+TEMPERATURE_RANGE = (0.01, 10.0)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -18,12 +26,13 @@ class SamplingParams:
     temperature: float = 1.2
 
     def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 <= self.top_k <= TOP_K_MAX:
+            raise ValueError(f"top_k must be 0 (off) to {TOP_K_MAX}, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= self.temperature <= high:
+            raise ValueError(f"temperature must be {low} to {high}, got {self.temperature}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -137,8 +137,9 @@ def _prompt(body: PieceIn) -> Prompt | None:
         raise ApiError(422, "give all three of period, composer and instrumentation, or none of them")
     try:
         return resolve_prompt(*given)
-    except NotaGenError as exc:  # its hints name the CLI's flags; here they are fields
-        raise ApiError(422, str(exc).replace("--period", "period")) from None
+    except NotaGenError as exc:  # its hints name the CLI's flags and command; here they are fields and GET /v1/prompts
+        line = str(exc).replace("--period", "period").replace("`notagen-trt prompts` lists", "GET /v1/prompts lists")
+        raise ApiError(422, line) from None
 
 
 def _validation_line(exc: RequestValidationError) -> tuple[int, str]:

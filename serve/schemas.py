@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from notagen_trt.runtime.piece import MAX_SECONDS, GenerationConfig
-from notagen_trt.runtime.sampling import SamplingParams
+from notagen_trt.runtime.sampling import TEMPERATURE_RANGE, TOP_K_MAX, SamplingParams
 
 Format = Literal["abc", "musicxml", "midi", "svg"]
 MAX_PATCHES = 100_000  # more than the published 102,400-character limit lets a piece reach
@@ -54,9 +54,10 @@ class PieceIn(BaseModel):
     bars: int | None = Field(None, ge=0, le=MAX_BARS, description="Force the length: N more bar lines ([r:0/N])")
     max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, description="Stop the piece after this many patches")
     max_seconds: float = Field(MAX_SECONDS, gt=0, le=MAX_SECONDS, description="Stop the piece after this long")
-    top_k: int = Field(PUBLISHED.top_k, ge=0, le=128, description="Keep the k most likely characters (0: off)")
+    top_k: int = Field(PUBLISHED.top_k, ge=0, le=TOP_K_MAX, description="Keep the k most likely characters (0: off)")
     top_p: float = Field(PUBLISHED.top_p, gt=0, le=1, description="Nucleus mass")
-    temperature: float = Field(PUBLISHED.temperature, ge=0.01, le=10, description="Sampling temperature")
+    temperature: float = Field(PUBLISHED.temperature, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1],
+                               description="Sampling temperature")
     outputs: list[Format] = Field(["abc"], min_length=1, max_length=4,
                                   description="What to return: the ABC and any of its MusicXML, MIDI and SVG")
     meter: str | None = Field(None, max_length=10, examples=["3/4"], description="Force the meter (M:) and bars of it")

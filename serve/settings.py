@@ -36,7 +36,7 @@ class ServeSettings:
     api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("rows", "max_queue", "max_body"):
+        for name in ("rows", "threads", "max_queue", "max_body"):  # ONNX Runtime takes 0 threads as every core
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise NotaGenError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_patches is not None and self.max_patches < 1:
@@ -96,7 +96,8 @@ def engine_devices(gpus: str, count: Callable[[], int] = gpu_count) -> list[str 
         raise NotaGenError(f"--gpus {gpus!r}: a GPU is named twice")
     bad = [i for i in ids if not 0 <= i < n]
     if bad:
-        raise NotaGenError(f"--gpus {gpus!r}: no GPU {bad[0]} here ({n} visible)")
+        raise NotaGenError(f"--gpus {gpus!r}: no GPU {bad[0]} here ({n} visible" +
+                           ("; --gpus none serves on the CPU)" if n == 0 else f": 0 to {n - 1})"))
     return [f"cuda:{i}" for i in ids]
 
 

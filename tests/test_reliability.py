@@ -57,6 +57,21 @@ def test_missing_and_corrupt_checkpoints(capsys, tmp_path):
                           "empty.safetensors")
 
 
+def test_files_that_are_no_model_are_refused_in_a_line_and_leave_nothing(capsys, tmp_path, monkeypatch):
+    """`generate --model` on a file of another kind, or on a checkpoint that does not load: one
+    line naming the file, and no half-made export in the user cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    other = tmp_path / "weights.ckpt"
+    other.write_bytes(b"x")
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(other), "--out", str(tmp_path / "g")),
+                          str(other), "not a model", ".safetensors")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    assert_one_line_error(*run_cli(capsys, "generate", "--model", str(junk), "--out", str(tmp_path / "g")),
+                          "junk.pth", "corrupt or truncated")
+    assert not any((tmp_path / "cache").rglob("junk-*"))
+
+
 def test_checkpoint_matching_no_config(capsys, tmp_path):
     import torch
 
@@ -185,6 +200,7 @@ def test_eval_of_a_checkpoint_refuses_the_options_it_would_ignore(capsys):
 
 
 @pytest.mark.parametrize("argv, words", [(["generate", "--rows", "0"], "--rows"),
+                                         (["generate", "--rows", "abc"], "--rows: must be a whole number 1 to 64"),
                                          (["export", "--layout", "engin", "--out", "x"], "invalid choice: 'engin'"),
                                          (["nosuch"], "invalid choice: 'nosuch'"),
                                          (["generate", "--nosuch"], "notagen-trt generate --help")])
@@ -512,3 +528,18 @@ def test_the_writer_reports_every_written_piece_in_order_and_raises_the_first_fa
     writer.queued.append(late)
     writer.report()  # after close (the engine's last events, after the summary closed): nothing is reported
     assert 99 not in summary.rows
+
+
+def test_tensorrt_asked_of_an_onnx_directory_says_first_what_this_machine_lacks(tiny_dir, monkeypatch):
+    """`--backend tensorrt` on an ONNX directory: where no GPU could run an engine, that is the
+    one line (not advice to build engines it could not run); with a GPU, the advice to build."""
+    from notagen_trt.runtime import cuda
+    from notagen_trt.runtime.backends import select_backend
+
+    monkeypatch.setattr(cuda, "local_gpu", lambda: None)
+    with pytest.raises(NotaGenError, match=r"^TensorRT runs on a CUDA GPU and (no CUDA GPU is visible|cuda-python).*"
+                                           r"--backend ort-cpu"):
+        select_backend(tiny_dir / "onnx", "tensorrt")
+    monkeypatch.setattr(cuda, "local_gpu", lambda: {"name": "a GPU", "compute_capability": "8.9"})
+    with pytest.raises(NotaGenError, match="an ONNX model directory; build engines with `notagen-trt build"):
+        select_backend(tiny_dir / "onnx", "tensorrt")

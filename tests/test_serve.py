@@ -25,6 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 from notagen_trt.cli import main  # noqa: E402
 from notagen_trt.serve.app import create_app  # noqa: E402
+from notagen_trt.errors import NotaGenError  # noqa: E402
 from notagen_trt.serve.settings import CPU_ROWS, ServeSettings, load_pool  # noqa: E402
 
 pytestmark = pytest.mark.serve
@@ -114,6 +115,17 @@ def test_eight_concurrent_clients_all_answered_once(server, capsys):
     assert [o.result["seed"] for o in outcomes] == [200 + o.index for o in outcomes]
 
 
+@pytest.mark.parametrize("path, flags, words", [("", ["--period", "Romantic"], "give all three of --period"),
+                                                ("", ["--max-patches", "0"], "--max-patches must be positive"),
+                                                ("/v1", [], "not a notagen-trt service (GET /healthz answered HTTP 404)")])
+def test_loadtest_refuses_what_every_request_would_fail_in_one_line(server, capsys, path, flags, words):
+    """A request every piece would be refused for, or an address that is not the service's (a
+    path added): one line and exit status 2 before any load, not one error per request."""
+    assert main(["loadtest", "--url", server.url + path, "--requests", "4", *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+
+
 def _wait_for(check, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -135,6 +147,7 @@ def test_a_client_that_leaves_frees_its_row(server):
 
 @pytest.mark.parametrize("body, status, words", [
     ({**PROMPT, "composer": "Bahc"}, 422, "unknown composer"),
+    ({**PROMPT, "composer": "Nobody At All"}, 422, "(GET /v1/prompts lists them all)"),
     ({"period": "Baroque"}, 422, "all three"),
     ({"seed": -1}, 422, "seed"),
     ({"bars": -1}, 422, "bars"),
@@ -298,3 +311,42 @@ def test_ray_serve_spreads_requests_over_two_replicas(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.mark.parametrize("values", [{"threads": 0}, {"threads": "-1"}, {"rows": "0"}, {"max_queue": 0}])
+def test_settings_below_one_are_refused(values):
+    """Counts below one are refused in one line before any model loads (ONNX Runtime would take
+    0 threads as every core, spinning)."""
+    name = next(iter(values))
+    with pytest.raises(NotaGenError, match=f"^{name.replace('_', '-')} must be at least 1"):
+        ServeSettings.from_dict(values)
+
+
+@pytest.mark.parametrize("field,ok,bad", [("top_k", 128, 129), ("temperature", 0.01, 0.001), ("temperature", 10, 10.5)])
+def test_http_and_cli_accept_the_same_sampling_settings(field, ok, bad):
+    """A setting the HTTP body takes, the engine takes (and `generate`, through SamplingParams),
+    and one it refuses, both refuse: the same settings give the same piece by any way in."""
+    import pydantic
+
+    from notagen_trt.runtime.sampling import SamplingParams
+    from notagen_trt.serve.schemas import PieceIn
+
+    assert getattr(PieceIn(**{field: ok}), field) == getattr(SamplingParams(**{field: ok}), field) == ok
+    with pytest.raises(pydantic.ValidationError):
+        PieceIn(**{field: bad})
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        SamplingParams(**{field: bad})
+
+
+def test_gpus_name_what_is_there():
+    """--gpus: numbers of GPUs that are not there are refused saying which are (or how to serve
+    on the CPU where there are none)."""
+    from notagen_trt.serve.settings import engine_devices
+
+    assert engine_devices("none", lambda: 0) == ["cpu"]
+    assert engine_devices("all", lambda: 2) == ["cuda:0", "cuda:1"]
+    assert engine_devices("1", lambda: 2) == ["cuda:1"]
+    with pytest.raises(NotaGenError, match=r"no GPU 0 here \(0 visible; --gpus none serves on the CPU\)"):
+        engine_devices("0", lambda: 0)
+    with pytest.raises(NotaGenError, match=r"no GPU 2 here \(2 visible: 0 to 1\)"):
+        engine_devices("0,2", lambda: 2)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build TensorRT / TensorRT-RTX plans from an ONNX model directory")
     p.add_argument("--model", help="ONNX model directory (fp32 or a precision variant; default: the demo model)")
     p.add_argument("--flavor", choices=("trt", "rtx"), default="rtx",
-                   help="trt: full TensorRT, built on the target GPU; rtx: TensorRT-RTX, builds without a GPU")
+                   help="rtx (default): TensorRT-RTX, builds without a GPU; trt: full TensorRT, built on the target GPU")
     p.add_argument("--out", required=True, help="engine directory to write")
     p.add_argument("--force", action="store_true",
                    help="replace whatever --out holds (by default only an earlier engine of this precision)")

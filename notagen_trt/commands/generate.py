@@ -295,7 +295,10 @@ class _Progress:
 def _rows(text: str) -> int:
     from notagen_trt.runtime.engine import MAX_ROWS
 
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number 1 to {MAX_ROWS}, got {text!r}") from None
     if not 1 <= value <= MAX_ROWS:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROWS}, got {value}")
     return value
@@ -321,16 +324,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and on engine-ready graphs with CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than "
                         "--num-pieces; at most 64)")
     add_prompt_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first piece; piece k uses seed + k (default 0)")
     p.add_argument("--num-pieces", type=int, default=1, help="pieces to write, one per seed (default 1)")
     p.add_argument("--bars", type=int, default=None,
                    help="ask for N+1 bar lines: the body starts with the forced prefix [r:0/N], which the model "
                         "was trained to count down to [r:N/0]. It conditions, it does not cut: a model follows it "
                         f"only for lengths it was trained on (the demo model from N={SHORTEST_TRAINED_BARS}: its "
                         "corpus has no piece under 8 bars; shorter asks come out longer)")
-    p.add_argument("--meter", help="the piece's meter, forced into its header: 3/4, 6/8, 2/2, C ...")
-    p.add_argument("--key", help="the piece's key, forced into its header: D, Dm, Bb, F#m, or a mode such as "
-                                 "Ddor, Gmix (written as the corpus spells it: Dmin, F#min)")
+    p.add_argument("--meter", help="the piece's meter, forced into its header (bars of another length are sampled "
+                                   "again): 3/4, 6/8, 2/2, C ...")
+    p.add_argument("--key", help="the piece's key, forced into its header and the voices' first bars: D, Dm, Bb, F#m, "
+                                 "or a mode such as Ddor, Gmix (written as the corpus spells it: Dmin, F#min)")
     p.add_argument("--continue", dest="continue_", metavar="FILE",
                    help="continue this piece (.abc, .musicxml, .xml, .mxl, .mid): its bars are the context, the "
                         "output is them, a comment line, then the new bars (--bars: how many to ask for, default "

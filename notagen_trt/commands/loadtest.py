@@ -27,6 +27,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     from notagen_trt.runtime.outputs import parse_formats
 
     outputs = list(parse_formats(args.outputs, "--outputs")) if args.outputs else None
+    _check_request(args)
     _reachable(args.url)
     bodies = request_bodies(args.requests, args.seed, period=args.period, composer=args.composer,
                             instrumentation=args.instrumentation, max_patches=args.max_patches, bars=args.bars,
@@ -44,15 +45,38 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] or summary.get("check", {}).get("differ") else 0
 
 
+def _check_request(args: argparse.Namespace) -> None:
+    """What every request would be refused for is one line here, as `generate` says it, not N answers."""
+    from notagen_trt.runtime.piece import GenerationConfig
+    from notagen_trt.runtime.prompts import resolve_prompt
+
+    from .generate import _as_flags
+
+    resolve_prompt(args.period, args.composer, args.instrumentation)
+    try:
+        GenerationConfig(seed=args.seed + args.requests - 1, max_patches=args.max_patches, bars=args.bars)
+    except ValueError as exc:
+        raise NotaGenError(_as_flags(str(exc))) from None
+
+
 def _reachable(url: str) -> None:
-    """One request before the load: a service that is not there is one line, not N errors."""
+    """One request before the load: a service that is not there, or an address that is not a
+    service's (a path added, another server), is one line, not N errors."""
     import httpx
 
     try:
-        httpx.get(url.rstrip("/") + "/healthz", timeout=10.0)
+        response = httpx.get(url.rstrip("/") + "/healthz", timeout=10.0)
     except httpx.HTTPError as exc:
         raise NotaGenError(f"--url {url}: no service answers there ({type(exc).__name__}: {exc}); start one with "
                            "`notagen-trt serve` or give its address") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    healthy = response.status_code == 200 and isinstance(body, dict) and body.get("status") == "ok"
+    if not healthy:
+        raise NotaGenError(f"--url {url}: not a notagen-trt service (GET /healthz answered HTTP {response.status_code}); "
+                           "give the address `notagen-trt serve` prints, e.g. http://127.0.0.1:8000")
 
 
 def _report(s: dict) -> None:
