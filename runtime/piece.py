@@ -28,7 +28,7 @@ from .prompts import Prompt
 from .sampling import SamplingParams
 
 MAX_SECONDS = 600.0
-MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter, then it stands
+MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter or key, then it stands
 _STREAM_COUNTS = re.compile(r"\[r:(\d+)/(\d+)\]")
 _BAR_START = re.compile(r"^\s*(\|\]|\|\||:\||::|\|:|\[\||\|)\s*")
 _UNIT = re.compile(r"(?m)^L:\s*(\d+/\d+)")
@@ -37,6 +37,10 @@ MODES = {"": "", "maj": "", "major": "", "ion": "", "ionian": "", "m": "min", "m
          "aeo": "min", "aeolian": "min", "dor": "dor", "dorian": "dor", "mix": "mix", "mixolydian": "mix",
          "lyd": "lyd", "lydian": "lyd", "phr": "phr", "phrygian": "phr"}
 _KEY = re.compile(r"([A-Ga-g])([#b]?)\s*([A-Za-z]*)")
+_INLINE_KEY = re.compile(r"\[K:\s*([^\]\s]*)")  # an inline key field's key (a clef may follow it)
+# Sharps (negative: flats) of each major key's signature, and what a mode takes off its tonic's.
+_MAJOR_SHARPS = {"F": -1, "C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5}
+_MODE_SHARPS = {"": 0, "lyd": 1, "mix": -1, "dor": -2, "min": -3, "phr": -4}
 _METER = re.compile(r"(\d{1,2})/(\d{1,2})")
 
 
@@ -119,6 +123,16 @@ class PatchRequest:
     params: SamplingParams
 
 
+def key_signature(key: str) -> int | None:
+    """Sharps (negative: flats) of a key's signature ('Amin' and 'C': 0, 'D': 2); None for what is
+    not a key (a clef alone, 'none', 'HP')."""
+    try:
+        m = _KEY.fullmatch(normalize_key(key))
+    except ValueError:
+        return None
+    return _MAJOR_SHARPS[m.group(1).upper()] + {"#": 7, "b": -7, "": 0}[m.group(2)] + _MODE_SHARPS[m.group(3)]
+
+
 class Decision(enum.Enum):
     ACCEPT = "accept"  # the patch joins the row's context
     RESAMPLE = "resample"  # drop it; sample again from the same context (forced body prefix)
@@ -139,7 +153,7 @@ class PieceState:
         self._prefix: list[int] = []  # characters forced at the start of the next patch
         self._prefix_in_text = False  # True when they are an open bar already in the text
         self._header_seen: set[str] = set()  # forced header fields (M, K) already written
-        self._bar_retries = 0  # resamples of the bar in progress (a forced meter)
+        self._bar_retries = 0  # resamples of the bar in progress (a forced meter or key)
         self._loaded = (0, "")  # (len(piece.text), the context text) when the row was last loaded
         self._full_patch = False  # the last body patch had 16 characters and no eos: its bar may go on
         self._closed_end = False  # the next ``context`` ends with a whole bar (one was taken back)
@@ -196,7 +210,7 @@ class PieceState:
             self.in_body = True  # the first body patch is sampled again with the forced prefix
             self._prefix = codec.to_ids(cfg.forced_body_prefix(), pad=False)
             return Decision.RESAMPLE
-        verdict = self._meter_rule(patch, text[already:], sampled_under)
+        verdict = self._bar_rule(patch, text[already:], sampled_under)
         if verdict is not None:
             return verdict
         piece.patches += 1
@@ -233,17 +247,17 @@ class PieceState:
                 self._header_seen.add(name)
         return None
 
-    def _meter_rule(self, patch: list[int], added: str, sampled_under: tuple[list[int], bool]) -> Decision | None:
-        """A forced meter: a voice's bar whose length disagrees with it is sampled again (when it
-        is all in this patch) or taken back to where it started (RELOAD), at most MAX_BAR_RETRIES
-        times, then it stands. None: the patch goes on to the published rules."""
-        if not (self.config.meter and self.in_body) or codec.is_eos_patch(patch):
+    def _bar_rule(self, patch: list[int], added: str, sampled_under: tuple[list[int], bool]) -> Decision | None:
+        """A forced meter or key: a voice's bar that disagrees with it (``_off_bar``) is sampled
+        again (when it is all in this patch) or taken back to where it started (RELOAD), at most
+        MAX_BAR_RETRIES times, then it stands. None: the patch goes on to the published rules."""
+        if not ((self.config.meter or self.config.key) and self.in_body) or codec.is_eos_patch(patch):
             return None
         text, start = self.piece.text, None
         if self._full_patch and (text.endswith("\n") or added.startswith(("|", ":", "[|"))):
-            start = self._off_meter(text)  # the last patch ended a bar without an eos; this one starts the next
+            start = self._off_bar(text)  # the last patch ended a bar without an eos; this one starts the next
         if start is None and EOS_ID in patch:  # this patch closes a bar
-            start = self._off_meter(text + added)
+            start = self._off_bar(text + added)
         # The row's context ends as the text does; it can give back as much as it holds of the body.
         context = self._loaded[1] + text[self._loaded[0]:]
         header = len("".join(codec.split_lines(context)[0]))
@@ -259,6 +273,25 @@ class PieceState:
         self._context_text = context[: len(context) - (len(text) - start)]
         self._full_patch, self._closed_end = False, True
         return Decision.RELOAD
+
+    def _off_bar(self, text: str) -> int | None:
+        """Where the last voice bar of ``text`` starts, if it disagrees with the forced key or meter."""
+        start = self._off_key(text) if self.config.key else None
+        return start if start is not None or not self.config.meter else self._off_meter(text)
+
+    def _off_key(self, text: str) -> int | None:
+        """Where the last voice bar of ``text`` starts, if it is in the first body line and an
+        inline key field there has another signature than the forced key. The corpus restates
+        the key in each lower voice's first bar ([V:2][K:Bb] under K:Gmin, the same signature);
+        a voice that names another key there contradicts the header. Later key changes stand."""
+        line = text[text.rfind("\n", 0, len(text) - 1) + 1:]
+        counts = _STREAM_COUNTS.match(line)
+        if not counts or counts.group(1) != "0":
+            return None
+        segment = codec.split_bars(line)[-1]
+        want = key_signature(self.config.key)
+        signatures = (key_signature(value) for value in _INLINE_KEY.findall(segment))
+        return len(text) - len(segment) if any(s is not None and s != want for s in signatures) else None
 
     def _off_meter(self, text: str) -> int | None:
         """Where the last voice bar of ``text`` starts, if its length disagrees with the forced

@@ -222,6 +222,48 @@ def test_rule_a_bar_stands_after_the_retries():
     assert state.take(_patch("|[V:2]a")) is Decision.RESAMPLE  # the next bar is judged afresh
 
 
+# ---- a forced key: a lower voice's first bar that names another key is sampled again -------------
+@pytest.mark.parametrize("key, sharps", [("C", 0), ("Am", 0), ("D", 2), ("Bb", -2), ("Gm", -2), ("F#m", 3), ("Ddor", 0),
+                                         ("Emix", 3), ("C#", 7), ("Cb", -7), ("treble", None), ("none", None)])
+def test_key_signature(key, sharps):
+    from notagen_trt.runtime.piece import key_signature
+
+    assert key_signature(key) == sharps
+
+
+def _first_line(key: str) -> PieceState:
+    """A two-voice piece whose first body line holds the upper voice's first bar."""
+    state = PieceState(None, GenerationConfig(key=key), patch_length=64,
+                       text=f"L:1/8\nM:3/4\nK:{GenerationConfig(key=key).key}\nV:1\nV:2\n[r:0/9][V:1]d6")
+    state.context()
+    prefix = state.request().prefix
+    assert state.take(np.array(prefix + [EOS_ID], dtype=np.int64)) is Decision.ACCEPT
+    return state
+
+
+def test_rule_a_first_bar_in_another_key_is_sampled_again():
+    state = _first_line("D")
+    assert state.take(_patch("|[V:2][K:C] A6")) is Decision.RESAMPLE  # no sharps under K:D
+    assert state.take(_patch("|[V:2][K:D] A6")) is Decision.ACCEPT  # the corpus restates the key there
+    assert state.piece.text.endswith("[V:1]d6|[V:2][K:D] A6")
+
+
+def test_rule_a_first_bar_keeps_a_relative_key_and_later_changes():
+    state = _first_line("Am")
+    assert state.take(_patch("|[V:2][K:C] A6")) is Decision.ACCEPT  # Amin's signature: as the corpus writes it
+    assert state.take(_patch("|\n")) is Decision.ACCEPT
+    assert state.take(_patch("[r:1/8][V:1][K:D]d6")) is Decision.ACCEPT  # a key change later on stands
+
+
+def test_rule_a_bar_in_another_key_stands_after_the_retries():
+    from notagen_trt.runtime.piece import MAX_BAR_RETRIES
+
+    state = _first_line("D")
+    for _ in range(MAX_BAR_RETRIES):
+        assert state.take(_patch("|[V:2][K:F] A6")) is Decision.RESAMPLE
+    assert state.take(_patch("|[V:2][K:F] A6")) is Decision.ACCEPT
+
+
 def test_bar_splitter_forgets_a_bar_taken_back():
     from notagen_trt.runtime.piece import BarSplitter
 

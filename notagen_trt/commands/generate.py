@@ -342,9 +342,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-patches", type=int, default=None,
                    help="stop a piece after this many patches (default: no limit but --max-seconds)")
     p.add_argument("--max-seconds", type=float, default=600.0, help="stop a piece after this long (default 600)")
-    p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters (default 9; 0: off)")
+    p.add_argument("--top-k", type=int, default=9, help="sampling: keep the k most likely characters, 0 (off) to 128 (default 9)")
     p.add_argument("--top-p", type=float, default=0.9, help="sampling: nucleus mass (default 0.9)")
-    p.add_argument("--temperature", type=float, default=1.2, help="sampling temperature (default 1.2)")
+    p.add_argument("--temperature", type=float, default=1.2, help="sampling temperature, 0.01 to 10 (default 1.2)")
     p.add_argument("--out", default="out", help="folder for the generated files (default: out); a new tune "
                    "whose file name is taken by a different earlier piece is written as NAME_2, NAME_3...")
     p.add_argument("--formats", default="abc,musicxml,midi,svg",
