@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from notagen_trt.errors import NotaGenError
+
 from .executor import Executor
 from .piece import BarSplitter, Decision, GenerationConfig, Piece, PieceState
 from .prompts import Prompt
@@ -366,10 +368,19 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         threads = AUTO
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
-    rows = rows or max(at_least, min(chosen.default_rows, pieces or MAX_ROWS))
+    asked, default = rows, chosen.default_rows
+    rows = rows or max(at_least, min(default, pieces or MAX_ROWS))
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
-    engine = Engine(chosen.executor(rows))
+    try:
+        executor = chosen.executor(rows)
+    except NotaGenError:
+        if asked or rows <= default:
+            raise
+        # at_least is a wish; the fast path's default is what the GPU's free memory holds: take that.
+        note += f"; {rows} rows asked, {default} fit"
+        rows, executor = default, chosen.executor(default)
+    engine = Engine(executor)
     engine.note = f"{engine.executor.name}, {rows} row{'s' * (rows > 1)}: {note}"
     precision = getattr(chosen, "precision", None) or getattr(chosen, "manifest", {}).get("precision", "fp32")
     engine.made_by = f"{engine.executor.name} ({model_label(model)}, {precision})"

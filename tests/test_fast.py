@@ -165,6 +165,32 @@ def test_rows_that_run_the_gpu_out_of_memory_are_refused_in_a_sentence(trained, 
         backend.executor(32)
 
 
+def test_a_service_wish_for_rows_gives_way_to_what_fits(trained, monkeypatch, tmp_path):
+    """`serve` asks at least 4 rows; where the GPU's free memory holds fewer (the fast path's
+    default), the engine takes those and says so. Rows asked for by name are refused instead."""
+    from notagen_trt.fastpath import executor as fast_executor
+    from notagen_trt.runtime import backends
+    from notagen_trt.runtime.engine import load_engine
+
+    backend = FastBackend(copy.deepcopy(trained), "cpu", "fp32")
+    monkeypatch.setattr(FastBackend, "default_rows", property(lambda self: 2))
+    monkeypatch.setattr(backend, "free_bytes", lambda collect=False: backend.HEADROOM + 2 * backend.row_bytes())
+    made = fast_executor.FastExecutor.__init__
+
+    def init(self, fast, rows=1, graph=None):
+        if rows > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        made(self, fast, rows, graph)
+
+    monkeypatch.setattr(fast_executor.FastExecutor, "__init__", init)
+    monkeypatch.setattr(backends, "select_backend", lambda *args, **kwargs: (backend, "fast CUDA path"))
+    with load_engine(tmp_path, "fast", at_least=4) as engine:
+        assert engine.executor.rows == 2 and engine.note.endswith("fast CUDA path; 4 rows asked, 2 fit")
+        assert engine.generate([PieceRequest(None, GenerationConfig(seed=1, max_patches=4))])[0].patches == 4
+    with pytest.raises(NotaGenError, match="^4 rows do not fit on cpu.*--rows 2"):
+        load_engine(tmp_path, "fast", rows=4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_short_of_memory_gets_fewer_rows_or_a_sentence():
