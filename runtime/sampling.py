@@ -13,8 +13,8 @@ import numpy as np
 from notagen_trt.config import VOCAB_SIZE
 
 
-# Settings every way in accepts (CLI, HTTP, page): top-k past the vocabulary keeps it all, as 0
-# does; a temperature under 0.01 is a greedy draw already (p ** 100 leaves the top alone).
+# Settings every way in accepts (CLI, HTTP, page): top-k past the vocabulary would keep it all, as
+# 0 does; at temperature 0.01 the weights are raised to the 100th power, the top one nearly always drawn.
 TOP_K_MAX = VOCAB_SIZE
 TEMPERATURE_RANGE = (0.01, 10.0)
 
