@@ -38,9 +38,14 @@ MODES = {"": "", "maj": "", "major": "", "ion": "", "ionian": "", "m": "min", "m
          "lyd": "lyd", "lydian": "lyd", "phr": "phr", "phrygian": "phr"}
 _KEY = re.compile(r"([A-Ga-g])([#b]?)\s*([A-Za-z]*)")
 _INLINE_KEY = re.compile(r"\[K:\s*([^\]\s]*)")  # an inline key field's key (a clef may follow it)
+# A key as ABC readers take it: a tonic A-G, #/b, a mode's first three letters or m; anything glued
+# on after is a clef ('Gbass' is G flat major in bass clef to abc2xml). A value without a capital
+# tonic ('bass', 'treble', 'none') names no key.
+_KEY_FIELD = re.compile(r"([A-G])([#b]?)(maj|min|ion|aeo|dor|mix|lyd|phr|loc|m(?![a-z]))?", re.IGNORECASE)
 # Sharps (negative: flats) of each major key's signature, and what a mode takes off its tonic's.
 _MAJOR_SHARPS = {"F": -1, "C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5}
-_MODE_SHARPS = {"": 0, "lyd": 1, "mix": -1, "dor": -2, "min": -3, "phr": -4}
+_MODE_SHARPS = {"": 0, "maj": 0, "ion": 0, "lyd": 1, "mix": -1, "dor": -2, "min": -3, "aeo": -3, "m": -3,
+                "phr": -4, "loc": -5}
 _METER = re.compile(r"(\d{1,2})/(\d{1,2})")
 
 
@@ -124,13 +129,12 @@ class PatchRequest:
 
 
 def key_signature(key: str) -> int | None:
-    """Sharps (negative: flats) of a key's signature ('Amin' and 'C': 0, 'D': 2); None for what is
-    not a key (a clef alone, 'none', 'HP')."""
-    try:
-        m = _KEY.fullmatch(normalize_key(key))
-    except ValueError:
+    """Sharps (negative: flats) of a K: value's signature as ABC readers take it ('Amin' and 'C':
+    0, 'D': 2, 'Gbass': -6); None for a value that names no key (a clef alone, 'none')."""
+    m = _KEY_FIELD.match(key.strip())
+    if m is None or not m.group(1).isupper():
         return None
-    return _MAJOR_SHARPS[m.group(1).upper()] + {"#": 7, "b": -7, "": 0}[m.group(2)] + _MODE_SHARPS[m.group(3)]
+    return _MAJOR_SHARPS[m.group(1)] + {"#": 7, "b": -7, "": 0}[m.group(2)] + _MODE_SHARPS[(m.group(3) or "").lower()]
 
 
 class Decision(enum.Enum):

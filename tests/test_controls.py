@@ -224,8 +224,10 @@ def test_rule_a_bar_stands_after_the_retries():
 
 # ---- a forced key: a lower voice's first bar that names another key is sampled again -------------
 @pytest.mark.parametrize("key, sharps", [("C", 0), ("Am", 0), ("D", 2), ("Bb", -2), ("Gm", -2), ("F#m", 3), ("Ddor", 0),
-                                         ("Emix", 3), ("C#", 7), ("Cb", -7), ("treble", None), ("none", None)])
+                                         ("Emix", 3), ("C#", 7), ("Cb", -7), ("treble", None), ("bass", None),
+                                         ("none", None), ("Gbass", -6), ("Amaj", 3), ("Aaeolian", 0)])
 def test_key_signature(key, sharps):
+    """As ABC readers take a K: value: a clef glued on after the key ('Gbass') leaves G flat major."""
     from notagen_trt.runtime.piece import key_signature
 
     assert key_signature(key) == sharps
@@ -246,6 +248,16 @@ def test_rule_a_first_bar_in_another_key_is_sampled_again():
     assert state.take(_patch("|[V:2][K:C] A6")) is Decision.RESAMPLE  # no sharps under K:D
     assert state.take(_patch("|[V:2][K:D] A6")) is Decision.ACCEPT  # the corpus restates the key there
     assert state.piece.text.endswith("[V:1]d6|[V:2][K:D] A6")
+
+
+def test_rule_a_clef_glued_to_a_key_is_judged_as_readers_take_it():
+    state = _first_line("Gm")
+    assert state.take(_full("|[V:2][K:Gbass]A")) is Decision.ACCEPT  # the bar goes on: judged when it closes
+    assert state.take(_patch("6")) is Decision.RELOAD  # G flat major in bass clef: taken back
+    assert state.piece.text.endswith("[V:1]d6")
+    state = _first_line("Gm")
+    assert state.take(_full("|[V:2][K:Bb bass")) is Decision.ACCEPT
+    assert state.take(_patch("]A6")) is Decision.ACCEPT  # Gmin's signature, then the clef
 
 
 def test_rule_a_first_bar_keeps_a_relative_key_and_later_changes():
