@@ -49,3 +49,21 @@ def trained_prompt_counts() -> dict[tuple[str, str, str], int]:
     manifest = json.loads((default_split("train").parent / "manifest.json").read_text(encoding="utf-8"))
     return dict(collections.Counter(tuple(p["prompt"]) for p in manifest["pieces"]
                                     if p.get("split") == "train" and p.get("prompt")))
+
+
+# What the demo model learnt from the shipped corpus, which the front ends say when a request
+# goes past it: the shortest pieces are 8 bars ([r:0/7], prepare.py's MIN_BARS), and a prompt
+# carried by fewer than RARE_PROMPT training pieces may give pieces that never write the end.
+SHORTEST_TRAINED_BARS = 7
+RARE_PROMPT = 10
+
+
+def rare_prompt(period: str, composer: str, instrumentation: str) -> tuple[int, tuple[str, str, str], int] | None:
+    """(training pieces with this prompt, the most common prompt, its pieces) when the demo
+    model saw the prompt in fewer than RARE_PROMPT pieces; None otherwise."""
+    counts = trained_prompt_counts()
+    seen = counts.get((period, composer, instrumentation), 0)
+    if seen >= RARE_PROMPT:
+        return None
+    best = max(counts, key=counts.get)
+    return seen, best, counts[best]

@@ -22,6 +22,7 @@ import time
 import weakref
 from pathlib import Path
 
+from notagen_trt.corpus import SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.runtime.continuation import MAX_BYTES, SUFFIXES, Continuation, parse_continuation
 from notagen_trt.runtime.engine import PieceRequest
@@ -189,8 +190,25 @@ def _stem(prompt: Prompt, seed: int, continuation: Continuation | None) -> str:
 
 
 # ---- the page ------------------------------------------------------------------------------------------
-def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = None):
-    """The Gradio Blocks of the page, generating through ``pool``."""
+def demo_notes(request: PieceRequest, prompt: Prompt | None) -> str:
+    """What the demo model did not learn that this request asks for, as `generate` says it: a
+    prompt of few training pieces, or fewer bars than its shortest piece. '' when nothing."""
+    notes = []
+    if prompt is not None and request.text is None:
+        rare = rare_prompt(prompt.period, prompt.composer, prompt.instrumentation)
+        if rare:
+            seen, best, count = rare
+            notes.append(f"the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} "
+                         f"({' / '.join(best)}: {count}); its pieces may run on without ending: Stop ends one")
+    if request.text is None and request.config.bars is not None and request.config.bars < SHORTEST_TRAINED_BARS:
+        notes.append(f"the demo model's shortest training pieces have {SHORTEST_TRAINED_BARS + 1} bars; it may "
+                     "write more than asked")
+    return "".join(f" Note: {n}." for n in notes)
+
+
+def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = None, demo: bool = False):
+    """The Gradio Blocks of the page, generating through ``pool`` (``demo``: the demo model, whose
+    training data the page's notes know)."""
     import gradio as gr
 
     from notagen_trt.runtime.render import piece_abc
@@ -246,6 +264,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
             yield (f"⚠️ {_line(exc)}"), skip, skip, skip, skip, skip
             return
         config = request.config
+        note = demo_notes(request, prompt) if demo else ""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
 
@@ -264,7 +283,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         text = request.text if request.text is not None else "".join(prompt.lines())
         bars, drawn_at, score = 0, 0.0, ""
         what = f"continuing {continuation.name}" if continuation else f"seed {config.seed}"
-        yield (f"Writing… ({what})"), config.seed, "", "", "", ""
+        yield (f"Writing… ({what}).{note}"), config.seed, "", "", "", ""
         try:
             while True:
                 kind, added = await events.get()
@@ -286,7 +305,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                     except Exception:  # noqa: BLE001 - a half-written piece may not draw yet; keep the last
                         pass
                     doing = "Stopping…" if handle.cancelled else "Writing…"  # bars already queued still draw
-                    yield (f"{doing} ({what}; {bars} lines so far)"), skip, score, partial, skip, skip
+                    yield (f"{doing} ({what}; {bars} lines so far).{note}"), skip, score, partial, skip, skip
         finally:
             if not handle.done:  # the page was closed or the run cancelled: free the row
                 handle.cancel()
@@ -303,7 +322,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         urls = files.store(made)
         how = {"eos": "finished", "cancelled": "stopped"}.get(piece.stop_reason, f"cut short ({piece.stop_reason})")
         lines = sum(line.startswith("[V:") for line in abc.splitlines())
-        note = f" Not made: {'; '.join(f'{k}: {v}' for k, v in errors.items())}." if errors else ""
+        note += f" Not made: {'; '.join(f'{k}: {v}' for k, v in errors.items())}." if errors else ""
         yield ((f"Done: {lines} bars, {how}, seed {config.seed}, {piece.seconds:.1f} s.{note}"), skip,
                final_score or score, abc, player_html(urls), downloads_html(urls))
 
@@ -361,11 +380,13 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                             top_k, top_p, upload, state], [status, seed, score, abc, player, downloads],
                  concurrency_limit=None, show_progress="hidden")
         halt.click(stop, state, status, queue=False)
+        seed.input(lambda: False, None, random_seed, queue=False)  # a seed typed in is the one wanted
     return page
 
 
-def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str = "/"):
-    """The page on ``app`` (the service's FastAPI app) at ``path``, and its files' route."""
+def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str = "/", demo: bool = False):
+    """The page on ``app`` (the service's FastAPI app) at ``path``, and its files' route
+    (``demo``: the pool runs the demo model)."""
     import gradio as gr
     from fastapi.responses import FileResponse, JSONResponse
 
@@ -379,7 +400,7 @@ def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str
         return FileResponse(found, media_type=MEDIA_TYPES.get(found.suffix, "application/octet-stream"),
                             filename=found.name)
 
-    page = build_page(pool, files, max_patches)
+    page = build_page(pool, files, max_patches, demo)
     mounted = gr.mount_gradio_app(app, page, path=path, css=CSS, ssr_mode=False, footer_links=["api"],
                                   max_file_size=MAX_BYTES, show_error=False)
     # Gradio's queue polls for work every millisecond while idle (about 6% of a core on an

@@ -13,7 +13,7 @@ import wave
 from pathlib import Path
 
 import pytest
-from conftest import LoopbackServer
+from conftest import BACH, LoopbackServer
 
 pytest.importorskip("gradio")
 pytest.importorskip("fastapi")
@@ -24,6 +24,8 @@ from notagen_trt.commands.ui import UPLOAD_BODY  # noqa: E402
 from notagen_trt.corpus import default_split  # noqa: E402
 from notagen_trt.errors import NotaGenError  # noqa: E402
 from notagen_trt.runtime.continuation import MARKER  # noqa: E402
+from notagen_trt.runtime.engine import PieceRequest  # noqa: E402
+from notagen_trt.runtime.piece import GenerationConfig  # noqa: E402
 from notagen_trt.serve.app import create_app  # noqa: E402
 from notagen_trt.serve.settings import ServeSettings, load_pool  # noqa: E402
 from notagen_trt.serve.ui import PieceFiles, chosen_prompt, composers, instrumentations, mount_ui, periods  # noqa: E402
@@ -39,7 +41,7 @@ class UiServer(LoopbackServer):
     def __init__(self) -> None:
         self.pool = load_pool(ServeSettings(backend="ort-cpu", rows=2, threads=1, max_patches=MAX_PATCHES))
         super().__init__(mount_ui(create_app(self.pool, max_body=UPLOAD_BODY, max_patches=MAX_PATCHES), self.pool,
-                                  max_patches=MAX_PATCHES), start_seconds=60)
+                                  max_patches=MAX_PATCHES, demo=True), start_seconds=60)
 
     def stop(self) -> None:
         self.stop_server()
@@ -74,6 +76,22 @@ def test_menus_offer_only_valid_combinations():
     assert "Keyboard" in instrumentations("Romantic", "Chopin, Frederic")
     with pytest.raises(NotaGenError, match="not a combination the model knows; pick again"):
         chosen_prompt("Baroque", "Chopin, Frederic", "Keyboard")
+
+
+def test_the_page_says_what_the_demo_model_did_not_learn():
+    """As `generate` does: a prompt of few training pieces, or fewer bars than its shortest piece;
+    nothing for a common prompt, or for a continued file (its own bars are the context)."""
+    from notagen_trt.runtime.prompts import resolve_prompt
+    from notagen_trt.serve.ui import demo_notes
+
+    def note(prompt, bars=None, text=None):
+        return demo_notes(PieceRequest(prompt, GenerationConfig(bars=bars), text=text), prompt)
+
+    chopin, bach = resolve_prompt("Romantic", "Chopin, Frederic", "Keyboard"), resolve_prompt(*BACH)
+    assert "Note: the demo model saw this prompt in 1 training piece (" in note(chopin) and "Stop ends one" in note(chopin)
+    assert note(bach) == "" and note(None) == "" and note(bach, bars=7) == ""
+    assert "shortest training pieces have 8 bars" in note(bach, bars=1)
+    assert note(chopin, bars=1, text="X:1\n") == ""
 
 
 def test_piece_files_are_served_only_by_their_token():
@@ -184,10 +202,14 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
                 new MutationObserver(() => window.seen.push(document.querySelector('#status').innerText))
                     .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""")
             _generate(other, "Romantic", "Chopin, Frederic", "Keyboard", 3)
+            assert page.is_checked("#random-seed input")
+            page.fill("#seed input", "5")  # a seed typed in is the one wanted: no longer a random one
+            page.wait_for_function("!document.querySelector('#random-seed input').checked", timeout=10_000)
             _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 0)
 
             status = _wait_status(page, "Done:")
             assert "seed 0" in status and page.input_value("#seed input") == "0"
+            assert "Note: the demo model saw this prompt in 1 training piece" in status  # as generate says
             assert page.eval_on_selector_all("#score svg g.measure", "els => els.length") >= 4, status
             assert _audio_seconds(page) > 1
             if shots:

@@ -12,10 +12,10 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from notagen_trt.corpus import SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, refuse_model_dir
 
-SHORTEST_TRAINED_BARS = 7  # [r:0/N] of the demo corpus's shortest pieces (8 bars, prepare.py's MIN_BARS)
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
 
@@ -219,20 +219,16 @@ def _as_flags(message: str) -> str:
     return _FIELDS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
 
 
-RARE_PROMPT = 10  # training pieces below which the demo model's pieces of a prompt may not end
 
 
 def _note_rare_prompt(prompt) -> None:
     """The demo model learnt a prompt from the pieces of the shipped corpus that carry it: say so
     when those are few (its pieces may then never write the end, see the README)."""
-    from notagen_trt.corpus import trained_prompt_counts
-
-    counts = trained_prompt_counts()
-    seen = counts.get((prompt.period, prompt.composer, prompt.instrumentation), 0)
-    if seen < RARE_PROMPT:
-        best = max(counts, key=counts.get)
+    rare = rare_prompt(prompt.period, prompt.composer, prompt.instrumentation)
+    if rare:
+        seen, best, count = rare
         print(f"note: the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} ({' / '.join(best)}: "
-              f"{counts[best]}); its pieces may run on without ending: --max-patches or --max-seconds cut them",
+              f"{count}); its pieces may run on without ending: --max-patches or --max-seconds cut them",
               file=sys.stderr)
 
 

@@ -37,7 +37,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     pool = load_pool(settings, log)
     try:
         app = mount_ui(create_app(pool, max_body=settings.max_body, max_patches=settings.max_patches), pool,
-                       max_patches=settings.max_patches)
+                       max_patches=settings.max_patches, demo=settings.model is None)
         log(f"http://{args.host}:{args.port}/ (the page; the API under /v1, its docs at /docs; Ctrl-C stops)")
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     finally:
