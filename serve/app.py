@@ -57,6 +57,7 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, rejected=metrics.outcome,
                        replica=replica or f"{socket.gethostname()}:{os.getpid()}")
     _error_handlers(app, metrics)
+    app.state.metrics = metrics  # the page (serve/ui.py) counts its pieces beside the API's
 
     def start(body: PieceIn, path: str, stream: bool, continuation: Continuation | None = None) -> Job:
         prompt = _prompt(body) or (continuation.prompt if continuation else None)

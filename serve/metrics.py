@@ -15,7 +15,8 @@ from .pool import EnginePool
 # complete: the model ended it; stopped: a limit did; cancelled: the client left; error: the backend
 # failed; invalid / unauthorized / too_large / busy: refused before generating (4xx, 503).
 OUTCOMES = ("complete", "stopped", "cancelled", "error", "invalid", "unauthorized", "too_large", "busy")
-ENDPOINTS = ("/v1/pieces", "/v1/pieces/stream", "/v1/prompts", "/healthz", "/readyz", "/metrics")
+# "page": the pieces the web page (serve/ui.py) asks for, which go to the pool, not through an endpoint.
+ENDPOINTS = ("/v1/pieces", "/v1/pieces/stream", "/v1/prompts", "/healthz", "/readyz", "/metrics", "page")
 PIECE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
 PATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 WINDOW = 10.0  # seconds of steps behind the patches-per-second gauge

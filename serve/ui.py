@@ -31,6 +31,7 @@ from notagen_trt.runtime.postprocess import postprocess
 from notagen_trt.runtime.prompts import Prompt, valid_prompts
 from notagen_trt.runtime.sampling import SamplingParams
 
+from .metrics import ServiceMetrics
 from .pool import EnginePool, QueueFull
 from .schemas import PUBLISHED
 
@@ -206,9 +207,14 @@ def demo_notes(request: PieceRequest, prompt: Prompt | None) -> str:
     return "".join(f" Note: {n}." for n in notes)
 
 
-def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = None, demo: bool = False):
+def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = None, demo: bool = False,
+               metrics: ServiceMetrics | None = None):
     """The Gradio Blocks of the page, generating through ``pool`` (``demo``: the demo model, whose
-    training data the page's notes know)."""
+    training data the page's notes know; ``metrics``: the service's, where its pieces are counted)."""
+
+    def record(outcome: str, seconds: float | None = None) -> None:
+        if metrics is not None:
+            metrics.outcome("page", outcome, seconds)
     import gradio as gr
 
     from notagen_trt.runtime.render import piece_abc
@@ -277,8 +283,10 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         try:
             handle = pool.submit(request, listen)
         except QueueFull as exc:
+            record("busy")
             yield (f"⚠️ The server is busy ({exc}); try again in a minute."), skip, skip, skip, skip, skip
             return
+        submitted = time.perf_counter()
         state["handle"] = handle
         text = request.text if request.text is not None else "".join(prompt.lines())
         bars, drawn_at, score = 0, 0.0, ""
@@ -309,10 +317,15 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         finally:
             if not handle.done:  # the page was closed or the run cancelled: free the row
                 handle.cancel()
+                record("cancelled")
         piece = handle.piece
         if handle.error:
+            record("error")
             yield (f"⚠️ The engine failed: {handle.error}"), skip, skip, skip, skip, skip
             return
+        # As the API counts its pieces: Stop, like a client that leaves, is "cancelled".
+        outcome = "complete" if piece.complete else "cancelled" if piece.stop_reason == "cancelled" else "stopped"
+        record(outcome, None if outcome == "cancelled" else time.perf_counter() - submitted)
         abc = piece_abc(prompt, config, piece, pool.made_by)
         abc = continuation.mark(abc) if continuation else abc
         # Converting a long piece takes seconds: say so, rather than leave the last "Writing…" up.
@@ -400,7 +413,7 @@ def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str
         return FileResponse(found, media_type=MEDIA_TYPES.get(found.suffix, "application/octet-stream"),
                             filename=found.name)
 
-    page = build_page(pool, files, max_patches, demo)
+    page = build_page(pool, files, max_patches, demo, getattr(app.state, "metrics", None))
     mounted = gr.mount_gradio_app(app, page, path=path, css=CSS, ssr_mode=False, footer_links=["api"],
                                   max_file_size=MAX_BYTES, show_error=False)
     # Gradio's queue polls for work every millisecond while idle (about 6% of a core on an

@@ -170,6 +170,14 @@ def _wait_status(page, text: str, seconds: float = 240) -> str:
     return page.inner_text("#status")
 
 
+def _page_pieces(server) -> dict[str, float]:
+    """The page's pieces in the service's metrics, by outcome."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    prefix = 'notagen_requests_total{endpoint="page",outcome="'
+    return {line[len(prefix):].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(prefix)}
+
+
 def _audio_seconds(page) -> float:
     return page.evaluate("""async () => {
         const a = document.querySelector('#player audio');
@@ -210,6 +218,8 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
             status = _wait_status(page, "Done:")
             assert "seed 0" in status and page.input_value("#seed input") == "0"
             assert "Note: the demo model saw this prompt in 1 training piece" in status  # as generate says
+            counted = _page_pieces(server)  # beside the API's, in /metrics
+            assert counted.get("complete", 0) + counted.get("stopped", 0) >= 1, counted
             assert page.eval_on_selector_all("#score svg g.measure", "els => els.length") >= 4, status
             assert _audio_seconds(page) > 1
             if shots:
@@ -281,9 +291,11 @@ def test_stop_ends_the_piece_and_keeps_what_was_written(server):
         page.evaluate("""() => { window.seen = [];
             new MutationObserver(() => window.seen.push(document.querySelector('#status').innerText))
                 .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""")
+        cancelled = _page_pieces(server).get("cancelled", 0)
         page.click("#stop")
         status = _wait_status(page, "Done:", 60)
         assert "stopped" in status and "[V:1]" in page.inner_text("#abc")
+        assert _page_pieces(server)["cancelled"] == cancelled + 1  # counted as the API counts a client leaving
         # Once stopping, the page never says it is writing again (bars already made still draw).
         seen = page.evaluate("window.seen")
         after = seen[next(i for i, s in enumerate(seen) if s.startswith("Stopp")):]
