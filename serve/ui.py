@@ -358,7 +358,8 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                                           label="Instrumentation", elem_id="instrumentation")
         with gr.Row():
             random_seed = gr.Checkbox(True, label="New random seed each time", elem_id="random-seed")
-            seed = gr.Number(None, precision=0, minimum=0, label="Seed (the one used is shown)", elem_id="seed")
+            # No minimum here: Gradio's own refusal is a pop-up and a server traceback; request_for says it in a line.
+            seed = gr.Number(None, precision=0, label="Seed (the one used is shown)", elem_id="seed")
             length = gr.Slider(0, 64, value=0, step=1, label="Length in bars (0: the model's choice; with a file: bars to add)",
                                elem_id="length")
             meter = gr.Dropdown(METERS, value=ANY, allow_custom_value=True, label="Meter", elem_id="meter")
@@ -393,7 +394,8 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                             top_k, top_p, upload, state], [status, seed, score, abc, player, downloads],
                  concurrency_limit=None, show_progress="hidden")
         halt.click(stop, state, status, queue=False)
-        seed.input(lambda: False, None, random_seed, queue=False)  # a seed typed in is the one wanted
+        # A seed typed in is the one wanted; in the browser, before a click on Generate can read the box.
+        seed.input(None, None, random_seed, js="() => false", queue=False)
     return page
 
 

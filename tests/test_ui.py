@@ -283,6 +283,16 @@ def test_the_page_continues_an_uploaded_file(server, tmp_path):
 
 
 @pytest.mark.browser
+def test_a_seed_out_of_range_is_a_line_on_the_page(server):
+    with _page(server) as page:
+        page.fill("#seed input", "-5")  # typed: no longer a random seed
+        page.wait_for_function("!document.querySelector('#random-seed input').checked", timeout=10_000)
+        page.click("#generate")
+        status = _wait_status(page, "⚠️", 60)
+        assert "seed must be in [0, 2**63), got -5" in status, status
+
+
+@pytest.mark.browser
 def test_stop_ends_the_piece_and_keeps_what_was_written(server):
     with _page(server) as page:
         page.fill("#length input[type=number]", "64")
