@@ -42,6 +42,14 @@ class PieceRequest:
     text: str | None = None  # continue this training-format text instead of starting from the prompt
     tag: Any = None  # the caller's own data (an index, a request id)
 
+    def __post_init__(self) -> None:  # here, not on the engine's thread, where it would end other pieces
+        if self.prompt is not None and not isinstance(self.prompt, Prompt):
+            raise ValueError(f"prompt must be a Prompt (runtime.prompts.resolve_prompt) or None, got {self.prompt!r}")
+        if not isinstance(self.config, GenerationConfig):
+            raise ValueError(f"config must be a GenerationConfig, got {type(self.config).__name__}")
+        if self.text is not None and not isinstance(self.text, str):
+            raise ValueError(f"text must be a string or None, got {type(self.text).__name__}")
+
 
 @dataclass(frozen=True)
 class Event:
@@ -55,7 +63,8 @@ Listener = Callable[[Event], None]
 
 class PieceHandle:
     """A submitted piece: its events go to ``listener`` (called on the engine's thread; keep it
-    short), ``cancel`` frees its row at the next step, ``wait`` blocks until it ends."""
+    short; one that raises ends this piece as cancelled, ``error`` saying why, and no other),
+    ``cancel`` frees its row at the next step, ``wait`` blocks until it ends."""
 
     _ids = itertools.count()
 
@@ -90,8 +99,14 @@ class PieceHandle:
         return self.piece
 
     def _emit(self, kind: str, text: str = "") -> None:
-        if self.listener is not None:
+        if self.listener is None:
+            return
+        try:
             self.listener(Event(kind, self, text))
+        except Exception as exc:  # noqa: BLE001 - a listener's fault ends its own piece, not the others in flight
+            self.listener = None
+            self.error = f"the listener raised {type(exc).__name__}: {exc}"
+            self._cancelled = True
 
     def _added(self, text: str) -> None:
         if self.listener is None:  # nobody streams: skip the bar splitting

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import re
 import time
 from fractions import Fraction
@@ -81,6 +82,17 @@ class GenerationConfig:
     key: str | None = None  # force the header's ``K:`` line (normalised as the corpus spells it: 'F#min')
 
     def __post_init__(self) -> None:
+        for name in ("seed", "max_chars", "max_patches", "bars"):  # numpy's ints too; a float or a string, not
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, name, operator.index(value))
+                except TypeError:
+                    raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+        if not isinstance(self.sampling, SamplingParams):
+            raise ValueError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
+        if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)):
+            raise ValueError(f"max_seconds must be a number, got {self.max_seconds!r}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_chars <= 0:

@@ -64,6 +64,19 @@ def test_invalid_generation_settings_are_rejected():
                 {"bars": -1}):
         with pytest.raises(ValueError):
             GenerationConfig(**bad)
+    # Types too, where the library takes them (a float seed once ended every piece on the engine's thread).
+    for bad, says in (({"seed": 1.5}, "seed must be a whole number"), ({"seed": "3"}, "seed must be a whole number"),
+                      ({"max_patches": 2.5}, "max_patches must be a whole number"), ({"bars": 2.5}, "bars must be"),
+                      ({"sampling": {"top_k": 3}}, "sampling must be a SamplingParams"),
+                      ({"max_seconds": "60"}, "max_seconds must be a number")):
+        with pytest.raises(ValueError, match=says):
+            GenerationConfig(**bad)
+    assert GenerationConfig(seed=np.int64(7), max_patches=np.int32(9)).seed == 7  # numpy's ints are ints
+    assert type(GenerationConfig(seed=np.int64(7)).seed) is int
+    with pytest.raises(ValueError, match="config must be a GenerationConfig"):
+        PieceRequest(None, {"seed": 1})
+    with pytest.raises(ValueError, match="prompt must be a Prompt"):
+        PieceRequest(BACH)
     with pytest.raises(ValueError):
         ReferenceBackend(torch.nn.Module(), "fast")
 
@@ -247,6 +260,21 @@ def test_background_engine_serves_submissions_from_threads(trained):
         waiting = engine.submit(PieceRequest(None, GenerationConfig(seed=9)))
         waiting.cancel()
         assert waiting.wait(60).stop_reason == "cancelled"
+
+
+def test_a_listener_that_raises_ends_its_own_piece_only(trained):
+    backend = ReferenceBackend(trained, "cached")
+    want = backend.generate(None, GenerationConfig(seed=1, max_patches=30)).text
+
+    def faulty(event):
+        if event.kind == "bar":
+            raise KeyError("listener bug")
+
+    with Engine(backend.executor(2)).start() as engine:
+        bad = engine.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=30)), faulty)
+        good = engine.submit(PieceRequest(None, GenerationConfig(seed=1, max_patches=30)), lambda event: None)
+        assert good.wait(60).text == want and not good.error
+        assert bad.wait(60).stop_reason == "cancelled" and "the listener raised KeyError" in bad.error
 
 
 def test_a_backend_fault_ends_running_pieces_and_the_engine_keeps_serving(trained):
