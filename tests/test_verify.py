@@ -60,6 +60,9 @@ def test_differences_beyond_tolerance_fail():
     r = _verify("--atol", "0", "--rtol", "0", "--pieces", "1")
     assert r.returncode == 1 and "differ beyond the tolerance" in r.stderr and "FAIL" in r.stdout
     assert "(atol 0.0, rtol 0.0), 1 held-out pieces" in r.stdout
+    r = _verify("--atol", "0", "--rtol", "0", "--pieces", "1", "--json")  # stdout: the JSON alone, failing too
+    assert r.returncode == 1 and json.loads(r.stdout)["passed"] is False
+    assert "FAILED" not in r.stdout + r.stderr  # Polygraphy's per-output lines: the report says it once
 
 
 def test_default_tolerance_is_the_looser_precisions():
