@@ -26,6 +26,7 @@ import contextlib
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -260,12 +261,14 @@ def unigram_bits_per_char(train: list[str], heldout: list[str], patch_length: in
 _GREEDY = SamplingParams(top_k=1, top_p=1.0, temperature=1.0)  # the draw is the argmax, whatever the uniform
 
 
-def cpu_form_agreement(model: OrtBackend, reference: OrtBackend, pieces: list[str]) -> tuple[float, int]:
+def cpu_form_agreement(model: OrtBackend, reference: OrtBackend, pieces: list[str],
+                       progress: Callable[[int, int], None] | None = None) -> tuple[float, int]:
     """(top-1 agreement, scored characters) of ``model``'s engine-ready graphs with
-    ``reference``'s on the CPU (module doc), over the positions ``teacher_forced`` scores."""
+    ``reference``'s on the CPU (module doc), over the positions ``teacher_forced`` scores.
+    ``progress(done, total)`` after each piece: a piece takes seconds."""
     executors = [b.executor(PATCH_SIZE) for b in (model, reference)]  # row c draws position c
     agree = chars = 0
-    for text in pieces:
+    for done, text in enumerate(pieces, 1):
         for w in encode_windows(text, model.config.patch_length):
             if len(w) < 2:
                 continue
@@ -273,6 +276,8 @@ def cpu_form_agreement(model: OrtBackend, reference: OrtBackend, pieces: list[st
             mask = w[1:] != PAD_ID
             agree += int((drawn[0] == drawn[1])[mask].sum())
             chars += int(mask.sum())
+        if progress is not None:
+            progress(done, len(pieces))
     for executor in executors:
         executor.close()
     return (agree / chars if chars else 1.0), chars
@@ -308,8 +313,9 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, device: Device = "cpu",
-             threads: int | None = None) -> dict[str, Any]:
-    """The whole report of ``notagen-trt eval`` for an ONNX model directory."""
+             threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The whole report of ``notagen-trt eval`` for an ONNX model directory (``progress``: see
+    ``cpu_form_agreement``, its slow part)."""
     model_dir = Path(model_dir)
     ref = reference_dir(model_dir)
     backend = OrtBackend(model_dir, device, threads)  # loaded once, for every part of the report
@@ -327,7 +333,7 @@ def evaluate(model_dir: str | Path, pieces: list[str], num_generated: int = 8, d
     if (reference is not None and device == "cpu" and reference.manifest.get("layout") == "engine"
             and any(g.get("cpu_file") for g in backend.manifest["graphs"].values())):
         scored = spread(pieces, FP16_FORM_PIECES) if result["precision"] == "fp16" else pieces
-        result["cpu_form_top1_agreement"] = round(cpu_form_agreement(backend, reference, scored)[0], 5)
+        result["cpu_form_top1_agreement"] = round(cpu_form_agreement(backend, reference, scored, progress)[0], 5)
         result["cpu_form_pieces"] = len(scored)
     if num_generated > 0:
         checks = generated_validity(backend, num_generated)

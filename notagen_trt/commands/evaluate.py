@@ -4,7 +4,9 @@ against its fp32 source, and the validity of seeded generated pieces."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from notagen_trt.demo import demo_model_dir
@@ -40,7 +42,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise NotaGenError(f"unknown backend {backend!r}; choose ort-cpu or ort-cuda")
         model = Path(args.model) if args.model else demo_model_dir()
         generated = 8 if args.num_generated is None else args.num_generated
-        result = evaluate(model, pieces, generated, "cuda" if backend == "ort-cuda" else "cpu")
+        with _cpu_form_progress() as progress:
+            result = evaluate(model, pieces, generated, "cuda" if backend == "ort-cuda" else "cpu", progress=progress)
         if args.baseline:
             result["unigram_bits_per_char"] = _unigram(pieces, result)
     print(json.dumps(result) if args.json else report(result))
@@ -86,6 +89,34 @@ def _generated_rows(generated: list[dict] | None) -> list[tuple[str, str]]:
             why = g["error"] or "a bar does not last what the meter says"
             rows.append((f"  seed {g['seed']}", f"invalid: {why}"))
     return rows
+
+
+@contextlib.contextmanager
+def _cpu_form_progress():
+    """A progress bar on stderr for the CPU-form check (seconds a piece, minutes for a whole split);
+    on a terminal, drawn by rich, elsewhere a line every tenth of the pieces."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        def line(done: int, total: int) -> None:
+            if done == 1 or done == total or done % max(1, total // 10) == 0:
+                print(f"eval: the CPU form generate runs, {done}/{total} pieces checked", file=sys.stderr, flush=True)
+
+        yield line
+        return
+    with Progress(TextColumn("the CPU form generate runs"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("cpu-form", total=total)
+            bar.update(task, completed=done)
+
+        yield advance
 
 
 def _eval_checkpoint(args: argparse.Namespace, pieces: list[str]) -> dict:
