@@ -269,6 +269,8 @@ class Engine:
     def run(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> Iterator[PieceHandle]:
         """Generate every request, yielding each piece as it ends. Requests are taken from the
         iterable only when a row is free for them."""
+        if self._thread is not None:
+            raise RuntimeError("this engine steps on its own thread (start()): submit() pieces and wait() on them")
         pending = iter(requests)
         exhausted = False
         while True:
@@ -383,10 +385,10 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         threads = AUTO
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
+    if rows is not None and not 1 <= rows <= MAX_ROWS:  # 0 too: not taken for "the default"
+        raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     asked, default = rows, chosen.default_rows
     rows = rows or max(at_least, min(default, pieces or MAX_ROWS))
-    if not 1 <= rows <= MAX_ROWS:
-        raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     try:
         executor = chosen.executor(rows)
     except NotaGenError:

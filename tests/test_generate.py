@@ -260,6 +260,8 @@ def test_background_engine_serves_submissions_from_threads(trained):
         waiting = engine.submit(PieceRequest(None, GenerationConfig(seed=9)))
         waiting.cancel()
         assert waiting.wait(60).stop_reason == "cancelled"
+        with pytest.raises(RuntimeError, match="steps on its own thread"):  # two threads would step its rows
+            engine.generate([PieceRequest(None, GenerationConfig(seed=1, max_patches=2))])
 
 
 def test_a_listener_that_raises_ends_its_own_piece_only(trained):
@@ -299,8 +301,9 @@ def test_a_backend_fault_ends_running_pieces_and_the_engine_keeps_serving(traine
 def test_engine_rows_must_be_sensible():
     from notagen_trt.runtime.engine import load_engine
 
-    with pytest.raises(ValueError, match="rows must be in"):
-        load_engine(backend="ort-cpu", rows=10_000)
+    for rows in (10_000, 0, -1):  # 0 is no way to ask for the default
+        with pytest.raises(ValueError, match="rows must be in"):
+            load_engine(backend="ort-cpu", rows=rows)
 
 
 def test_loop_length_never_exceeds_the_model(trained):
