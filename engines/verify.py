@@ -11,8 +11,6 @@ statistics. Default tolerances are the looser precision's (``gates.VERIFY_TOLERA
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -163,9 +161,8 @@ def compare(subject: Target, reference: Target, feeds: dict[str, list], atol: fl
                               "passed": True, "graphs": {}}
     for graph in GRAPH_NAMES:
         runners = [StepRunner(subject, graph), StepRunner(reference, graph)]
-        with contextlib.redirect_stdout(sys.stderr):  # whatever it still prints stays off stdout
-            results = Comparator.run(runners, data_loader=feeds[graph])
-            accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=atol, rtol=rtol))
+        results = Comparator.run(runners, data_loader=feeds[graph])
+        accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=atol, rtol=rtol))
         stats: dict[str, dict] = {}
         # Polygraphy >= 0.53 returns one AccuracyResult per compare function, older ones a single one.
         per_func = [accuracy] if hasattr(accuracy, "values") else list(accuracy)

@@ -387,16 +387,19 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
                                   device)
     if rows is not None and not 1 <= rows <= MAX_ROWS:  # 0 too: not taken for "the default"
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
-    asked, default = rows, chosen.default_rows
-    rows = rows or max(at_least, min(default, pieces or MAX_ROWS))
+    wished = None  # the default rows, when at_least asked more (the fast path's default measures free memory)
+    if rows is None:
+        default = chosen.default_rows
+        rows = max(at_least, min(default, pieces or MAX_ROWS))
+        wished = default if rows > default else None
     try:
         executor = chosen.executor(rows)
     except NotaGenError:
-        if asked or rows <= default:
+        if wished is None:
             raise
         # at_least is a wish; the fast path's default is what the GPU's free memory holds: take that.
-        note += f"; {rows} rows asked, {default} fit"
-        rows, executor = default, chosen.executor(default)
+        note += f"; {rows} rows asked, {wished} fit"
+        rows, executor = wished, chosen.executor(wished)
     engine = Engine(executor)
     engine.note = f"{engine.executor.name}, {rows} row{'s' * (rows > 1)}: {note}"
     precision = getattr(chosen, "precision", None) or getattr(chosen, "manifest", {}).get("precision", "fp32")

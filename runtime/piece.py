@@ -45,8 +45,7 @@ _INLINE_KEY = re.compile(r"\[K:\s*([^\]\s]*)")  # an inline key field's key (a c
 _KEY_FIELD = re.compile(r"([A-G])([#b]?)(maj|min|ion|aeo|dor|mix|lyd|phr|loc|m(?![a-z]))?", re.IGNORECASE)
 # Sharps (negative: flats) of each major key's signature, and what a mode takes off its tonic's.
 _MAJOR_SHARPS = {"F": -1, "C": 0, "G": 1, "D": 2, "A": 3, "E": 4, "B": 5}
-_MODE_SHARPS = {"": 0, "maj": 0, "ion": 0, "lyd": 1, "mix": -1, "dor": -2, "min": -3, "aeo": -3, "m": -3,
-                "phr": -4, "loc": -5}
+_MODE_SHARPS = {"": 0, "lyd": 1, "mix": -1, "dor": -2, "min": -3, "phr": -4, "loc": -5}  # by MODES' names
 _METER = re.compile(r"(\d{1,2})/(\d{1,2})")
 
 
@@ -146,7 +145,8 @@ def key_signature(key: str) -> int | None:
     m = _KEY_FIELD.match(key.strip())
     if m is None or not m.group(1).isupper():
         return None
-    return _MAJOR_SHARPS[m.group(1)] + {"#": 7, "b": -7, "": 0}[m.group(2)] + _MODE_SHARPS[(m.group(3) or "").lower()]
+    mode = (m.group(3) or "").lower()
+    return _MAJOR_SHARPS[m.group(1)] + {"#": 7, "b": -7, "": 0}[m.group(2)] + _MODE_SHARPS[MODES.get(mode, mode)]
 
 
 class Decision(enum.Enum):

@@ -194,14 +194,15 @@ def _stem(prompt: Prompt, seed: int, continuation: Continuation | None) -> str:
 def demo_notes(request: PieceRequest, prompt: Prompt | None) -> str:
     """What the demo model did not learn that this request asks for, as `generate` says it: a
     prompt of few training pieces, or fewer bars than its shortest piece. '' when nothing."""
+    if request.text is not None:  # a continued piece: its own bars are the context
+        return ""
     notes = []
-    if prompt is not None and request.text is None:
-        rare = rare_prompt(prompt.period, prompt.composer, prompt.instrumentation)
-        if rare:
-            seen, best, count = rare
-            notes.append(f"the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} "
-                         f"({' / '.join(best)}: {count}); its pieces may run on without ending: Stop ends one")
-    if request.text is None and request.config.bars is not None and request.config.bars < SHORTEST_TRAINED_BARS:
+    rare = prompt and rare_prompt(prompt.period, prompt.composer, prompt.instrumentation)
+    if rare:
+        seen, best, count = rare
+        notes.append(f"the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} "
+                     f"({' / '.join(best)}: {count}); its pieces may run on without ending: Stop ends one")
+    if request.config.bars is not None and request.config.bars < SHORTEST_TRAINED_BARS:
         notes.append(f"the demo model's shortest training pieces have {SHORTEST_TRAINED_BARS + 1} bars; it may "
                      "write more than asked")
     return "".join(f" Note: {n}." for n in notes)
@@ -211,13 +212,13 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                metrics: ServiceMetrics | None = None):
     """The Gradio Blocks of the page, generating through ``pool`` (``demo``: the demo model, whose
     training data the page's notes know; ``metrics``: the service's, where its pieces are counted)."""
+    import gradio as gr
+
+    from notagen_trt.runtime.render import piece_abc
 
     def record(outcome: str, seconds: float | None = None) -> None:
         if metrics is not None:
             metrics.outcome("page", outcome, seconds)
-    import gradio as gr
-
-    from notagen_trt.runtime.render import piece_abc
 
     def request_for(period, composer, instrumentation, random_seed, seed, length, meter, key, temperature, top_k,
                     top_p, upload) -> tuple[PieceRequest, Prompt, Continuation | None]:

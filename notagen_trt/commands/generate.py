@@ -54,7 +54,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     try:
         sampling = SamplingParams(args.top_k, args.top_p, args.temperature)
     except ValueError as exc:
-        raise NotaGenError(_as_flags(str(exc))) from None
+        raise NotaGenError(as_flags(str(exc))) from None
     if args.continue_ and (args.meter or args.key):
         raise NotaGenError("--meter and --key set a new piece's header; a continued piece keeps its file's "
                            "(drop them, or drop --continue)")
@@ -65,7 +65,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                     max_seconds=args.max_seconds, bars=args.bars, meter=args.meter, key=args.key)
         except ValueError as exc:
             where = f" (piece {k + 1}'s seed: --seed + {k})" if k and str(exc).startswith("seed") else ""
-            raise NotaGenError(_as_flags(str(exc)) + where) from None
+            raise NotaGenError(as_flags(str(exc)) + where) from None
 
     config(0), config(args.num_pieces - 1)  # bad values fail here, before a model is loaded
     continuation = None
@@ -214,7 +214,7 @@ class _Summary:
 _FIELDS = re.compile(r"\b(seed|max_patches|max_seconds|bars|meter|key|top_k|top_p|temperature)\b")
 
 
-def _as_flags(message: str) -> str:
+def as_flags(message: str) -> str:
     """A GenerationConfig / SamplingParams error names its field (the API's name); here, the flag."""
     return _FIELDS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
 

@@ -50,13 +50,13 @@ def _check_request(args: argparse.Namespace) -> None:
     from notagen_trt.runtime.piece import GenerationConfig
     from notagen_trt.runtime.prompts import resolve_prompt
 
-    from .generate import _as_flags
+    from .generate import as_flags
 
     resolve_prompt(args.period, args.composer, args.instrumentation)
     try:
         GenerationConfig(seed=args.seed + args.requests - 1, max_patches=args.max_patches, bars=args.bars)
     except ValueError as exc:
-        raise NotaGenError(_as_flags(str(exc))) from None
+        raise NotaGenError(as_flags(str(exc))) from None
 
 
 def _reachable(url: str) -> None:
