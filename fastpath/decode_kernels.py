@@ -193,7 +193,7 @@ def _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, 
 def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr, stats_ptr, count_ptr, M, N,
           stride_x, stride_out, eps, K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr,
           RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, W_INT8: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr, TAIL_K: tl.constexpr = 0):
+          BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr):
     """2-BLOCK_M activation rows (batched decoding). Program (n, k) owns the [BLOCK_N, BLOCK_K] weight
     tile at output columns n, inputs k, loaded whole before the wait as in _gemv, and multiplies
     the rows' slice with it on tensor cores. With the input split (K > BLOCK_K) each program
@@ -203,9 +203,7 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
     A LayerNorm needs whole-row statistics no program sees, so it is folded into the epilogue:
     programs multiply d * g (d = x - the row's first value, g the LN weight) and sum d and d^2
     over their slice; the finisher adds those too and corrects with c1 = g @ W (and c2 =
-    beta @ W + b passed as the bias), LN(x) @ W + b = rstd * (d*g @ W - mean(d) * c1) + c2.
-    TAIL_K > 0: no split, each program holds its columns' whole input, K = BLOCK_K + TAIL_K (two
-    power-of-two spans, as 1280 = 1024 + 256), so no handshake at all."""
+    beta @ W + b passed as the bias), LN(x) @ W + b = rstd * (d*g @ W - mean(d) * c1) + c2."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -215,36 +213,23 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
     cols = rn < N
     inside = rk < K  # the last split may be partial
     w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K, W_INT8, HAS_BIAS)
-    if TAIL_K > 0:
-        rk2 = BLOCK_K + tl.arange(0, TAIL_K)
-        w2 = tl.load(w_ptr + rn[:, None] * K + rk2[None, :], mask=cols[:, None], other=0.0)
     c1 = tl.zeros([BLOCK_N], dtype=tl.float32)
     if LN:
         ln_w = tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)
         c1 = tl.load(c1_ptr + rn, mask=cols, other=0.0)
-        if TAIL_K > 0:
-            ln_w2 = tl.load(lnw_ptr + rk2).to(tl.float32)
     _after_producer(USE_PDL)
     x = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=rows[:, None] & inside[None, :],
                 other=0.0).to(tl.float32)
     s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if LN:
-        first = tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)
-        x = tl.where(inside[None, :], x - first[:, None], 0.0)
+        x = tl.where(inside[None, :], x - tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)[:, None],
+                     0.0)
         s1 = tl.sum(x, 1)
         s2 = tl.sum(x * x, 1)
         x *= ln_w[None, :]
     acc = tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))  # [BLOCK_M, BLOCK_N], float32
-    if TAIL_K > 0:
-        x2 = tl.load(x_ptr + rm[:, None] * stride_x + rk2[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
-        if LN:
-            x2 = x2 - first[:, None]
-            s1 += tl.sum(x2, 1)
-            s2 += tl.sum(x2 * x2, 1)
-            x2 *= ln_w2[None, :]
-        acc += tl.dot(x2.to(tl.float16), tl.trans(w2.to(tl.float16)))
-    SPLIT: tl.constexpr = 1 if TAIL_K > 0 else (K + BLOCK_K - 1) // BLOCK_K
+    SPLIT: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     if SPLIT == 1:
         _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps, K, LN, W_INT8,
                        HAS_BIAS, GELU, RESIDUAL)
@@ -334,7 +319,6 @@ class PackedLinear:
     # fp16 patch for 32 rows took 17.0 ms on _linear, 6.2 ms this way (3.6 ms for 16 rows).
     MANY_ROWS = 64
     ROWS_TILES = (64, 512, 4)
-    ROWS_WHOLE: tuple[int, int, int] | None = None  # (BLOCK_N, warps, most BLOCK_N * K): no split
     TILES = (32, 256, 4)
 
     def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False) -> None:
@@ -359,17 +343,11 @@ class PackedLinear:
         self.bias = None if self.bias is None else self.bias.to(device)
         return self
 
-    def rows_tile(self) -> tuple[int, int, int, int, int]:
-        """(BLOCK_N, BLOCK_K, warps, splits, TAIL_K) of _rows for this layer."""
-        if self.ROWS_WHOLE is not None:
-            block_n, warps, most = self.ROWS_WHOLE
-            head = 1 << (self.k.bit_length() - 1)
-            tail = self.k - head
-            if block_n * self.k <= most and (tail == 0 or (tail & (tail - 1) == 0 and tail >= 16)):
-                return block_n, head, warps, 1, tail
+    def rows_tile(self) -> tuple[int, int, int, int]:
+        """(BLOCK_N, BLOCK_K, warps, splits) of _rows for this layer."""
         block_n, block_k, warps = self.ROWS_TILES
         block_k = min(block_k, triton.next_power_of_2(self.k))
-        return block_n, block_k, warps, triton.cdiv(self.k, block_k), 0
+        return block_n, block_k, warps, triton.cdiv(self.k, block_k)
 
     def _ln_terms(self, ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """_rows' folded LayerNorm: c1 = g @ W and c2 = beta @ W + b over the stored weights
@@ -387,14 +365,14 @@ class PackedLinear:
             self.workspace = RowsWorkspace([self], x.device)
         ws, dummy = self.workspace, self.weight
         c1, bias = self._ln_terms(ln) if ln is not None else (dummy, self.bias)
-        block_n, block_k, warps, splits, tail = self.rows_tile()
+        block_n, block_k, warps, splits = self.rows_tile()
         _rows[(triton.cdiv(self.n, block_n), splits)](
             x, self.weight, self.scale if self.scale is not None else dummy, bias if bias is not None else dummy,
             ln.weight if ln is not None else dummy, c1, out, ws.partials, ws.stats, ws.tickets, x.shape[0], self.n,
             x.stride(0), out.stride(0), ln.eps if ln is not None else 0.0, K=self.k, LN=ln is not None, GELU=gelu,
             RESIDUAL=residual is not None, HAS_BIAS=bias is not None, W_INT8=self.scale is not None,
-            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=self.ROWS, USE_PDL=pdl_enabled(), TAIL_K=tail,
-            num_warps=warps, **pdl_launch())
+            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=self.ROWS, USE_PDL=pdl_enabled(), num_warps=warps,
+            **pdl_launch())
 
     def __call__(self, x: torch.Tensor, *, ln: torch.nn.LayerNorm | None = None, gelu: bool = False,
                  residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
@@ -451,7 +429,7 @@ class RowsWorkspace:
     def __init__(self, linears: list[PackedLinear], device: torch.device | str) -> None:
         parts, stats, blocks = 1, 1, 1
         for lin in linears:
-            block_n, _, _, split, _ = lin.rows_tile()
+            block_n, _, _, split = lin.rows_tile()
             column_blocks = triton.cdiv(lin.n, block_n)
             parts = max(parts, split * PackedLinear.ROWS * lin.n)
             stats = max(stats, split * column_blocks * 2 * PackedLinear.ROWS)
