@@ -64,14 +64,16 @@ Listener = Callable[[Event], None]
 class PieceHandle:
     """A submitted piece: its events go to ``listener`` (called on the engine's thread; keep it
     short; one that raises ends this piece as cancelled, ``error`` saying why, and no other),
-    ``cancel`` frees its row at the next step, ``wait`` blocks until it ends."""
+    ``cancel`` frees its row at the next step, ``wait`` blocks until it ends (on a started
+    engine; where the caller steps the engine itself, ``done`` says when)."""
 
     _ids = itertools.count()
 
-    def __init__(self, request: PieceRequest, listener: Listener | None) -> None:
+    def __init__(self, request: PieceRequest, listener: Listener | None, engine: "Engine | None" = None) -> None:
         self.id = next(self._ids)
         self.request = request
         self.listener = listener
+        self._engine = engine
         self.state: PieceState | None = None  # made when the piece takes a row
         self.error: str = ""  # set when the backend failed while this piece was running
         self._cancelled = False
@@ -94,9 +96,16 @@ class PieceHandle:
         """Cancel was asked for (the piece ends at the engine's next step)."""
         return self._cancelled
 
-    def wait(self, timeout: float | None = None) -> Piece | None:
-        self._done.wait(timeout)
-        return self.piece
+    def wait(self, timeout: float | None = None) -> Piece:
+        """The finished piece; TimeoutError if it has not ended within ``timeout`` seconds (as a
+        future's ``result``). On an engine nobody started, a RuntimeError at once: no thread would
+        ever end it."""
+        if not self._done.is_set() and self._engine is not None and self._engine._thread is None:
+            raise RuntimeError("wait() needs a started engine (engine.start()); an engine you step yourself "
+                               "(engine.step(), engine.run()) ends the piece when handle.done says so")
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the piece has not ended within {timeout} s (it goes on; wait again, or cancel())")
+        return self.state.piece
 
     def _emit(self, kind: str, text: str = "") -> None:
         if self.listener is None:
@@ -152,7 +161,7 @@ class Engine:
     # ---- submitting ---------------------------------------------------------------------------
     def submit(self, request: PieceRequest, listener: Listener | None = None) -> PieceHandle:
         """Queue a piece; it takes a row at the next step with one free (thread-safe)."""
-        handle = PieceHandle(request, listener)
+        handle = PieceHandle(request, listener, self)
         with self._work:
             if self._closed:
                 raise RuntimeError("the engine is closed")

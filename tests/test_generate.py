@@ -264,6 +264,26 @@ def test_background_engine_serves_submissions_from_threads(trained):
             engine.generate([PieceRequest(None, GenerationConfig(seed=1, max_patches=2))])
 
 
+def test_wait_says_when_it_cannot_return_a_finished_piece(trained):
+    """wait() returns only a finished piece: past its timeout a TimeoutError (the piece goes on),
+    and at once a RuntimeError on an engine nothing steps (it would block for ever)."""
+    backend = ReferenceBackend(trained, "cached")
+    idle = Engine(backend.executor(1))
+    handle = idle.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=3)))
+    with pytest.raises(RuntimeError, match="engine.start"):
+        handle.wait(60)
+    while not handle.done:  # stepped by the caller, the piece ends as ever
+        idle.step()
+    assert handle.wait().patches == 3
+    with Engine(backend.executor(1)).start() as engine:
+        long = engine.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=400)))
+        with pytest.raises(TimeoutError, match="has not ended"):
+            long.wait(0.01)
+        assert not long.done
+        long.cancel()
+        assert long.wait(60).stop_reason == "cancelled"
+
+
 def test_a_listener_that_raises_ends_its_own_piece_only(trained):
     backend = ReferenceBackend(trained, "cached")
     want = backend.generate(None, GenerationConfig(seed=1, max_patches=30)).text
