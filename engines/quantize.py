@@ -29,6 +29,7 @@ stored the same way (``<graph>.onnx.data``); each tool loads the graph by path o
 
 from __future__ import annotations
 
+import difflib
 import gc
 import json
 import logging
@@ -83,6 +84,7 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
         raise NotaGenError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = _fp32_source(model_dir)
+    _check_exclude(model_dir, manifest, precision, exclude or [])
     if out_dir.resolve() == model_dir.resolve():
         raise NotaGenError(f"{out_dir}: the variant would overwrite its source; choose another --out")
     claim = claim_out_dir(prepare_out_dir(out_dir, "quantize"), "quantize", "onnx", precision, force)
@@ -143,6 +145,25 @@ def _variant_graphs(manifest: dict[str, Any], precision: str, log) -> tuple[str,
             "the variant holds the step graphs")
         return GRAPH_NAMES
     return names
+
+
+def _check_exclude(model_dir: Path, manifest: dict[str, Any], precision: str, exclude: list[str]) -> None:
+    """Every ``exclude`` name must be a quantizable node of the variant's graphs: a misspelt name
+    would otherwise be quantized without a word."""
+    if not exclude:
+        return
+    if precision != "int8":
+        raise NotaGenError(f"--exclude applies to int8 (its activations are calibrated), not {precision}")
+    nodes = set()
+    for name in _variant_graphs(manifest, precision, lambda msg: None):
+        graph = onnx.load(str(model_dir / manifest["graphs"][name]["file"]), load_external_data=False).graph
+        nodes |= {n.name for n in graph.node if n.op_type in QUANTIZED_OPS}
+    unknown = [n for n in exclude if n not in nodes]
+    if unknown:
+        near = sorted({m for n in unknown for m in difflib.get_close_matches(n, nodes, n=3, cutoff=0.6)})
+        raise NotaGenError(f"--exclude: no {'/'.join(QUANTIZED_OPS)} node named {', '.join(map(repr, unknown))} in "
+                           f"{model_dir}'s graphs" + (f"; near: {', '.join(near)}" if near else "")
+                           + f" ({len(nodes)} such nodes, e.g. {', '.join(sorted(nodes)[:3])})")
 
 
 def _fp32_source(model_dir: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from notagen_trt.commands import COMMANDS
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import os_error_line
+from notagen_trt.files import os_error_line, settle_out_dirs
 
 DEBUG_HELP = "show tracebacks for errors"
 
@@ -74,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # said by the subcommand's parser, so that the hint names its --help
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
         commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    rc = 2
     try:
         with _sigterm_unwinds():
-            return args.func(args)
+            rc = args.func(args)
+            return rc
     except (NotaGenError, ValueError, OSError) as exc:
         if args.debug:
             raise
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         print(f"notagen-trt {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
+    finally:
+        settle_out_dirs(failed=rc != 0)
 
 
 if __name__ == "__main__":

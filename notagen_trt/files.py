@@ -145,12 +145,28 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
     if path.exists() and not path.is_dir():
         raise NotaGenError(f"{path}: is a file, but notagen-trt {stage} writes a folder of files there; {fix}")
     try:
+        if not path.exists():
+            _MADE_HERE.append(path)
         path.mkdir(parents=True, exist_ok=True)
         _probe(path)
     except OSError as exc:
         raise NotaGenError(f"{path}: cannot write to this folder ({exc.strerror or exc}); {fix}") from None
     clean_stale_staging(path)
     return path
+
+
+_MADE_HERE: list[Path] = []  # output folders this process created (prepare_out_dir)
+
+
+def settle_out_dirs(failed: bool) -> None:
+    """At the end of a command: if it failed, the output folders it created and left empty go
+    again (a failed export or quantize leaves no empty model folder behind; one with anything in
+    it stays)."""
+    while _MADE_HERE:
+        path = _MADE_HERE.pop()
+        if failed:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only an empty folder
 
 
 def check_out_file(path: str | Path, flag: str) -> Path:

@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 
+import onnx
+
 import pytest
 from test_reliability import assert_one_line_error, run_cli
 
@@ -195,6 +197,17 @@ def test_quantize_over_another_precision_or_foreign_files_is_refused(capsys, tin
     (variant / "my-notes.txt").write_text("mine")
     assert_one_line_error(*run_cli(capsys, *argv, str(variant)), "did not write (my-notes.txt)")
     assert (variant / "my-notes.txt").read_text() == "mine"
+
+
+def test_quantize_exclude_names_must_be_nodes_of_the_graphs(capsys, tiny_dir, tmp_path):
+    """A misspelt --exclude name is refused before any work (it was quantized without a word), with
+    the near names; --exclude outside int8 is refused too."""
+    graph = onnx.load(str(tiny_dir / "onnx" / "char_decoder.onnx"), load_external_data=False).graph
+    real = next(n.name for n in graph.node if n.op_type == "MatMul")
+    argv = ["quantize", "--model", _tiny(tiny_dir), "--precision", "int8", "--out", str(tmp_path / "q"), "--exclude"]
+    assert_one_line_error(*run_cli(capsys, *argv, real + "x"), repr(real + "x"), real)
+    assert not (tmp_path / "q").exists()
+    assert_one_line_error(*run_cli(capsys, *argv[:4], "int8-wo", *argv[5:], real), "applies to int8")
 
 
 def test_a_rerun_replaces_its_own_stale_files(tiny_dir, tmp_path):

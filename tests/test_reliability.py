@@ -55,6 +55,11 @@ def test_missing_and_corrupt_checkpoints(capsys, tmp_path):
     empty.write_bytes(b"")
     assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(empty), "--out", str(tmp_path / "o")),
                           "empty.safetensors")
+    assert not (tmp_path / "o").exists()  # the folder the failed export made is gone again
+    (tmp_path / "mine").mkdir()
+    assert_one_line_error(*run_cli(capsys, "export", "--checkpoint", str(empty), "--out", str(tmp_path / "mine")),
+                          "empty.safetensors")
+    assert (tmp_path / "mine").is_dir()  # one that was there before stays
 
 
 def test_files_that_are_no_model_are_refused_in_a_line_and_leave_nothing(capsys, tmp_path, monkeypatch):
