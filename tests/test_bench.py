@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from notagen_trt.cli import main
 
 
@@ -80,3 +82,14 @@ def test_an_existing_writable_file_is_a_fine_json_target(tmp_path):
     from notagen_trt.files import check_out_file
 
     assert str(check_out_file("/dev/null", "--json")) == "/dev/null"
+
+
+def test_bench_counts_below_their_minimum_are_refused_while_parsing(capsys):
+    """--patches 0 (and the other counts) is a usage error at once, not a failure after the export
+    and the published row."""
+    for flag, value in (("--patches", "0"), ("--published-patches", "0"), ("--rounds", "0"), ("--warmup", "-1"),
+                        ("--context", "0"), ("--inflight", "x")):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", "--size", "demo", flag, value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {flag}" in err and ("must be >=" in err or "integer" in err)
