@@ -92,4 +92,4 @@ def test_bench_counts_below_their_minimum_are_refused_while_parsing(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["bench", "--size", "demo", flag, value])
         err = capsys.readouterr().err
-        assert exc.value.code == 2 and f"argument {flag}" in err and ("must be >=" in err or "integer" in err)
+        assert exc.value.code == 2 and f"argument {flag}" in err and ("must be >=" in err or "whole number" in err)

@@ -322,6 +322,16 @@ def test_settings_below_one_are_refused(values):
         ServeSettings.from_dict(values)
 
 
+@pytest.mark.parametrize("command", ["serve", "ui"])
+def test_cli_counts_below_one_name_their_flag(command, capsys):
+    """On the command line the same counts are usage errors naming the flag, while parsing."""
+    for flag in ("--rows", "--threads", "--max-queue", "--max-patches"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, flag, "0"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {flag}: must be" in err and "got 0" in err, err
+
+
 @pytest.mark.parametrize("field,ok,bad", [("top_k", 128, 129), ("temperature", 0.01, 0.001), ("temperature", 10, 10.5)])
 def test_http_and_cli_accept_the_same_sampling_settings(field, ok, bad):
     """A setting the HTTP body takes, the engine takes (and `generate`, through SamplingParams),

@@ -16,6 +16,8 @@ from notagen_trt.corpus import SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, refuse_model_dir
 
+from .argtypes import rows
+
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
 
@@ -288,18 +290,6 @@ class _Progress:
         (self.bar.console.print if self.bar is not None else lambda s: print(s, file=sys.stderr))(line)
 
 
-def _rows(text: str) -> int:
-    from notagen_trt.runtime.engine import MAX_ROWS
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number 1 to {MAX_ROWS}, got {text!r}") from None
-    if not 1 <= value <= MAX_ROWS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROWS}, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from .prompts import add_prompt_arguments
 
@@ -315,7 +305,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fast CUDA path: fp32 (the reference's pieces bit for bit), fp16 (default) or int8-wo; "
                         "other backends run the precision of their model directory, which must match it "
                         "(`notagen-trt quantize` makes fp16 / int8-wo ones)")
-    p.add_argument("--rows", type=_rows, default=None,
+    p.add_argument("--rows", type=rows, default=None,
                    help="pieces in flight at once (default: 16 on the fast path, or what the GPU's free memory holds, "
                         "and on engine-ready graphs with CUDA, 4 on ONNX Runtime CPU, 1 elsewhere, never more than "
                         "--num-pieces; at most 64)")
