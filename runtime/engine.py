@@ -49,6 +49,11 @@ class PieceRequest:
             raise ValueError(f"config must be a GenerationConfig, got {type(self.config).__name__}")
         if self.text is not None and not isinstance(self.text, str):
             raise ValueError(f"text must be a string or None, got {type(self.text).__name__}")
+        start = self.text if self.text is not None else "".join(self.prompt.lines()) if self.prompt else ""
+        if not start.isascii():
+            bad = next(c for c in start if not c.isascii())
+            raise ValueError(f"the {'text' if self.text is not None else 'prompt'} holds {bad!r}, which is not ASCII: "
+                             "NotaGen's vocabulary is the 128 ASCII codes")
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class PieceHandle:
         except Exception as exc:  # noqa: BLE001 - a listener's fault ends its own piece, not the others in flight
             self.listener = None
             self.error = f"the listener raised {type(exc).__name__}: {exc}"
-            self._cancelled = True
+            self._cancelled = self._cancelled or kind != "done"  # a piece that has ended stays as it ended
 
     def _added(self, text: str) -> None:
         if self.listener is None:  # nobody streams: skip the bar splitting
@@ -127,8 +132,8 @@ class PieceHandle:
     def _finish(self) -> None:
         for bar in self._bars.flush():
             self._emit("bar", bar)
+        self._emit("done")  # before wait() returns: a caller may rely on what its listener did
         self._done.set()
-        self._emit("done")
 
 
 @dataclass
@@ -153,6 +158,9 @@ class Engine:
         self._work = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stepping: threading.Thread | None = None  # the thread inside step(), if any
+        self._shut_down_here = False  # close() came from a listener: step() finishes it
+        self._is_shut = False  # pieces ended and the executor closed (once)
         self.note = executor.name  # which backend runs it, and why (set by load_engine)
         # What made its pieces, for the line that opens each .abc: the backend, and (set by
         # load_engine) the model and its precision.
@@ -181,6 +189,17 @@ class Engine:
     def step(self) -> list[PieceHandle]:
         """Admit, sample one patch for every active row, apply the rules, retire. Returns the
         pieces that ended in this step."""
+        if self._closed and threading.current_thread() is not self._thread:  # (its own may finish a step)
+            raise RuntimeError("the engine is closed")
+        self._stepping = threading.current_thread()
+        try:
+            return self._step()
+        finally:
+            self._stepping = None
+            if self._shut_down_here:  # a listener closed the engine during this step
+                self._shut_down()
+
+    def _step(self) -> list[PieceHandle]:
         finished = self._retire_cancelled() + self._admit()
         running = {row: h for row, h in enumerate(self._rows) if h is not None}
         if not running:
@@ -233,7 +252,13 @@ class Engine:
                     handle.state.stop("cancelled")
                     ended.append(self._end(handle))
                     continue
-                context = handle.state.context()
+                try:
+                    context = handle.state.context()
+                except ValueError as exc:  # this request's own text (PieceRequest checks it first): it alone ends
+                    handle.error = str(exc)
+                    handle.state.stop("error")
+                    ended.append(self._end(handle))
+                    continue
                 if handle.state.done:  # the text given does not fit even halved
                     ended.append(self._end(handle))
                     continue
@@ -278,6 +303,8 @@ class Engine:
     def run(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> Iterator[PieceHandle]:
         """Generate every request, yielding each piece as it ends. Requests are taken from the
         iterable only when a row is free for them."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         if self._thread is not None:
             raise RuntimeError("this engine steps on its own thread (start()): submit() pieces and wait() on them")
         pending = iter(requests)
@@ -289,7 +316,7 @@ class Engine:
                     exhausted = True
                 else:
                     self.submit(request, listener)
-            if exhausted and not self.active and not self.queued:
+            if self._closed or (exhausted and not self.active and not self.queued):
                 return
             yield from self.step()
 
@@ -319,20 +346,32 @@ class Engine:
                 self._fail_running(f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        """Stop the background thread, end queued and running pieces as cancelled, close the executor."""
+        """Stop the background thread, end queued and running pieces as cancelled, close the executor.
+        From a listener (the engine's own thread) the same happens once the current step is over."""
         with self._work:
             self._closed = True
             self._work.notify_all()
-        if self._thread is not None:
+        if self._stepping is threading.current_thread():  # a listener: the step ends first
+            self._shut_down_here = True
+            return
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        if self._is_shut:
+            return
+        self._is_shut = True
         for handle in list(self._waiting):
             handle.state = handle.state or PieceState(handle.request.prompt, handle.request.config, self.patch_length,
                                                       handle.request.text)
+            handle._cancelled = True
             handle.state.stop("cancelled")
             self._end(handle)
         self._waiting.clear()
         for row, handle in enumerate(self._rows):
             if handle is not None:
+                handle._cancelled = True
                 handle.state.stop("cancelled")
                 self._retire(row)
         self.executor.close()

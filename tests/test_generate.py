@@ -1,6 +1,8 @@
 """The engine and the published rules: reference modes agree, each rule of PieceState holds, and
 in-flight batching writes the pieces one row writes, whatever the rows, order or cancellations."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -282,6 +284,56 @@ def test_wait_says_when_it_cannot_return_a_finished_piece(trained):
         assert not long.done
         long.cancel()
         assert long.wait(60).stop_reason == "cancelled"
+
+
+def test_a_request_the_vocabulary_cannot_hold_is_refused_where_it_is_made():
+    """Text or prompt lines outside ASCII are a ValueError at PieceRequest, before the engine's
+    thread (where it ended the pieces running beside it and never ended its own)."""
+    from notagen_trt.runtime.prompts import Prompt
+
+    with pytest.raises(ValueError, match="'é', which is not ASCII"):
+        PieceRequest(None, GenerationConfig(), text="T:Café\nL:1/8\n")
+    with pytest.raises(ValueError, match="prompt holds 'ř'"):
+        PieceRequest(Prompt("Romantic", "Dvořák, Antonín", "Keyboard"))
+
+
+def test_closing_from_a_listener_and_after_close(trained):
+    """close() from a listener (the engine's own thread) ends every piece as cancelled once the
+    step is over and closes the executor; run() and step() after close say so; a done listener
+    has run when wait() returns, and one that raises there leaves the finished piece as it ended."""
+    backend = ReferenceBackend(trained, "cached")
+    seen = []
+
+    def done_listener(event):
+        if event.kind == "done":
+            time.sleep(0.05)
+            seen.append(event.handle.id)
+            raise KeyError("after the end")
+
+    with Engine(backend.executor(2)).start() as engine:
+        first = engine.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=3)), done_listener)
+        piece = first.wait(60)
+        assert seen == [first.id] and piece.stop_reason == "max_patches" and not first.cancelled
+        assert "after the end" in first.error
+    closer = Engine(backend.executor(2))
+
+    def close_on_third_patch(event):
+        if event.kind == "patch" and event.handle.state.piece.patches == 3:
+            closer.close()
+
+    mine = closer.submit(PieceRequest(None, GenerationConfig(seed=4, max_patches=400)), close_on_third_patch)
+    other = closer.submit(PieceRequest(None, GenerationConfig(seed=1, max_patches=400)))
+    queued = [closer.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=400))) for s in (2, 3)]
+    closer.start()
+    for handle in (other, *queued, mine):
+        assert handle.wait(60).stop_reason == "cancelled" and handle.cancelled
+    closer._thread.join(60)
+    assert not closer._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        closer.step()
+    with pytest.raises(RuntimeError, match="closed"):
+        list(closer.run([PieceRequest()]))
+    closer.close()  # again: nothing more to do
 
 
 def test_a_listener_that_raises_ends_its_own_piece_only(trained):
