@@ -145,8 +145,7 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
     if path.exists() and not path.is_dir():
         raise NotaGenError(f"{path}: is a file, but notagen-trt {stage} writes a folder of files there; {fix}")
     try:
-        if not path.exists():
-            _MADE_HERE.append(path)
+        _MADE_HERE.extend(f for f in (path, *path.parents) if not f.exists())  # innermost first
         path.mkdir(parents=True, exist_ok=True)
         _probe(path)
     except OSError as exc:
@@ -155,18 +154,17 @@ def prepare_out_dir(path: str | Path, stage: str, fix: str = OUT_FIX) -> Path:
     return path
 
 
-_MADE_HERE: list[Path] = []  # output folders this process created (prepare_out_dir)
+_MADE_HERE: list[Path] = []  # folders prepare_out_dir created, each before the one holding it
 
 
 def settle_out_dirs(failed: bool) -> None:
     """At the end of a command: if it failed, the output folders it created and left empty go
     again (a failed export or quantize leaves no empty model folder behind; one with anything in
     it stays)."""
-    while _MADE_HERE:
-        path = _MADE_HERE.pop()
-        if failed:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only an empty folder
+    for path in _MADE_HERE if failed else ():
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only an empty folder
+    _MADE_HERE.clear()
 
 
 def check_out_file(path: str | Path, flag: str) -> Path:

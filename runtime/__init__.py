@@ -5,6 +5,7 @@
     with load_engine(rows=4) as engine:          # the demo model on the fastest backend here
         for handle in engine.run(PieceRequest(config=GenerationConfig(seed=s)) for s in range(8)):
             print(handle.piece.stop_reason, handle.piece.text[-40:])
+            handle.save("pieces")                # the files `generate` writes
 """
 
 from .engine import Engine, Event, PieceHandle, PieceRequest, generate, load_engine

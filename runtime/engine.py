@@ -112,6 +112,33 @@ class PieceHandle:
             raise TimeoutError(f"the piece has not ended within {timeout} s (it goes on; wait again, or cancel())")
         return self.state.piece
 
+    def abc(self) -> str:
+        """The finished piece's .abc, exactly as `generate` writes it and the service returns it
+        (a settings comment naming the backend, the post-processed tune, a note if a limit cut it)."""
+        from .render import piece_abc
+
+        if not self.done:
+            raise RuntimeError("the piece has not ended (wait() for it)")
+        made_by = self._engine.made_by if self._engine is not None else ""
+        return piece_abc(self.request.prompt, self.request.config, self.state.piece, made_by)
+
+    def save(self, out_dir: str | Path, formats: Iterable[str] = ("abc", "musicxml", "midi", "svg"),
+             stem: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """Write the finished piece into ``out_dir`` as `generate` does: ({format: path} written,
+        {format: why not} for a score that could not be made; needs the [music] extra). ``stem``:
+        the file name without extension (default: generate's, from the prompt, seed and settings)."""
+        from .outputs import FORMATS, write_piece
+        from .render import piece_stem
+
+        formats = tuple(formats)
+        if unknown := sorted(set(formats) - set(FORMATS)):
+            raise ValueError(f"unknown formats {unknown}; choose from {', '.join(FORMATS)}")
+        abc = self.abc()
+        c = self.request.config
+        stem = stem or piece_stem(self.request.prompt, c.seed, c.bars, c.sampling, c.meter, c.key)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return write_piece(out_dir, stem, abc, formats)
+
     def _emit(self, kind: str, text: str = "") -> None:
         if self.listener is None:
             return

@@ -4,9 +4,13 @@ prompt give the same text either way; ``outputs.convert`` makes its scores for b
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from .piece import GenerationConfig, Piece
 from .postprocess import postprocess
 from .prompts import Prompt
+from .sampling import SamplingParams
 
 
 def settings_comment(prompt: Prompt | None, config: GenerationConfig, backend: str) -> str:
@@ -26,3 +30,22 @@ def piece_abc(prompt: Prompt | None, config: GenerationConfig, piece: Piece, bac
     if not piece.complete:  # a piece cut short by a limit is kept, and says so
         abc += f"% incomplete: generation stopped by {piece.stop_reason} after {piece.patches} patches\n"
     return abc
+
+
+def piece_stem(prompt, seed: int, bars: int | None, sampling, meter: str | None = None, key: str | None = None,
+               continues: str | None = None) -> str:
+    """File name of a piece: its prompt, seed and any non-default setting, so runs with other
+    prompts or settings never overwrite each other's pieces."""
+    def name(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9#]+", "-", text).strip("-").replace("#", "sharp")
+
+    parts = [name(p) for p in (prompt.period, prompt.composer, prompt.instrumentation)] if prompt else []
+    if continues:
+        parts.append(f"after-{name(Path(continues).stem)}")
+    parts.append(f"seed{seed}")
+    if bars is not None:
+        parts.append(f"bars{bars}")
+    parts += [f"{field}{name(value)}" for field, value in (("M", meter), ("K", key)) if value]
+    if sampling != SamplingParams():
+        parts.append(f"k{sampling.top_k}-p{sampling.top_p:g}-t{sampling.temperature:g}")
+    return "piece_" + "_".join(parts)

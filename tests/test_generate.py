@@ -2,6 +2,7 @@
 in-flight batching writes the pieces one row writes, whatever the rows, order or cancellations."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +335,30 @@ def test_closing_from_a_listener_and_after_close(trained):
     with pytest.raises(RuntimeError, match="closed"):
         list(closer.run([PieceRequest()]))
     closer.close()  # again: nothing more to do
+
+
+def test_a_library_piece_is_saved_as_generate_writes_it(trained, tmp_path):
+    """handle.abc() is the text generate writes (settings comment, post-processed tune, the note
+    of a cut piece); handle.save() writes it under generate's file name, and the scores asked for."""
+    from notagen_trt.runtime.postprocess import postprocess
+    from notagen_trt.runtime.render import piece_abc
+
+    prompt = resolve_prompt(*BACH)
+    config = GenerationConfig(seed=3, max_patches=12)
+    engine = Engine(ReferenceBackend(trained, "cached").executor(1))
+    handle = next(engine.run([PieceRequest(prompt, config)]))
+    abc = handle.abc()
+    assert abc == piece_abc(prompt, config, handle.piece, engine.made_by)
+    assert abc.startswith("% notagen-trt: prompt Baroque") and postprocess(handle.piece.text) in abc
+    files, errors = handle.save(tmp_path / "out", formats=("abc", "musicxml"))
+    assert Path(files["abc"]).name == "piece_Baroque_Bach-Johann-Sebastian_Choral_seed3.abc"
+    assert Path(files["abc"]).read_text() == abc
+    assert set(files) | set(errors) == {"abc", "musicxml"}  # a score is made or its failure said
+    with pytest.raises(ValueError, match="unknown formats"):
+        handle.save(tmp_path, formats=("pdf",))
+    pending = Engine(ReferenceBackend(trained, "cached").executor(1)).submit(PieceRequest())
+    with pytest.raises(RuntimeError, match="has not ended"):
+        pending.abc()
 
 
 def test_a_listener_that_raises_ends_its_own_piece_only(trained):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sys
@@ -21,33 +20,12 @@ from .argtypes import rows
 MAX_PIECES = 1_000_000  # requests are made lazily; this only guards against a typo of many zeros
 
 
-def piece_stem(prompt, seed: int, bars: int | None, sampling, meter: str | None = None, key: str | None = None,
-               continues: str | None = None) -> str:
-    """File name of a piece: its prompt, seed and any non-default setting, so runs with other
-    prompts or settings never overwrite each other's pieces."""
-    from notagen_trt.runtime.sampling import SamplingParams
-
-    def name(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9#]+", "-", text).strip("-").replace("#", "sharp")
-
-    parts = [name(p) for p in (prompt.period, prompt.composer, prompt.instrumentation)] if prompt else []
-    if continues:
-        parts.append(f"after-{name(Path(continues).stem)}")
-    parts.append(f"seed{seed}")
-    if bars is not None:
-        parts.append(f"bars{bars}")
-    parts += [f"{field}{name(value)}" for field, value in (("M", meter), ("K", key)) if value]
-    if sampling != SamplingParams():
-        parts.append(f"k{sampling.top_k}-p{sampling.top_p:g}-t{sampling.temperature:g}")
-    return "piece_" + "_".join(parts)
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     from notagen_trt.runtime.engine import PieceRequest, load_engine
     from notagen_trt.runtime.outputs import write_piece
     from notagen_trt.runtime.piece import GenerationConfig
     from notagen_trt.runtime.prompts import resolve_prompt
-    from notagen_trt.runtime.render import piece_abc
+    from notagen_trt.runtime.render import piece_abc, piece_stem
     from notagen_trt.runtime.sampling import SamplingParams
 
     if not 1 <= args.num_pieces <= MAX_PIECES:
@@ -77,16 +55,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         continuation = read_continuation(args.continue_)
         prompt = prompt or continuation.prompt  # a corpus piece carries its own prompt lines
     formats = _formats(args.formats)
-    made = [f for f in (Path(args.out), *Path(args.out).parents) if not f.exists()]  # innermost first
-    out = prepare_out_dir(Path(args.out), "generate")  # a bad --out fails before the work too
-    try:
-        refuse_model_dir(out, "generate")
-        engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
-    except BaseException:  # no model, no backend: leave no empty folders behind
-        with contextlib.suppress(OSError):  # one no longer empty stays
-            for folder in made:
-                folder.rmdir()
-        raise
+    # A bad --out fails before the work too; the folders made for it go again if the command fails
+    # before writing there (cli.main: no model, no backend).
+    out = prepare_out_dir(Path(args.out), "generate")
+    refuse_model_dir(out, "generate")
+    engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
         if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS and args.model is None and not args.continue_:
