@@ -31,6 +31,7 @@ from notagen_trt.errors import NotaGenError
 from .executor import Executor
 from .piece import BarSplitter, Decision, GenerationConfig, Piece, PieceState
 from .prompts import Prompt
+from .sampling import whole_number
 
 MAX_ROWS = 64  # rows share one executor call; more than this buys nothing on any backend here
 
@@ -460,6 +461,8 @@ def load_engine(model: str | Path | None = None, backend: str = "auto", precisio
         threads = AUTO
     chosen, note = select_backend(model if model is not None else demo_model_dir(), backend, precision, threads,
                                   device)
+    if rows is not None:
+        rows = whole_number("rows", rows)
     if rows is not None and not 1 <= rows <= MAX_ROWS:  # 0 too: not taken for "the default"
         raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {rows}")
     wished = None  # the default rows, when at_least asked more (the fast path's default measures free memory)

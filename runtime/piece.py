@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
 import re
 import time
 from fractions import Fraction
@@ -26,7 +25,7 @@ from notagen_trt.config import EOS_ID, PATCH_SIZE
 
 from . import codec
 from .prompts import Prompt
-from .sampling import SamplingParams
+from .sampling import SamplingParams, whole_number
 
 MAX_SECONDS = 600.0
 MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter or key, then it stands
@@ -81,13 +80,10 @@ class GenerationConfig:
     key: str | None = None  # force the header's ``K:`` line (normalised as the corpus spells it: 'F#min')
 
     def __post_init__(self) -> None:
-        for name in ("seed", "max_chars", "max_patches", "bars"):  # numpy's ints too; a float or a string, not
+        for name in ("seed", "max_chars", "max_patches", "bars"):  # numpy's ints too; a float, a string or a bool, not
             value = getattr(self, name)
-            if value is not None:
-                try:
-                    object.__setattr__(self, name, operator.index(value))
-                except TypeError:
-                    raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+            if value is not None or name in ("seed", "max_chars"):
+                object.__setattr__(self, name, whole_number(name, value))
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
         if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)):
@@ -102,6 +98,10 @@ class GenerationConfig:
             raise ValueError(f"max_patches must be positive, got {self.max_patches}")
         if self.bars is not None and self.bars < 0:
             raise ValueError(f"bars must be >= 0, got {self.bars}")
+        for name in ("meter", "key"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string such as {'3/4' if name == 'meter' else 'Dm'} or None, "
+                                 f"got {getattr(self, name)!r}")
         if self.meter is not None:
             object.__setattr__(self, "meter", normalize_meter(self.meter))
         if self.key is not None:

@@ -59,6 +59,8 @@ def resolve_prompt(period: str | None, composer: str | None, instrumentation: st
         return None
     if any(v is None for v in given):
         raise NotaGenError("give all three of --period, --composer and --instrumentation, or none of them")
+    if not all(isinstance(v, str) for v in given):
+        raise NotaGenError(f"period, composer and instrumentation are strings, got {given!r}")
     prompts = valid_prompts()
     period = _canonical("period", period, sorted({p.period for p in prompts}))
     composer = _fold(composer, {p.composer for p in prompts})

@@ -6,6 +6,7 @@ piece on every backend (and an in-graph sampler fed the same uniforms can reprod
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,10 @@ class SamplingParams:
     temperature: float = 1.2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "top_k", whole_number("top_k", self.top_k))
+        for name in ("top_p", "temperature"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not 0 <= self.top_k <= TOP_K_MAX:
             raise ValueError(f"top_k must be 0 (off) to {TOP_K_MAX}, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -33,6 +38,17 @@ class SamplingParams:
         low, high = TEMPERATURE_RANGE
         if not low <= self.temperature <= high:
             raise ValueError(f"temperature must be {low} to {high}, got {self.temperature}")
+
+
+def whole_number(name: str, value: object) -> int:
+    """``value`` as an int (numpy's integers too); a float, a string, a bool or None is a ValueError
+    naming the setting."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -71,9 +71,19 @@ def test_invalid_generation_settings_are_rejected():
     for bad, says in (({"seed": 1.5}, "seed must be a whole number"), ({"seed": "3"}, "seed must be a whole number"),
                       ({"max_patches": 2.5}, "max_patches must be a whole number"), ({"bars": 2.5}, "bars must be"),
                       ({"sampling": {"top_k": 3}}, "sampling must be a SamplingParams"),
-                      ({"max_seconds": "60"}, "max_seconds must be a number")):
+                      ({"max_seconds": "60"}, "max_seconds must be a number"),
+                      ({"seed": None}, "seed must be a whole number"), ({"seed": True}, "seed must be a whole number"),
+                      ({"meter": 3}, "meter must be a string"), ({"key": 2}, "key must be a string")):
         with pytest.raises(ValueError, match=says):
             GenerationConfig(**bad)
+    for bad, says in (({"top_k": "9"}, "top_k must be a whole number"), ({"top_p": "0.9"}, "top_p must be a number"),
+                      ({"temperature": None}, "temperature must be a number")):
+        with pytest.raises(ValueError, match=says):
+            SamplingParams(**bad)
+    from notagen_trt.errors import NotaGenError
+
+    with pytest.raises(NotaGenError, match="are strings"):
+        resolve_prompt(1, 2, 3)
     assert GenerationConfig(seed=np.int64(7), max_patches=np.int32(9)).seed == 7  # numpy's ints are ints
     assert type(GenerationConfig(seed=np.int64(7)).seed) is int
     with pytest.raises(ValueError, match="config must be a GenerationConfig"):
@@ -401,6 +411,8 @@ def test_engine_rows_must_be_sensible():
     for rows in (10_000, 0, -1):  # 0 is no way to ask for the default
         with pytest.raises(ValueError, match="rows must be in"):
             load_engine(backend="ort-cpu", rows=rows)
+    with pytest.raises(ValueError, match="rows must be a whole number"):
+        load_engine(backend="ort-cpu", rows="2")
 
 
 def test_loop_length_never_exceeds_the_model(trained):
