@@ -354,32 +354,43 @@ class PieceState:
 
 class BarSplitter:
     """Turns a piece's added text into closed bars: each header line or voice bar once it is
-    complete (``feed``), and whatever is left when the piece ends (``flush``)."""
+    complete (``feed``), and whatever is left when the piece ends (``flush``). Whether a line is
+    a header line (one event, barlines and all: ``%%score { 1 | 2 }``) or a body line (split into
+    bars) is read from its start, so the open line is kept whole with how much of it went out."""
 
     def __init__(self) -> None:
-        self._pending = ""
+        self._line = ""  # the open (last, unfinished) line
+        self._sent = 0  # characters of it already sent as closed bars
 
     def feed(self, added: str) -> list[str]:
-        lines = (self._pending + added).splitlines(keepends=True)
-        # Complete lines are done; of the open last line, every bar but the last is done.
-        closed = [seg for line in lines[:-1] for seg in codec.split_bars(line)]
-        self._pending = ""
-        if lines and lines[-1].endswith("\n"):
-            closed += codec.split_bars(lines[-1])
-        elif lines:
-            open_bars = codec.split_bars(lines[-1])
-            closed += open_bars[:-1]
-            self._pending = open_bars[-1]
+        lines = (self._line + added).splitlines(keepends=True)
+        skip, closed = self._sent, []
+        self._line, self._sent = "", 0
+        for line in lines:
+            bars = self._bars(line)
+            if not line.endswith("\n"):  # the open last line: every bar but its last is done
+                bars = bars[:-1]
+                self._line, self._sent = line, sum(map(len, bars))
+            for bar in bars:
+                if skip < len(bar):
+                    closed.append(bar[skip:])
+                skip = max(0, skip - len(bar))
         return closed
 
     def flush(self) -> list[str]:
-        rest, self._pending = self._pending, ""
+        rest = self._line[self._sent :]
+        self._line, self._sent = "", 0
         return [rest] if rest else []
 
     def take_back(self, n: int) -> None:
         """The last ``n`` characters were taken back (a bar off a forced meter): they were all in
         the open bar, which no event has shown yet."""
-        self._pending = self._pending[: max(0, len(self._pending) - n)]
+        self._line = self._line[: max(self._sent, len(self._line) - n)]
+
+    @staticmethod
+    def _bars(line: str) -> list[str]:
+        """A body line's bars; a header line (``%%score { 1 | 2 }`` too) is one, as the codec takes it."""
+        return codec.split_bars(line) if codec.is_body_line(line) else [line]
 
 
 def _meter_units(meter: str, unit: str) -> Fraction:
