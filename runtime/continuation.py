@@ -92,6 +92,12 @@ def read_continuation(path: str | Path) -> Continuation:
     return parse_continuation(path.name, data, shown=str(path))
 
 
+# A MIDI file keeps notes and timing, not bars, voices or repeats as written: music21 guesses them
+# (a piece with repeats comes back played out), and the guess does not always line the voices up.
+MIDI_HINT = ("a MIDI file keeps no bars or repeats as written; continue the piece's .musicxml or .abc "
+             "if you have one (generate writes them beside its .mid)")
+
+
 def parse_continuation(name: str, data: bytes, shown: str | None = None) -> Continuation:
     """The piece in ``data`` (an upload named ``name``); errors name ``shown`` (default: name)."""
     shown = shown or name
@@ -106,10 +112,13 @@ def parse_continuation(name: str, data: bytes, shown: str | None = None) -> Cont
             return _from_abc(name, shown, data)
         musicxml = _mxl_score(shown, data) if kind == "mxl" else _midi_musicxml(shown, data) if kind == "midi" else data
         return _from_musicxml(name, shown, musicxml)
-    except NotaGenError:
+    except NotaGenError as exc:
+        if kind == "midi" and "MThd" not in str(exc):  # the bars were guessed from timing: say what to give instead
+            raise NotaGenError(f"{exc}; {MIDI_HINT}") from None
         raise
     except Exception as exc:  # the converters raise many kinds on odd files
-        raise NotaGenError(f"{shown}: could not convert it to ABC ({_why(exc)})") from None
+        raise NotaGenError(f"{shown}: could not convert it to ABC ({_why(exc)})"
+                           + (f"; {MIDI_HINT}" if kind == "midi" else "")) from None
 
 
 def _why(exc: BaseException) -> str:
@@ -197,7 +206,10 @@ def _prepared(name: str, shown: str, lines: list[str], prompt: Prompt | None = N
 
     with _quiet():
         lines = prepare.clean_abc(lines)
-        _, aligned, _ = check_alignment_unrotated(lines)
+        try:
+            _, aligned, _ = check_alignment_unrotated(lines)
+        except IndexError:  # abctoolkit's check trips on voices of unequal length instead of saying so
+            aligned = False
         if not aligned:
             raise NotaGenError(f"{shown}: its voices have different numbers of bars; NotaGen's format needs every "
                                "voice to have a bar for each bar of the piece")

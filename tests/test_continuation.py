@@ -111,6 +111,22 @@ def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, data, says):
     assert message.startswith(f"{path}: ") and says in message and "\n" not in message
 
 
+def test_voices_that_do_not_line_up_are_said_so_with_what_to_give_for_midi(files, monkeypatch):
+    """abctoolkit's alignment check raises IndexError on voices of unequal length (a MIDI file's
+    guessed bars): the message says what is wrong, and for MIDI what to continue instead."""
+    import abctoolkit.check
+
+    def trips(lines):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(abctoolkit.check, "check_alignment_unrotated", trips)
+    for name in ("chorale.mid", "chorale.musicxml"):
+        with pytest.raises(NotaGenError) as err:
+            read_continuation(files / name)
+        assert "its voices have different numbers of bars" in str(err.value)
+        assert ("continue the piece's .musicxml or .abc" in str(err.value)) == name.endswith(".mid")
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(NotaGenError, match="no such file"):
         read_continuation(tmp_path / "gone.mid")
