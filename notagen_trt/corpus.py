@@ -1,8 +1,9 @@
 """Reading ABC pieces (a file, or a folder of ``.abc`` files) for training, evaluation and
-calibration."""
+calibration, in NotaGen's format (plain ABC is converted)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
@@ -29,8 +30,27 @@ def read_pieces(path: str | Path) -> list[tuple[str, str]]:
         # scored or calibrated on as if it were music).
         if not any(line.startswith("K:") or line.startswith("[K:") for line in text.splitlines()):
             raise NotaGenError(f"{f}: not a piece in ABC notation (no K: key field)")
-        pieces.append((str(f.relative_to(path)) if path.is_dir() else f.name, text))
+        pieces += _training_format(str(f.relative_to(path)) if path.is_dir() else f.name, text, f)
     return pieces
+
+
+def _training_format(name: str, text: str, path: Path) -> list[tuple[str, str]]:
+    """A file's pieces in NotaGen's format (voices interleaved bar by bar, ``[V:1]...`` lines): as
+    it is when it is in it; plain ABC (one block per voice: scored as it stood, it gave a number
+    that meant nothing) converted tune by tune as ``generate --continue`` converts a file."""
+    from notagen_trt.runtime.codec import is_body_line
+
+    if any(is_body_line(line) for line in text.splitlines()):
+        return [(name, text)]
+    from notagen_trt.runtime.continuation import parse_continuation
+
+    tunes = [t for t in re.split(r"(?m)^(?=X:)", text) if re.search(r"(?m)^K:", t)]
+    out = []
+    for i, tune in enumerate(tunes):
+        shown = f"{path} (tune {i + 1})" if len(tunes) > 1 else str(path)
+        cont = parse_continuation(path.name, tune.encode(), shown=shown)
+        out.append((f"{name}#{i + 1}" if len(tunes) > 1 else name, "".join(cont.header + cont.body)))
+    return out
 
 
 def default_split(split: str) -> Path:
