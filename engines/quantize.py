@@ -83,6 +83,8 @@ def quantize(model_dir: str | Path, precision: str, out_dir: str | Path, calib: 
     if method not in CALIBRATION_METHODS:
         raise NotaGenError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if calib is not None and not Path(calib).exists():  # before any work (and before "collecting ...")
+        raise NotaGenError(f"{calib}: no such file or folder of .abc pieces (--calib)")
     manifest = _fp32_source(model_dir)
     _check_exclude(model_dir, manifest, precision, exclude or [])
     if out_dir.resolve() == model_dir.resolve():

@@ -72,9 +72,10 @@ def trained_prompt_counts() -> dict[tuple[str, str, str], int]:
 
 
 # What the demo model learnt from the shipped corpus, which the front ends say when a request
-# goes past it: the shortest pieces are 8 bars ([r:0/7], prepare.py's MIN_BARS), and a prompt
+# goes past it: the shortest pieces are 8 bars ([r:0/7], prepare.py's MIN_BARS), the longest 410, and a prompt
 # carried by fewer than RARE_PROMPT training pieces may give pieces that never write the end.
 SHORTEST_TRAINED_BARS = 7
+LONGEST_TRAINED_BARS = 409  # the longest training piece has 410 body lines ([r:0/409])
 RARE_PROMPT = 10
 
 

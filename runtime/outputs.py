@@ -29,8 +29,13 @@ def parse_formats(text: str, flag: str) -> tuple[str, ...]:
 
 
 def _midi(musicxml: str) -> bytes:
+    import warnings
+
     import music21
 
+    # Its notices about the generated MusicXML (a tie it drops, an odd direction) went to stderr
+    # between generate's lines; a conversion that fails is reported with the piece instead.
+    warnings.filterwarnings("ignore", category=music21.musicxml.xmlObjects.MusicXMLWarning)
     score = music21.converter.parse(musicxml, format="musicxml")
     try:
         return music21.midi.translate.streamToMidiFile(score).writestr()

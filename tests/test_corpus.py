@@ -138,3 +138,12 @@ def test_plain_abc_is_read_in_notagen_format(tmp_path: Path) -> None:
     assert pieces[0][1] == "".join(cont.header + cont.body) and "[V:1]" in pieces[0][1] and "K:D" in pieces[1][1]
     shipped = sorted(default_split("heldout").glob("*.abc"))[0]
     assert read_pieces(shipped) == [(shipped.name, shipped.read_text())]
+
+
+def test_the_trained_lengths_the_front_ends_quote_are_the_corpus_own() -> None:
+    """generate and the page say when --bars goes past what the demo model learnt: from the train split."""
+    from notagen_trt.corpus import LONGEST_TRAINED_BARS, SHORTEST_TRAINED_BARS, default_split, read_pieces
+    from notagen_trt.runtime import codec
+
+    lines = [len(codec.split_lines(text)[1]) for _, text in read_pieces(default_split("train"))]
+    assert (min(lines) - 1, max(lines) - 1) == (SHORTEST_TRAINED_BARS, LONGEST_TRAINED_BARS)

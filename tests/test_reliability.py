@@ -62,6 +62,13 @@ def test_missing_and_corrupt_checkpoints(capsys, tmp_path):
     assert (tmp_path / "mine").is_dir()  # one that was there before stays
 
 
+def test_bars_past_the_demo_models_training_lengths_get_a_note(capsys, tmp_path):
+    for bars, says in ((3, "shorter than any piece"), (100_000, "longer than any piece")):
+        rc = main(["generate", "--bars", str(bars), "--max-patches", "2", "--formats", "abc",
+                   "--out", str(tmp_path / str(bars))])
+        assert rc == 0 and f"note: --bars {bars} is {says}" in capsys.readouterr().err
+
+
 def test_files_that_are_no_model_are_refused_in_a_line_and_leave_nothing(capsys, tmp_path, monkeypatch):
     """`generate --model` on a file of another kind, or on a checkpoint that does not load: one
     line naming the file, and no half-made export in the user cache."""

@@ -11,7 +11,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from notagen_trt.corpus import SHORTEST_TRAINED_BARS, rare_prompt
+from notagen_trt.corpus import LONGEST_TRAINED_BARS, SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, refuse_model_dir
 
@@ -62,9 +62,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args.backend, args.precision, args.rows, pieces=args.num_pieces)
     if not args.json:
         print(f"backend: {engine.note}", file=sys.stderr)
-        if args.bars is not None and args.bars < SHORTEST_TRAINED_BARS and args.model is None and not args.continue_:
-            print(f"note: --bars {args.bars} is shorter than any piece the demo model was trained on; the model "
-                  "may write more bars (see --help)", file=sys.stderr)
+        if args.bars is not None and args.model is None and not args.continue_:
+            if args.bars < SHORTEST_TRAINED_BARS:
+                print(f"note: --bars {args.bars} is shorter than any piece the demo model was trained on; the model "
+                      "may write more bars (see --help)", file=sys.stderr)
+            elif args.bars > LONGEST_TRAINED_BARS:
+                print(f"note: --bars {args.bars} is longer than any piece the demo model was trained on "
+                      f"({LONGEST_TRAINED_BARS + 1} bars); the model may end sooner (see --help)", file=sys.stderr)
         if prompt is not None and args.model is None and not args.continue_:
             _note_rare_prompt(prompt)
     summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
