@@ -211,7 +211,10 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        """Pieces waiting for a row (one cancelled while waiting no longer counts: a service's
+        queue limit and readiness must not fill with pieces whose clients have left)."""
+        with self._work:
+            return sum(not h._cancelled for h in self._waiting)
 
     # ---- stepping -----------------------------------------------------------------------------
     def step(self) -> list[PieceHandle]:
@@ -301,11 +304,21 @@ class Engine:
         return ended
 
     def _retire_cancelled(self) -> list[PieceHandle]:
+        """Cancelled pieces end now: those in rows (freed) and those still waiting for one."""
         out = []
         for row, handle in enumerate(self._rows):
             if handle is not None and handle._cancelled:
                 handle.state.stop("cancelled")
                 out.append(self._retire(row))
+        with self._work:
+            left = [h for h in self._waiting if h._cancelled]
+            if left:
+                self._waiting = deque(h for h in self._waiting if not h._cancelled)
+        for handle in left:
+            request = handle.request
+            handle.state = PieceState(request.prompt, request.config, self.patch_length, request.text)
+            handle.state.stop("cancelled")
+            out.append(self._end(handle))
         return out
 
     def _retire(self, row: int) -> PieceHandle:

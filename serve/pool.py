@@ -54,7 +54,7 @@ class EnginePool:
             if self._closed:
                 raise QueueFull("the service is shutting down")
             if self.waiting() >= self.max_queue:
-                raise QueueFull(f"the queue is full ({self.max_queue} pieces wait for a row)")
+                raise QueueFull(f"the queue is full ({_waiting(self.max_queue)} for a row)")
             engine = min(self.engines, key=lambda e: (e.active + e.queued) / e.executor.rows)
             return engine.submit(request, listener)
 
@@ -63,7 +63,7 @@ class EnginePool:
         if self._closed:
             return "the service is shutting down"
         if self.waiting() >= self.max_queue:
-            return f"the queue is full ({self.max_queue} pieces wait for a row)"
+            return f"the queue is full ({_waiting(self.max_queue)} for a row)"
         return ""
 
     def close(self) -> None:
@@ -74,3 +74,7 @@ class EnginePool:
             self._closed = True
         for engine in self.engines:
             engine.close()
+
+
+def _waiting(n: int) -> str:
+    return f"{n} piece waits" if n == 1 else f"{n} pieces wait"

@@ -350,6 +350,25 @@ def test_closing_from_a_listener_and_after_close(trained):
     closer.close()  # again: nothing more to do
 
 
+def test_a_piece_cancelled_while_waiting_leaves_the_queue_at_once(trained):
+    """A waiting piece whose client left no longer counts as queued (a service's queue limit and
+    readiness counted it until a row freed) and ends at the engine's next step, not when a row frees."""
+    from notagen_trt.serve.pool import EnginePool
+
+    pool = EnginePool([Engine(ReferenceBackend(trained, "cached").executor(1))], max_queue=2)
+    try:
+        running = pool.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=400)), lambda e: None)
+        waiting = [pool.submit(PieceRequest(None, GenerationConfig(seed=s)), lambda e: None) for s in (1, 2)]
+        assert pool.waiting() == 2 and pool.unready() == "the queue is full (2 pieces wait for a row)"
+        for handle in waiting:
+            handle.cancel()
+        assert pool.waiting() == 0 and pool.unready() == ""
+        assert all(h.wait(30).stop_reason == "cancelled" for h in waiting)
+        assert not running.done  # ended by the next step, while the running piece goes on
+    finally:
+        pool.close()
+
+
 def test_a_library_piece_is_saved_as_generate_writes_it(trained, tmp_path):
     """handle.abc() is the text generate writes (settings comment, post-processed tune, the note
     of a cut piece); handle.save() writes it under generate's file name, and the scores asked for."""
