@@ -98,7 +98,9 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
     async def prompts():
         return {"prompts": [p.as_dict() for p in valid_prompts()]}
 
-    @app.post("/v1/pieces", response_model=PieceOut, summary="Generate a piece", responses=ERRORS)
+    # exclude_unset: the formats asked for, as the stream's done event has them (null: one that failed)
+    @app.post("/v1/pieces", response_model=PieceOut, response_model_exclude_unset=True, summary="Generate a piece",
+              responses=ERRORS)
     async def create_piece(body: request_model, request: Request):
         job = start(body, "/v1/pieces", stream=False, continuation=await _upload(body))
         try:

@@ -20,6 +20,7 @@ from .pool import EnginePool
 GPU_ROWS, CPU_ROWS = 16, 4
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY = 64 * 1024  # a piece request is a few hundred bytes
+DEFAULT_GRACE = 20.0  # seconds running pieces get on shutdown (a container's stop timeout is often 30)
 
 
 @dataclass(frozen=True)

@@ -33,3 +33,13 @@ def rows(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROWS}, got {value}")
     return value
 
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value

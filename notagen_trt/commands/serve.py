@@ -10,7 +10,7 @@ import sys
 
 from notagen_trt.errors import NotaGenError
 
-from .argtypes import at_least, rows
+from .argtypes import at_least, rows, seconds
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SWITCH_INTERVAL = 0.0005  # seconds, for the GIL; see where uvicorn starts
@@ -62,20 +62,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         run(settings, args.host, args.port, args.replicas, args.min_replicas, log)
         return 0
-    import uvicorn
-
     from notagen_trt.serve.app import create_app
+    from notagen_trt.serve.server import run
     from notagen_trt.serve.settings import load_pool
 
     pool = load_pool(settings, log)
     try:
         app = create_app(pool, api_key=settings.api_key, max_body=settings.max_body, max_patches=settings.max_patches)
-        log(f"http://{args.host}:{args.port} (OpenAPI docs at /docs; Ctrl-C stops)")
         # One process, one event loop: the engines' threads do the work; uvicorn workers would each load a model.
         # A GPU idles while its engine thread waits for the GIL after a patch, up to the switch
         # interval (5 ms by default, more than a patch); the event loop and other engines hold it.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        run(app, pool, args.host, args.port, args.log_level, args.grace,
+            f"http://{args.host}:{args.port} (OpenAPI docs at /docs; Ctrl-C or SIGTERM stops, running pieces "
+            f"get {args.grace:g} s)", log)
     finally:
         pool.close()
     return 0
@@ -93,7 +93,7 @@ def settings_from_args(args: argparse.Namespace, **more):
 def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, queue_help: str) -> None:
     """The model, engine and listening options `serve` and `ui` share."""
     from notagen_trt.runtime.backends import CHOICES, PRECISIONS
-    from notagen_trt.serve.settings import CPU_ROWS, DEFAULT_MAX_QUEUE, GPU_ROWS
+    from notagen_trt.serve.settings import CPU_ROWS, DEFAULT_GRACE, DEFAULT_MAX_QUEUE, GPU_ROWS
 
     p.add_argument("--model", help="model directory or checkpoint (default: the demo model)")
     p.add_argument("--backend", default="auto", metavar="{" + ",".join(CHOICES) + "}",
@@ -113,6 +113,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, 
                    help=f"pieces that may wait for a row; {queue_help} (default {DEFAULT_MAX_QUEUE})")
     p.add_argument("--max-patches", type=at_least(1), default=None,
                    help="cap every piece at this many patches (requests may ask for fewer)")
+    p.add_argument("--grace", type=seconds, default=DEFAULT_GRACE, metavar="SECONDS",
+                   help=f"on SIGTERM or Ctrl-C, seconds running pieces get to finish; then the rest end and "
+                        f"their clients are told the service is shutting down (default {DEFAULT_GRACE:g})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

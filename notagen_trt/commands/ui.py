@@ -29,17 +29,16 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         log(f"warning: listening on {args.host}: anyone who reaches it can use the page and the API")
     _check_port(args.host, args.port)
-    import uvicorn
-
     from notagen_trt.serve.app import create_app
+    from notagen_trt.serve.server import run
     from notagen_trt.serve.ui import mount_ui
 
     pool = load_pool(settings, log)
     try:
         app = mount_ui(create_app(pool, max_body=settings.max_body, max_patches=settings.max_patches), pool,
                        max_patches=settings.max_patches, demo=settings.model is None)
-        log(f"http://{args.host}:{args.port}/ (the page; the API under /v1, its docs at /docs; Ctrl-C stops)")
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        run(app, pool, args.host, args.port, args.log_level, args.grace,
+            f"http://{args.host}:{args.port}/ (the page; the API under /v1, its docs at /docs; Ctrl-C stops)", log)
     finally:
         pool.close()
     return 0
