@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from .metrics import ServiceMetrics
 from .pool import EnginePool
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a waiting client is still there
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: its handler and --log-level apply
 
 
 class ApiError(Exception):
@@ -70,17 +72,23 @@ class Job:
         except RuntimeError:  # the loop has closed: the server is going down, nobody is listening
             pass
 
-    def _record(self, outcome: str) -> None:
+    def _record(self, outcome: str, why: str = "") -> None:
+        """Count the request's outcome once, and log one line for its piece (the access log has a
+        line per request, written when a stream's headers go out, before the piece is made)."""
         if not self._recorded:
             self._recorded = True
-            seconds = time.perf_counter() - self.start if outcome in ("complete", "stopped") else None
-            self.metrics.outcome(self.path, outcome, seconds)
+            elapsed = time.perf_counter() - self.start
+            self.metrics.outcome(self.path, outcome, elapsed if outcome in ("complete", "stopped") else None)
+            piece = self.handle.piece
+            work = f"{piece.patches} patches in {piece.seconds:.2f} s" if piece is not None else "no row yet"
+            LOG.info("piece %s seed %d: %s (%s), %s, %.2f s end to end", self.path, self.config.seed, outcome,
+                     why or piece.stop_reason, work, elapsed)
 
     def cancel(self) -> None:
         """The client left: free the piece's row at the engine's next step."""
         if not self.handle.done:
             self.handle.cancel()
-            self._record("cancelled")
+            self._record("cancelled", "the client left")
 
     async def wait(self, disconnected) -> bool:
         """Wait for the piece to end; False (and the piece cancelled) if ``disconnected()`` says
@@ -98,10 +106,10 @@ class Job:
         """The response body of the ended piece (scores made off the event loop)."""
         piece, handle = self.handle.piece, self.handle
         if handle.error:
-            self._record("error")
+            self._record("error", handle.error)
             raise ApiError(500, f"the backend failed: {handle.error}", "error")
         if piece.stop_reason == "cancelled":  # the service is shutting down
-            self._record("cancelled")
+            self._record("cancelled", "the service is shutting down")
             raise ApiError(503, "the service is shutting down; the piece was cancelled", "cancelled")
         abc = piece_abc(self.prompt, self.config, piece, self.made_by)
         if self.continuation is not None:  # the user's bars, a marker comment, the new bars

@@ -53,7 +53,9 @@ class PieceIn(BaseModel):
     seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="Random when absent; the response says which")
     bars: int | None = Field(None, ge=0, le=MAX_BARS, description="Force the length: N more bar lines ([r:0/N])")
     max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, description="Stop the piece after this many patches")
-    max_seconds: float = Field(MAX_SECONDS, gt=0, le=MAX_SECONDS, description="Stop the piece after this long")
+    max_seconds: float = Field(MAX_SECONDS, gt=0, le=MAX_SECONDS,
+                               description="Stop the piece after this long, counted from when it takes a row "
+                                           "(time waiting in the queue is not counted)")
     top_k: int = Field(PUBLISHED.top_k, ge=0, le=TOP_K_MAX, description="Keep the k most likely characters (0: off)")
     top_p: float = Field(PUBLISHED.top_p, gt=0, le=1, description="Nucleus mass")
     temperature: float = Field(PUBLISHED.temperature, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1],

@@ -353,6 +353,8 @@ def test_sigterm_lets_pieces_finish_for_the_grace_then_answers_the_rest(tmp_path
     assert answers["plain"].status_code == 503 and "shutting down" in answers["plain"].json()["error"], text
     assert answers["stream"][-1] == ("error", {"error": "the service is shutting down; the piece was cancelled"})
     assert "Traceback" not in text and "get 1 s to finish" in text
+    assert "piece /v1/pieces seed 1: cancelled (the service is shutting down), " in text  # a line per piece
+    assert "GET /metrics" not in text  # probes and scrapes that succeed stay out of the access log
     assert text.index("Uvicorn running on") < text.index("serve: http://")
 
 
