@@ -117,7 +117,27 @@ def create_app(pool: EnginePool, *, api_key: str | None = None, max_body: int = 
         return StreamingResponse(job.events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    if api_key:
+        _document_the_key(app)
     return app
+
+
+def _document_the_key(app: FastAPI) -> None:
+    """The schema says how to send the key (Swagger's Authorize button sends it with each try)."""
+    plain = app.openapi
+
+    def openapi() -> dict:
+        schema = plain()  # made once, then cached by FastAPI
+        if "securitySchemes" not in schema.get("components", {}):
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            for operation in schema["paths"].get("/healthz", {}).values():
+                operation["security"] = []
+        return schema
+
+    app.openapi = openapi
 
 
 async def _upload(body: PieceIn) -> Continuation | None:

@@ -1,5 +1,5 @@
 """Checks made before any route, as plain ASGI middleware so streamed responses pass through
-untouched: the API key (every path but /healthz), the request body's size (read at most once
+untouched: the API key (every path but /healthz and the docs), the request body's size (read at most once
 past the limit, then replayed to the app), and a header naming the replica that answered."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import json
 from collections.abc import Callable
 
 Rejected = Callable[[str, str], None]  # (path, outcome)
-OPEN_PATHS = ("/healthz",)  # liveness probes carry no key
+# Liveness probes carry no key; nor can a browser opening the API's docs page, which reads the
+# schema (its "Authorize" button then sends the key with the requests tried from it).
+OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None):

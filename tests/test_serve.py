@@ -182,9 +182,14 @@ def test_unknown_paths_and_methods(server):
     assert len(prompts) == 112 and PROMPT in prompts
 
 
-def test_api_key_guards_every_endpoint_but_healthz(guarded):
+def test_api_key_guards_every_endpoint_but_healthz_and_the_docs(guarded):
     assert httpx.get(f"{guarded.url}/healthz").status_code == 200
-    for path in ("/readyz", "/metrics", "/v1/prompts", "/openapi.json"):
+    # A browser opens the docs page, which reads the schema; the schema says how to send the key.
+    assert httpx.get(f"{guarded.url}/docs").status_code == 200
+    schema = httpx.get(f"{guarded.url}/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert {"bearer": []} in schema["security"] and schema["paths"]["/healthz"]["get"]["security"] == []
+    for path in ("/readyz", "/metrics", "/v1/prompts"):
         r = httpx.get(f"{guarded.url}{path}")
         assert r.status_code == 401 and "API key" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
         assert httpx.get(f"{guarded.url}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
