@@ -50,13 +50,18 @@ class PieceIn(BaseModel):
     period: str | None = Field(None, max_length=100, examples=["Baroque"])
     composer: str | None = Field(None, max_length=100, examples=["Bach, Johann Sebastian"])
     instrumentation: str | None = Field(None, max_length=100, examples=["Choral"])
-    seed: int | None = Field(None, ge=0, lt=MAX_SEED, description="Random when absent; the response says which")
-    bars: int | None = Field(None, ge=0, le=MAX_BARS, description="Force the length: N more bar lines ([r:0/N])")
-    max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, description="Stop the piece after this many patches")
+    # Whole numbers are strict: true, "5" and 5.0 are refused rather than read as 1 and 5.
+    seed: int | None = Field(None, ge=0, lt=MAX_SEED, strict=True,
+                             description="Random when absent; the response says which")
+    bars: int | None = Field(None, ge=0, le=MAX_BARS, strict=True,
+                             description="Force the length: N more bar lines ([r:0/N])")
+    max_patches: int | None = Field(None, ge=1, le=MAX_PATCHES, strict=True,
+                                    description="Stop the piece after this many patches")
     max_seconds: float = Field(MAX_SECONDS, gt=0, le=MAX_SECONDS,
                                description="Stop the piece after this long, counted from when it takes a row "
                                            "(time waiting in the queue is not counted)")
-    top_k: int = Field(PUBLISHED.top_k, ge=0, le=TOP_K_MAX, description="Keep the k most likely characters (0: off)")
+    top_k: int = Field(PUBLISHED.top_k, ge=0, le=TOP_K_MAX, strict=True,
+                       description="Keep the k most likely characters (0: off)")
     top_p: float = Field(PUBLISHED.top_p, gt=0, le=1, description="Nucleus mass")
     temperature: float = Field(PUBLISHED.temperature, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1],
                                description="Sampling temperature")
@@ -84,8 +89,9 @@ def piece_request_model(cap: int | None) -> type[PieceIn]:
 
     class CappedPieceIn(PieceIn):
         model_config = ConfigDict(title="PieceIn")
-        max_patches: int | None = Field(None, ge=1, le=cap, description=f"Stop the piece after this many patches "
-                                                                        f"(at most and by default {cap} here)")
+        max_patches: int | None = Field(None, ge=1, le=cap, strict=True,
+                                        description=f"Stop the piece after this many patches "
+                                                    f"(at most and by default {cap} here)")
 
     return CappedPieceIn
 

@@ -155,6 +155,9 @@ def test_a_client_that_leaves_frees_its_row(server):
     ({"top_p": 0}, 422, "top_p"),
     ({"outputs": ["pdf"]}, 422, "outputs"),
     ({"colour": "blue"}, 422, "colour"),
+    ({"seed": True}, 422, "seed"),  # whole numbers are strict: not read as 1
+    ({"seed": "5"}, 422, "seed"),
+    ({"top_k": 9.0}, 422, "top_k"),
     ('{"seed": 1', 400, "malformed JSON"),
     ("x" * (65 * 1024), 413, "larger than"),
 ])
