@@ -145,6 +145,10 @@ def check(outcomes: list[Outcome], bodies: list[dict], model: str | None = None,
     differ = []
     for o, prompt, config, piece in zip(answered, prompts, configs, pieces):
         if o.result["outputs"]["abc"] != piece_abc(prompt, config, piece, made_by):
+            capped = (o.result["stop_reason"] == "max_patches" and config.max_patches is None
+                      and o.result["patches"] < piece.patches)
             differ.append(f"request {o.index} (seed {config.seed}): the service's ABC ({o.result['backend']}, "
-                          f"{o.result['patches']} patches) differs from the local piece ({name}, {piece.patches} patches)")
+                          f"{o.result['patches']} patches) differs from the local piece ({name}, {piece.patches} patches)"
+                          + (f"; the service capped it (serve --max-patches): check with --max-patches "
+                             f"{o.result['patches']}" if capped else ""))
     return name, differ
