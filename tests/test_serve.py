@@ -240,6 +240,17 @@ def capped():
     s.stop()
 
 
+def test_loadtest_check_names_the_services_cap(capped, capsys):
+    """Pieces a `serve --max-patches 4` capped differ from the uncapped local ones: --check says
+    which cap to check with, and with it every piece is equal."""
+    argv = ["loadtest", "--url", capped.url, "--requests", "2", "--seed", "7", "--check", "--backend", "ort-cpu", "--json"]
+    assert main(argv) == 1
+    first = json.loads(capsys.readouterr().out)["check"]["first"][0]
+    assert first.endswith("the service capped it (serve --max-patches): check with --max-patches 4")
+    assert main([*argv, "--max-patches", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["check"]["differ"] == 0
+
+
 @pytest.mark.slow
 def test_openapi_schema_finds_no_server_error(capped):
     """Every operation of the live schema, 25 valid and 25 invalid generated requests each
