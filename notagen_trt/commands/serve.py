@@ -73,9 +73,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # A GPU idles while its engine thread waits for the GIL after a patch, up to the switch
         # interval (5 ms by default, more than a patch); the event loop and other engines hold it.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        limits = (f"{pool.made_by}; {pool.rows} rows, up to {settings.max_queue} waiting; "
+                  + (f"pieces capped at {settings.max_patches} patches; " if settings.max_patches else "")
+                  + f"bodies up to {settings.max_body // 1024} KB; "
+                  + ("API key required" if settings.api_key else "no API key"))
         run(app, pool, args.host, args.port, args.log_level, args.grace,
-            f"http://{args.host}:{args.port} (OpenAPI docs at /docs; Ctrl-C or SIGTERM stops, running pieces "
-            f"get {args.grace:g} s)", log)
+            f"http://{args.host}:{args.port} ({limits}). OpenAPI docs at /docs; Ctrl-C or SIGTERM stops, running "
+            f"pieces get {args.grace:g} s", log)
     finally:
         pool.close()
     return 0
