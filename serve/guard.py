@@ -4,11 +4,15 @@ past the limit, then replayed to the app), and a header naming the replica that 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable
 
 Rejected = Callable[[str, str], None]  # (path, outcome)
+# For a request body to arrive whole: 30 s plus a slow link's 16 KB/s for the largest body taken
+# (a client that declares more than it sends would otherwise hold its connection for ever).
+BODY_SECONDS, SLOW_LINK = 30.0, 16 * 1024
 # Liveness probes carry no key; nor can a browser opening the API's docs page, which reads the
 # schema (its "Authorize" button then sends the key with the requests tried from it).
 OPEN_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json")
@@ -30,6 +34,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 class Guard:
     def __init__(self, app, *, api_key: str | None, max_body: int, replica: str, rejected: Rejected) -> None:
         self.app, self.api_key, self.max_body, self.rejected = app, api_key, max_body, rejected
+        self.body_seconds = BODY_SECONDS + max_body / SLOW_LINK
         self.replica = replica.encode()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -48,9 +53,14 @@ class Guard:
             if not declared.isdigit() or int(declared) > self.max_body:
                 await self._too_large(path, send)
                 return
-            body = b""
+            body, deadline = b"", asyncio.get_running_loop().time() + self.body_seconds
             while True:
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                except asyncio.TimeoutError:
+                    self.rejected(path, "invalid")
+                    await error_response(408, f"the request body did not arrive within {self.body_seconds:.0f} s")(send)
+                    return
                 if message["type"] == "http.disconnect":
                     return
                 body += message.get("body", b"")

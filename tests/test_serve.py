@@ -424,3 +424,31 @@ def test_gpus_name_what_is_there():
         engine_devices("0", lambda: 0)
     with pytest.raises(NotaGenError, match=r"no GPU 2 here \(2 visible: 0 to 1\)"):
         engine_devices("0,2", lambda: 2)
+
+
+def test_a_body_that_never_arrives_is_408_not_a_held_connection():
+    """A client that declares 20 bytes and sends 4 held its connection open indefinitely: the guard
+    waits its body time (30 s plus 16 KB/s of --max-body) and answers 408."""
+    from notagen_trt.serve.guard import Guard
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app ran")
+
+    sent, outcomes = [], []
+    guard = Guard(app, api_key=None, max_body=1024, replica="test", rejected=lambda path, o: outcomes.append(o))
+    assert 30 < guard.body_seconds < 31
+    guard.body_seconds = 0.2
+    parts = iter([{"type": "http.request", "body": b"{\"se", "more_body": True}])
+
+    async def receive():
+        part = next(parts, None)
+        if part is None:
+            await asyncio.sleep(3600)
+        return part
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/pieces", "headers": [(b"content-length", b"20")]}
+    asyncio.run(asyncio.wait_for(guard(scope, receive, send), 5))
+    assert sent[0]["status"] == 408 and b"did not arrive within 0 s" in sent[1]["body"] and outcomes == ["invalid"]
