@@ -5,6 +5,7 @@ same pieces on a local engine and compares them with the responses."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from dataclasses import dataclass
@@ -117,6 +118,8 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
         "end_to_end_seconds": _percentiles([o.seconds for o in ok]),
         "first_bar_seconds": _percentiles([o.first_bar for o in ok if o.first_bar is not None]),
         "first_errors": [f"request {o.index}: {o.error}" for o in failed[:3]],
+        # 503 (busy: the queue was full) against real failures; 0: no response at all
+        "errors_by_status": dict(sorted(collections.Counter(o.status for o in failed).items())),
     }
 
 

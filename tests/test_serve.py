@@ -452,3 +452,14 @@ def test_a_body_that_never_arrives_is_408_not_a_held_connection():
     scope = {"type": "http", "method": "POST", "path": "/v1/pieces", "headers": [(b"content-length", b"20")]}
     asyncio.run(asyncio.wait_for(guard(scope, receive, send), 5))
     assert sent[0]["status"] == 408 and b"did not arrive within 0 s" in sent[1]["body"] and outcomes == ["invalid"]
+
+
+def test_loadtest_counts_its_errors_by_status():
+    """A busy service's 503s are told apart from failures (and from no answer at all)."""
+    from notagen_trt.serve.loadgen import Outcome, summarize
+
+    outcomes = [Outcome(0, status=200, result={"patches": 3}, seconds=1.0), Outcome(1, status=503, error="busy"),
+                Outcome(2, status=503, error="busy"), Outcome(3, status=0, error="refused"),
+                Outcome(4, status=500, error="failed")]
+    summary = summarize(outcomes, 2.0)
+    assert summary["errors"] == 4 and summary["errors_by_status"] == {0: 1, 500: 1, 503: 2}

@@ -83,8 +83,10 @@ def _report(s: dict) -> None:
     def spread(p: dict | None) -> str:
         return f"p50 {p['p50']:.2f} s, p99 {p['p99']:.2f} s" if p else "n/a"
 
+    by_status = ", ".join(f"{n} {'no response' if status == 0 else f'HTTP {status}'}"
+                          for status, n in s["errors_by_status"].items())
     print(f"{s['requests']} requests by {s['clients']} clients ({'streaming' if s['stream'] else 'plain'}): "
-          f"{s['ok']} pieces, {s['errors']} errors in {s['seconds']:.1f} s")
+          f"{s['ok']} pieces, {s['errors']} errors{f' ({by_status})' if by_status else ''} in {s['seconds']:.1f} s")
     print(f"  pieces per minute: {s['pieces_per_minute']:.2f} ({s['patches']} patches)")
     print(f"  end to end: {spread(s['end_to_end_seconds'])}")
     if s["stream"]:
