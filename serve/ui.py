@@ -37,8 +37,11 @@ from .schemas import PUBLISHED
 
 ANY = "the model's choice"
 METERS = [ANY, "2/4", "3/4", "4/4", "6/8", "2/2", "3/8", "9/8", "12/8", "C"]
-KEYS = [ANY, "C", "G", "D", "A", "E", "F", "Bb", "Eb", "Am", "Em", "Bm", "F#m", "Dm", "Gm", "Cm", "Ador", "Ddor", "Edor",
-        "Amix", "Dmix", "Gmix"]
+# Majors round the circle of fifths to six accidentals each way, minors to five sharps and six
+# flats, then modes the corpus uses; any other key can be typed in.
+KEYS = [ANY, "C", "G", "D", "A", "E", "B", "F#", "F", "Bb", "Eb", "Ab", "Db", "Gb",
+        "Am", "Em", "Bm", "F#m", "C#m", "G#m", "Dm", "Gm", "Cm", "Fm", "Bbm", "Ebm",
+        "Ador", "Ddor", "Edor", "Amix", "Dmix", "Gmix"]
 DEFAULT_PROMPT = ("Baroque", "Bach, Johann Sebastian", "Choral")  # what the demo model writes best
 RENDER_EVERY = 1.0  # seconds between score redraws while bars arrive (a redraw costs abc2xml + verovio)
 KEEP_FILES = 3600  # seconds a finished piece's files stay downloadable

@@ -78,6 +78,21 @@ def test_menus_offer_only_valid_combinations():
         chosen_prompt("Baroque", "Chopin, Frederic", "Keyboard")
 
 
+def test_the_key_menu_offers_every_signature_each_way_and_reads_them_all():
+    """Majors to six sharps and six flats, minors to five and six (Ab and Db were missing), each
+    one a key the forced-key rule reads, each signature once."""
+    from notagen_trt.runtime.piece import key_signature, normalize_key
+    from notagen_trt.serve.ui import ANY, KEYS
+
+    keys = [k for k in KEYS if k != ANY]
+    signatures = {k: key_signature(normalize_key(k)) for k in keys}
+    majors = [k for k in keys if len(k) <= 2 and not k.endswith("m")]
+    minors = [k for k in keys if k.endswith("m")]
+    assert len({signatures[k] for k in majors}) == len(majors) == 13  # C, six sharps, six flats
+    assert len({signatures[k] for k in minors}) == len(minors) == 12
+    assert signatures["Ab"] == signatures["Fm"] and signatures["Db"] == signatures["Bbm"]
+
+
 def test_the_page_says_what_the_demo_model_did_not_learn():
     """As `generate` does: a prompt of few training pieces, or fewer bars than its shortest piece;
     nothing for a common prompt, or for a continued file (its own bars are the context)."""
