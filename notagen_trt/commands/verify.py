@@ -20,7 +20,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"{report['subject']} vs {report['reference']} (atol {report['atol']}, rtol {report['rtol']}), "
-              f"{report['pieces']} held-out pieces x 2 phases per graph")
+              f"{report['pieces']} held-out pieces x 2 phases per step graph (the engine-ready graphs: "
+              "export's parity check, eval's pieces)")
         for graph, entry in report["graphs"].items():
             for name, s in entry["outputs"].items():
                 mark = "ok" if s["passed"] else "FAIL"
