@@ -111,3 +111,24 @@ def test_the_model_a_piece_names_does_not_depend_on_how_its_path_is_spelt(tmp_pa
     assert {model_label(m) for m in (variant, "demo-int8wo", "./demo-int8wo/")} == {"demo-int8wo"}
     monkeypatch.chdir(variant)
     assert model_label(".") == "demo-int8wo"
+
+
+def test_end_repeats_without_starts_repeat_their_own_bars_and_convert_fast():
+    """A generated tune's `:|` with no `|:` repeats the bars since the last `:|` (music21 went back
+    to the start each time: a 25-bar chorale with ten of them became 2,457 bars and two minutes of
+    MIDI). Four bars, each section ended by `:|`: 2 + 1 + 1 bars repeated, 8 in all."""
+    import time
+
+    import music21
+
+    from notagen_trt.runtime import abcio
+    from notagen_trt.runtime.outputs import _open_each_repeat, convert
+
+    tune = "X:1\nL:1/4\nM:4/4\nK:C\nV:1\n[V:1]C D E F|G A B c:|[V:1]c B A G:|[V:1]F E D C:|]\n"
+    score = music21.converter.parse(abcio.to_musicxml(tune), format="musicxml")
+    _open_each_repeat(score)
+    assert len(score.expandRepeats().parts[0].getElementsByClass("Measure")) == 8
+    sections = "".join(f"[V:1]{'C D E F|' * 2}:|\n" for _ in range(12))  # 24 bars, twelve end repeats
+    start = time.perf_counter()
+    made, errors = convert(f"X:1\nL:1/4\nM:4/4\nK:C\nV:1\n{sections}", ["midi"])
+    assert not errors and made["midi"].startswith(b"MThd") and time.perf_counter() - start < 20
