@@ -181,6 +181,11 @@ class PieceState:
     def done(self) -> bool:
         return bool(self.piece.stop_reason)
 
+    @property
+    def seconds(self) -> float:
+        """How long the piece has run: its final time once it has ended."""
+        return self.piece.seconds if self.done else time.perf_counter() - self._start
+
     def context(self) -> np.ndarray:
         """The patches [n, 16] to load into a row now: the whole text at the start, the halved
         text after a RELOAD. A text that does not fit (a long piece to continue, or a halved one

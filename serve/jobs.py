@@ -79,10 +79,10 @@ class Job:
             self._recorded = True
             elapsed = time.perf_counter() - self.start
             self.metrics.outcome(self.path, outcome, elapsed if outcome in ("complete", "stopped") else None)
-            piece = self.handle.piece
-            work = f"{piece.patches} patches in {piece.seconds:.2f} s" if piece is not None else "no row yet"
+            state = self.handle.state  # still running when its client left
+            work = f"{state.piece.patches} patches in {state.seconds:.2f} s" if state is not None else "no row yet"
             LOG.info("piece %s seed %d: %s (%s), %s, %.2f s end to end", self.path, self.config.seed, outcome,
-                     why or piece.stop_reason, work, elapsed)
+                     why or state.piece.stop_reason, work, elapsed)
 
     def cancel(self) -> None:
         """The client left: free the piece's row at the engine's next step."""

@@ -133,7 +133,10 @@ def _wait_for(check, seconds: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def test_a_client_that_leaves_frees_its_row(server):
+def test_a_client_that_leaves_frees_its_row(server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
     before = server.metric("notagen_requests_total", endpoint="/v1/pieces/stream", outcome="cancelled")
     with httpx.stream("POST", f"{server.url}/v1/pieces/stream", json=LONG, timeout=60) as r:
         for line in r.iter_lines():
@@ -143,6 +146,8 @@ def test_a_client_that_leaves_frees_its_row(server):
               == before + 1)
     _wait_for(lambda: server.metric("notagen_active_rows", engine="0") == 0)
     assert server.pool.engines[0].active == 0 and server.pool.waiting() == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("piece /v1/pieces/stream"))
+    assert "cancelled (the client left)" in line and " 0.00 s, " not in line  # the time it ran, not 0
 
 
 @pytest.mark.parametrize("body, status, words", [
