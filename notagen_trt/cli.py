@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_unwinds():
             rc = args.func(args)
             return rc
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # nothing left to flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = 141  # 128 + SIGPIPE
+        return rc
     except (NotaGenError, ValueError, OSError) as exc:
         if args.debug:
             raise

@@ -555,3 +555,16 @@ def test_tensorrt_asked_of_an_onnx_directory_says_first_what_this_machine_lacks(
     monkeypatch.setattr(cuda, "local_gpu", lambda: {"name": "a GPU", "compute_capability": "8.9"})
     with pytest.raises(NotaGenError, match="an ONNX model directory; build engines with `notagen-trt build"):
         select_backend(tiny_dir / "onnx", "tensorrt")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
+    """`notagen-trt prompts | head`: the pipe closing is no error line ('a file: Broken pipe')."""
+    import builtins
+
+    def closed(*args, **kwargs):
+        if kwargs.get("file") is None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(builtins, "print", closed)
+    assert main(["prompts"]) == 141
+    assert capsys.readouterr().err == ""
