@@ -69,6 +69,14 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+# The extra of pyproject.toml that brings each package a command may import late.
+EXTRAS = {"onnxruntime": "ort", "onnx": "ort", "joblib": "ort", "torch": "export", "safetensors": "export",
+          "onnx_ir": "export", "music21": "music", "abctoolkit": "music", "verovio": "music", "unidecode": "music",
+          "polygraphy": "verify", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+          "httpx": "serve", "ray": "ray", "gradio": "ui", "pretty_midi": "ui", "tensorrt": "trt",
+          "tensorrt_rtx": "rtx", "cuda": "rtx"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -80,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_unwinds():
             rc = args.func(args)
             return rc
+    except ModuleNotFoundError as exc:  # an extra not installed, met deep in a stage: one line, not a traceback
+        if args.debug:
+            raise
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        how = f"install the toolkit's [{extra}] extra (pip install -e '.[{extra}]' in its checkout)" if extra \
+            else "install it"
+        print(f"notagen-trt {args.command}: error: this needs the {exc.name} package, which is not installed; {how}",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         with contextlib.suppress(OSError, ValueError):  # nothing left to flush at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -568,3 +568,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "print", closed)
     assert main(["prompts"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_missing_extra_met_late_is_one_line_naming_it(capsys, monkeypatch):
+    """`serve` with only the [serve] extra met onnxruntime's absence deep in loading the model:
+    a traceback and exit status 1. Now one line naming the package and the extra."""
+    from notagen_trt.commands import prompts
+
+    def needs_onnxruntime(args):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    monkeypatch.setattr(prompts, "_cmd_prompts", needs_onnxruntime)
+    rc, err = run_cli(capsys, "prompts")
+    assert_one_line_error(rc, err, "needs the onnxruntime package", "[ort] extra")
