@@ -54,7 +54,14 @@ CSS = """
 #score .page-label { font-size: 12px; color: #666; margin: 4px 0; }
 #status { min-height: 1.5em; }
 #downloads a { margin-right: 1em; }
+#random-seed input:focus-visible, #length input:focus-visible { outline: 2px solid #2563eb; outline-offset: 2px; }
 """
+# On load: the status line is a live region, so a screen reader says "Writing…", "Done: …" and
+# each error sentence as it appears (a plain block was silent).
+JS = """() => {
+  const status = document.getElementById('status');
+  if (status) { status.setAttribute('role', 'status'); status.setAttribute('aria-live', 'polite'); }
+}"""
 IDLE_POLL_SECONDS = 0.02  # how often Gradio's idle queue looks for work (see mount)
 
 
@@ -97,7 +104,8 @@ def pages_html(musicxml: str) -> str:
     if not tk.loadData(musicxml):
         raise ValueError("verovio could not read the score")
     n = tk.getPageCount()
-    return "".join(f'<div class="page-label">page {i} of {n}</div><div class="page" data-page="{i}">'
+    return "".join(f'<div class="page-label">page {i} of {n}</div><div class="page" data-page="{i}" role="img" '
+                   f'aria-label="Score, page {i} of {n} (the ABC beside it is the same music as text)">'
                    f"{tk.renderToSVG(i)}</div>" for i in range(1, n + 1))
 
 
@@ -172,7 +180,8 @@ def finished_files(abc: str, stem: str) -> tuple[dict[str, bytes | str], dict[st
 
 def player_html(urls: dict[str, str]) -> str:
     wav = next((url for name, url in urls.items() if name.endswith(".wav")), None)
-    return f'<audio id="player-audio" controls preload="auto" src="{html.escape(wav)}"></audio>' if wav else ""
+    return (f'<audio id="player-audio" controls preload="auto" aria-label="The piece, played" '
+            f'src="{html.escape(wav)}"></audio>') if wav else ""
 
 
 def downloads_html(urls: dict[str, str]) -> str:
@@ -420,7 +429,7 @@ def mount_ui(app, pool: EnginePool, *, max_patches: int | None = None, path: str
                             filename=found.name)
 
     page = build_page(pool, files, max_patches, demo, getattr(app.state, "metrics", None))
-    mounted = gr.mount_gradio_app(app, page, path=path, css=CSS, ssr_mode=False, footer_links=["api"],
+    mounted = gr.mount_gradio_app(app, page, path=path, css=CSS, js=JS, ssr_mode=False, footer_links=["api"],
                                   max_file_size=MAX_BYTES, show_error=False)
     # Gradio's queue polls for work every millisecond while idle (about 6% of a core on an
     # appliance doing nothing); every 20 ms is still quicker than a person clicks.

@@ -214,6 +214,10 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server.url, timeout=60_000)
             page.wait_for_selector("#generate")
+            # A screen reader hears the status line: a live region (it was a silent block).
+            page.wait_for_function("document.querySelector('#status').getAttribute('aria-live') === 'polite'",
+                                   timeout=10_000)
+            assert page.get_attribute("#status", "role") == "status"
             if shots:
                 page.screenshot(path=str(Path(shots) / "ui-before.png"), full_page=True)
 
@@ -237,6 +241,8 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
             assert counted.get("complete", 0) + counted.get("stopped", 0) >= 1, counted
             assert page.eval_on_selector_all("#score svg g.measure", "els => els.length") >= 4, status
             assert _audio_seconds(page) > 1
+            assert page.get_attribute("#player-audio", "aria-label") == "The piece, played"
+            assert page.get_attribute("#score .page", "aria-label").startswith("Score, page 1 of")
             if shots:
                 page.screenshot(path=str(Path(shots) / "ui-after.png"), full_page=True)
             links = page.eval_on_selector_all("#downloads a", "els => els.map(a => [a.dataset.kind, a.href])")
