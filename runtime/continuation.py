@@ -95,7 +95,7 @@ def read_continuation(path: str | Path) -> Continuation:
 # A MIDI file keeps notes and timing, not bars, voices or repeats as written: music21 guesses them
 # (a piece with repeats comes back played out), and the guess does not always line the voices up.
 MIDI_HINT = ("a MIDI file keeps no bars or repeats as written; continue the piece's .musicxml or .abc "
-             "if you have one (generate writes them beside its .mid)")
+             "if you have one (generate and the page write them beside the .mid)")
 
 
 def parse_continuation(name: str, data: bytes, shown: str | None = None) -> Continuation:

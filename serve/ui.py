@@ -213,7 +213,7 @@ def demo_notes(request: PieceRequest, prompt: Prompt | None) -> str:
     if rare:
         seen, best, count = rare
         notes.append(f"the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} "
-                     f"({' / '.join(best)}: {count}); its pieces may run on without ending: Stop ends one")
+                     f"(it knows {' / '.join(best)} best: {count}); its pieces may run on without ending: Stop ends one")
     if request.config.bars is not None and request.config.bars < SHORTEST_TRAINED_BARS:
         notes.append(f"the demo model's shortest training pieces have {SHORTEST_TRAINED_BARS + 1} bars; it may "
                      "write more than asked")

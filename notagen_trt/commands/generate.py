@@ -206,8 +206,8 @@ def _note_rare_prompt(prompt) -> None:
     rare = rare_prompt(prompt.period, prompt.composer, prompt.instrumentation)
     if rare:
         seen, best, count = rare
-        print(f"note: the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} ({' / '.join(best)}: "
-              f"{count}); its pieces may run on without ending: --max-patches or --max-seconds cut them",
+        print(f"note: the demo model saw this prompt in {seen} training piece{'s' * (seen != 1)} (it knows {' / '.join(best)} "
+              f"best: {count}); its pieces may run on without ending: --max-patches or --max-seconds cut them",
               file=sys.stderr)
 
 
