@@ -24,6 +24,7 @@ from pathlib import Path
 
 from notagen_trt.corpus import SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
+from notagen_trt.runtime import codec
 from notagen_trt.runtime.continuation import MAX_BYTES, SUFFIXES, Continuation, parse_continuation
 from notagen_trt.runtime.engine import PieceRequest
 from notagen_trt.runtime.piece import GenerationConfig
@@ -317,7 +318,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                 if kind != "bar":
                     continue
                 text += added
-                bars += added.endswith("\n")
+                bars += added.endswith("\n") and codec.is_body_line(text[text.rfind("\n", 0, len(text) - 1) + 1:])
                 if time.monotonic() - drawn_at >= RENDER_EVERY and "[V:" in text:
                     drawn_at = time.monotonic()
                     partial = closed_lines(text)
@@ -326,7 +327,7 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
                     except Exception:  # noqa: BLE001 - a half-written piece may not draw yet; keep the last
                         pass
                     doing = "Stopping…" if handle.cancelled else "Writing…"  # bars already queued still draw
-                    yield (f"{doing} ({what}; {bars} lines so far).{note}"), skip, score, partial, skip, skip
+                    yield (f"{doing} ({what}; {bars} bars so far).{note}"), skip, score, partial, skip, skip
         finally:
             if not handle.done:  # the page was closed or the run cancelled: free the row
                 handle.cancel()

@@ -262,7 +262,7 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
                     assert wave.open(str(path)).getnframes() > 0
 
             assert "seed 3" in _wait_status(other, "Done:")  # the second person's piece finished too
-            assert any("lines so far" in s for s in other.evaluate("window.seen"))  # drawn as bars arrived
+            assert any("bars so far" in s for s in other.evaluate("window.seen"))  # drawn as bars arrived
 
             # A bad upload is a sentence on the page, and the page keeps working.
             page.set_input_files("#upload input[type=file]",
@@ -318,7 +318,7 @@ def test_stop_ends_the_piece_and_keeps_what_was_written(server):
     with _page(server) as page:
         page.fill("#length input[type=number]", "64")
         _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
-        _wait_status(page, "lines so far", 120)
+        _wait_status(page, "bars so far", 120)
         page.evaluate("""() => { window.seen = [];
             new MutationObserver(() => window.seen.push(document.querySelector('#status').innerText))
                 .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }""")
