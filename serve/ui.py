@@ -404,9 +404,12 @@ def build_page(pool: EnginePool, files: PieceFiles, max_patches: int | None = No
         composer.change(lambda p, c: gr.Dropdown(choices=instrumentations(p, c), value=(instrumentations(p, c) or
                                                                                            [None])[0]),
                         [period, composer], instrumentation, queue=False)
-        go.click(generate, [period, composer, instrumentation, random_seed, seed, length, meter, key, temperature,
-                            top_k, top_p, upload, state], [status, seed, score, abc, player, downloads],
-                 concurrency_limit=None, show_progress="hidden")
+        # Generate is off while its piece is written (a second press was ignored without a word); Stop ends it.
+        go.click(lambda: gr.Button(interactive=False), None, go, queue=False).then(
+            generate, [period, composer, instrumentation, random_seed, seed, length, meter, key, temperature,
+                       top_k, top_p, upload, state], [status, seed, score, abc, player, downloads],
+            concurrency_limit=None, show_progress="hidden").then(lambda: gr.Button(interactive=True), None, go,
+                                                                 queue=False)
         halt.click(stop, state, status, queue=False)
         # A seed typed in is the one wanted; in the browser, before a click on Generate can read the box.
         seed.input(None, None, random_seed, js="() => false", queue=False)

@@ -233,9 +233,12 @@ def test_the_page_writes_draws_plays_and_downloads_a_piece(server, tmp_path):
             page.fill("#seed input", "5")  # a seed typed in is the one wanted: no longer a random one
             page.wait_for_function("!document.querySelector('#random-seed input').checked", timeout=10_000)
             _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 0)
+            # Off while the piece is written: a second press would be ignored without a word.
+            page.wait_for_function("document.querySelector('#generate').disabled", timeout=10_000)
 
             status = _wait_status(page, "Done:")
             assert "seed 0" in status and page.input_value("#seed input") == "0"
+            page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)  # on again
             assert "Note: the demo model saw this prompt in 1 training piece" in status  # as generate says
             counted = _page_pieces(server)  # beside the API's, in /metrics
             assert counted.get("complete", 0) + counted.get("stopped", 0) >= 1, counted
