@@ -32,7 +32,9 @@ class ServiceMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("notagen_requests", "Requests by endpoint and outcome", ["endpoint", "outcome"],
                                 registry=r)
-        self.patches = Counter("notagen_patches", "Patches sampled, summed over rows and engines", registry=r)
+        self.patches = Counter("notagen_patches", "Patches sampled, summed over rows and engines (a piece's last "
+                                                     "sample, past its limit, and bars sampled again included)",
+                               registry=r)
         self.first_bar = Histogram("notagen_time_to_first_bar_seconds", "From a piece request to its first closed bar",
                                    buckets=PIECE_BUCKETS, registry=r)
         self.inter_patch = Histogram("notagen_inter_patch_seconds", "Between one piece's successive patches",
