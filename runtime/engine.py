@@ -94,6 +94,11 @@ class PieceHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def _ended(self) -> bool:
+        """The piece is whole (also inside its own done event, before ``done`` is set)."""
+        return self.state is not None and self.state.done
+
     def cancel(self) -> None:
         self._cancelled = True
 
@@ -106,6 +111,10 @@ class PieceHandle:
         """The finished piece; TimeoutError if it has not ended within ``timeout`` seconds (as a
         future's ``result``). On an engine nobody started, a RuntimeError at once: no thread would
         ever end it."""
+        if self._engine is not None and threading.current_thread() is self._engine._stepping:  # a listener
+            if self._ended:  # its own done event: the piece is whole
+                return self.state.piece
+            raise RuntimeError("wait() in a listener would hold up the engine it waits on; act on the done event")
         if not self._done.is_set() and self._engine is not None and self._engine._thread is None:
             raise RuntimeError("wait() needs a started engine (engine.start()); an engine you step yourself "
                                "(engine.step(), engine.run()) ends the piece when handle.done says so")
@@ -118,7 +127,7 @@ class PieceHandle:
         (a settings comment naming the backend, the post-processed tune, a note if a limit cut it)."""
         from .render import piece_abc
 
-        if not self.done:
+        if not self._ended:
             raise RuntimeError("the piece has not ended (wait() for it)")
         made_by = self._engine.made_by if self._engine is not None else ""
         return piece_abc(self.request.prompt, self.request.config, self.state.piece, made_by)

@@ -391,6 +391,22 @@ def test_a_library_piece_is_saved_as_generate_writes_it(trained, tmp_path):
     pending = Engine(ReferenceBackend(trained, "cached").executor(1)).submit(PieceRequest())
     with pytest.raises(RuntimeError, match="has not ended"):
         pending.abc()
+    saved, refused = [], []
+
+    def on_done(event):  # the natural place to save: the piece is whole there, and wait() returns it
+        if event.kind == "patch" and event.handle.state.piece.patches == 1:
+            try:
+                event.handle.wait(1)
+            except RuntimeError as exc:
+                refused.append(str(exc))
+        if event.kind == "done":
+            saved.append((event.handle.wait().patches, event.handle.save(tmp_path / "listener", ("abc",))[0]))
+
+    with Engine(ReferenceBackend(trained, "cached").executor(1)).start() as started:
+        started.submit(PieceRequest(prompt, config), on_done).wait(60)
+    assert saved and saved[0][0] == 12 and Path(saved[0][1]["abc"]).read_text() == abc.replace(
+        engine.made_by, started.made_by)
+    assert refused and "would hold up the engine" in refused[0]
 
 
 def test_a_listener_that_raises_ends_its_own_piece_only(trained):
