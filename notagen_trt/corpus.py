@@ -3,7 +3,6 @@ calibration, in NotaGen's format (plain ABC is converted)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from notagen_trt.errors import NotaGenError
@@ -42,9 +41,9 @@ def _training_format(name: str, text: str, path: Path) -> list[tuple[str, str]]:
 
     if any(is_body_line(line) for line in text.splitlines()):
         return [(name, text)]
-    from notagen_trt.runtime.continuation import parse_continuation
+    from notagen_trt.runtime.continuation import abc_tunes, parse_continuation
 
-    tunes = [t for t in re.split(r"(?m)^(?=X:)", text) if re.search(r"(?m)^K:", t)]
+    tunes = abc_tunes(text)
     out = []
     for i, tune in enumerate(tunes):
         shown = f"{path} (tune {i + 1})" if len(tunes) > 1 else str(path)

@@ -111,10 +111,13 @@ def parse_continuation(name: str, data: bytes, shown: str | None = None) -> Cont
         if kind == "abc":
             return _from_abc(name, shown, data)
         musicxml = _mxl_score(shown, data) if kind == "mxl" else _midi_musicxml(shown, data) if kind == "midi" else data
-        return _from_musicxml(name, shown, musicxml)
-    except NotaGenError as exc:
-        if kind == "midi" and "MThd" not in str(exc):  # the bars were guessed from timing: say what to give instead
-            raise NotaGenError(f"{exc}; {MIDI_HINT}") from None
+        try:
+            return _from_musicxml(name, shown, musicxml)
+        except NotaGenError as exc:
+            if kind == "midi":  # its bars were guessed from timing: say what to give instead
+                raise NotaGenError(f"{exc}; {MIDI_HINT}") from None
+            raise
+    except NotaGenError:
         raise
     except Exception as exc:  # the converters raise many kinds on odd files
         raise NotaGenError(f"{shown}: could not convert it to ABC ({_why(exc)})"
@@ -217,10 +220,14 @@ def _prepared(name: str, shown: str, lines: list[str], prompt: Prompt | None = N
     return _checked(name, shown, header, [codec.strip_stream_prefix(line) for line in body], prompt)
 
 
+def abc_tunes(text: str) -> list[str]:
+    """The tunes of an ABC file or collection (each from its X: line; only those with a K: line)."""
+    return [t for t in re.split(r"(?m)^(?=X:)", text) if re.search(r"(?m)^K:", t)]
+
+
 def _from_abc(name: str, shown: str, data: bytes) -> Continuation:
     text = _text(shown, data).replace("\r\n", "\n").replace("\r", "\n")
-    tunes = re.split(r"(?m)^(?=X:)", text)
-    tune = next((t for t in tunes if re.search(r"(?m)^K:", t)), None)  # the first tune of a collection
+    tune = next(iter(abc_tunes(text)), None)  # the first tune of a collection
     if tune is None:
         raise NotaGenError(f"{shown}: no ABC tune in it (no K: line); give a tune with a header and bars")
     lines = [line for line in tune.splitlines(keepends=True) if line.strip()]

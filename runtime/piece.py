@@ -25,7 +25,7 @@ from notagen_trt.config import EOS_ID, PATCH_SIZE
 
 from . import codec
 from .prompts import Prompt
-from .sampling import SamplingParams, whole_number
+from .sampling import SamplingParams, number, whole_number
 
 MAX_SECONDS = 600.0
 MAX_BAR_RETRIES = 32  # resamples of one voice's bar that disagrees with a forced meter or key, then it stands
@@ -86,8 +86,7 @@ class GenerationConfig:
                 object.__setattr__(self, name, whole_number(name, value))
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
-        if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)):
-            raise ValueError(f"max_seconds must be a number, got {self.max_seconds!r}")
+        number("max_seconds", self.max_seconds)
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_chars <= 0:

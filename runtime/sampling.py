@@ -29,8 +29,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "top_k", whole_number("top_k", self.top_k))
         for name in ("top_p", "temperature"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
+            number(name, getattr(self, name))
         if not 0 <= self.top_k <= TOP_K_MAX:
             raise ValueError(f"top_k must be 0 (off) to {TOP_K_MAX}, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -49,6 +48,12 @@ def whole_number(name: str, value: object) -> int:
         return operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def number(name: str, value: object) -> None:
+    """A ValueError naming the setting unless ``value`` is an int or a float (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,31 +7,33 @@ import argparse
 from collections.abc import Callable
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An integer >= ``minimum`` (a run with --patches 0 would otherwise fail after minutes of
-    export and warm-up)."""
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer in ``low`` .. ``high`` (no upper bound when None)."""
+    span = f">= {low}" if high is None else f"{low} to {high}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
         return value
     return parse
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An integer >= ``minimum`` (a run with --patches 0 would otherwise fail after minutes of
+    export and warm-up)."""
+    return whole_number(minimum)
+
+
 def rows(text: str) -> int:
-    """Rows of an engine: 1 to the engine's most."""
+    """Rows of an engine: 1 to the engine's most (read when a --rows is given: the engine module
+    loads numpy)."""
     from notagen_trt.runtime.engine import MAX_ROWS
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number 1 to {MAX_ROWS}, got {text!r}") from None
-    if not 1 <= value <= MAX_ROWS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROWS}, got {value}")
-    return value
+    return whole_number(1, MAX_ROWS)(text)
 
 
 def seconds(text: str) -> float:
