@@ -44,6 +44,7 @@ import onnx
 import onnxruntime as ort
 
 import notagen_trt
+from notagen_trt.config import VOCAB_SIZE
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import (GRAPH_FILE_KEYS, claim_out_dir, out_of_space_is_one_line, prepare_out_dir,
                                require_free_space, stage, staging_prefix, writing)
@@ -390,12 +391,25 @@ def _fp16(src: Path, dst: Path, feeds: list[dict] | None, external: bool = False
     converted = convert_float_to_float16(str(src), keep_io_types=keep, op_block_list=op_types,
                                          node_block_list=blocked)
     _drop_repeated_casts(converted)
+    if engine:
+        _sort_every_rank(converted)
     sorted_model = OnnxModel(converted)
     sorted_model.topological_sort()  # the converter appends its IO casts; builders want sorted nodes
     _save(sorted_model.model, dst, external)
     kept = [n.name for n in nodes if n.op_type in op_types]
     return {"op_types": op_types, "nodes_by_op_type": len(kept), "nodes_measured": blocked,
             "max_abs_activation": round(max(peaks.values(), default=0.0), 3)}
+
+
+def _sort_every_rank(model: onnx.ModelProto) -> None:
+    """ONNX Runtime CUDA runs the fp16 CPU form in a CUDA graph, which holds no shape computed from
+    data: the ranks its draws sort (export/engine_graphs.py ``ranks_of_the_call``: the largest
+    top-k of the call) become all 128, which draws the same characters."""
+    for node in model.graph.node:
+        if node.op_type == "ReduceMax" and node.input[:1] == ["top_k"]:
+            node.op_type = "Constant"
+            del node.input[:], node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", onnx.numpy_helper.from_array(np.int64(VOCAB_SIZE))))
 
 
 def _drop_repeated_casts(model: onnx.ModelProto) -> None:

@@ -24,10 +24,12 @@ layer's attention is one GroupQueryAttention node: it writes the row's key and v
 cache at the row's position (in place when the runner binds ``present`` to ``past``) and reads
 positions 0 .. that position only (reading a 2048-patch cache for a 257-patch context was a
 third of NotaGen-small's patch on a CPU). Each char step's attention is one MultiHeadAttention
-node that appends to its own past (ten nodes otherwise). No shape in it depends on data, so ONNX
-Runtime CUDA runs it in a CUDA graph too, in fp16 (GroupQueryAttention has fp16 CUDA kernels
-only; fp32 runs the fixed form there). TensorRT plans need the fixed form, which keeps to
-standard ONNX ops.
+node that appends to its own past (ten nodes otherwise). Its draws sort and weigh only as many
+ranks as the call's largest top-k (``sample``; 9 by default, not 128: 3% of a demo patch on a
+CPU). That count is the one shape computed from data; the fp16 variant's copy of the form fixes
+it at 128 (engines/quantize.py), so ONNX Runtime CUDA runs that copy in a CUDA graph
+(GroupQueryAttention has fp16 CUDA kernels only; fp32 runs the fixed form there). TensorRT plans
+need the fixed form, which keeps to standard ONNX ops.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
@@ -45,8 +47,10 @@ from notagen_trt.config import EOS_ID, HEAD_DIM, PATCH_SIZE, VOCAB_SIZE, ModelCo
 from .model import Block, NotaGenModel
 from .trace_ops import CacheAttention as _CacheAttention
 from .trace_ops import ExclusiveCumSum as _ExclusiveCumSum
+from .trace_ops import FirstColumns as _FirstColumns
 from .trace_ops import PastAttention as _PastAttention
 from .trace_ops import Reshape as _Reshape
+from .trace_ops import TopRanks as _TopRanks
 from .trace_ops import gelu_tanh as _gelu_tanh
 from .trace_ops import linear as _linear
 
@@ -71,23 +75,41 @@ def top_k_mask(top_k: torch.Tensor) -> torch.Tensor:
     return torch.arange(VOCAB_SIZE)[None] < top_k[:, None]
 
 
+def ranks_of_the_call(top_k: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The CPU form's draw settings, made once a call (``sample``): the top-k mask over the ranks
+    every row needs [rows, 1, ranks], those ranks [1] (the largest top-k) and zeros [rows, 1, 128]
+    in float64 (``uniforms`` [rows, ...] float64 gives the rows)."""
+    ranks = _Reshape.apply(top_k.max(), [1])
+    blank = uniforms[:, :1, None] * torch.zeros(VOCAB_SIZE, dtype=torch.float64)  # u is finite: 0.0
+    return _FirstColumns.apply(top_k_mask(top_k), ranks)[:, None], ranks, blank
+
+
 def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p: torch.Tensor,
-           inv_temperature: torch.Tensor) -> torch.Tensor:
+           inv_temperature: torch.Tensor, ranks: torch.Tensor | None = None,
+           blank: torch.Tensor | None = None) -> torch.Tensor:
     """runtime.sampling.sample for every row at once (logits [rows, 128] or [rows, 1, 128]; u,
     top_p, inv_temperature [rows, 1] or [rows, 1, 1] and ``top_k_mask`` shaped to broadcast
     alike) -> ids [rows, 1], in the numpy rule's float64 values: each kept weight exp(logit - the
     top logit) in rank order, top-k, top-p on running sums in rank order (CumSum, as numpy's
     cumsum adds), temperature, inverse CDF. Positions past top-k are zeroed rather than dropped;
-    ties rank towards the lower id (TopK's rule and the reference's)."""
+    ties rank towards the lower id (TopK's rule and the reference's).
+
+    ``ranks`` (the CPU form): a [1] tensor at least every row's top-k; only that many ranks are
+    sorted and weighed (``in_top_k`` covers them alone), then scattered into ``blank``, zeros
+    shaped as the logits in float64. Ranks past every row's top-k weigh an exact 0, which adds
+    nothing to a running sum, so the draws are the same; a CPU pays per element on 128."""
     zero = torch.tensor(0.0, dtype=torch.float64)
-    ranked, order = torch.topk(logits, VOCAB_SIZE, dim=-1)
+    if ranks is None:
+        ranked, order = torch.topk(logits, VOCAB_SIZE, dim=-1)
+    else:
+        ranked, order = _TopRanks.apply(logits, ranks)
     ranked = ranked.double()
     ranked = torch.where(in_top_k, torch.exp(ranked - ranked[..., :1]), zero)
     total = torch.cumsum(ranked, dim=-1)[..., -1:]
     keep = _ExclusiveCumSum.apply(ranked) <= top_p * total  # mass ranked strictly before
     weights = torch.pow(torch.where(keep, ranked, zero), inv_temperature)
     # Back in id order: ``order`` is a permutation, so the scatter overwrites all of ``ranked``.
-    cdf = torch.cumsum(ranked.scatter(-1, order, weights), dim=-1)
+    cdf = torch.cumsum((ranked if blank is None else blank).scatter(-1, order, weights), dim=-1)
     # The first id whose cdf exceeds u * total, at most 127: the cdf never decreases, so counting
     # over the first 127 entries is numpy's min(count, 127).
     head, total = cdf.split([VOCAB_SIZE - 1, 1], dim=-1)
@@ -119,15 +141,26 @@ class PatchEngine(nn.Module):
         super().__init__()
         self.model = model
         self.cpu = cpu  # the CPU form (module doc)
+        if cpu:
+            # Chars 2..16 enter the first layer as a character at a known place: its ln_1 and
+            # query-key-value product are a table row, one Gather instead of a LayerNorm and a product.
+            tf = model.char_level_decoder.base.transformer
+            block = tf.h[0]
+            with torch.no_grad():
+                tables = [_linear(block.ln_1(tf.wte.weight + tf.wpe.weight[c]), block.attn.c_attn)
+                          for c in range(1, PATCH_SIZE)]
+            self.register_buffer("first_qkv", torch.stack(tables), persistent=False)  # [15, 128, 3H]
 
     def forward(self, uniforms, forced, forced_mask, top_k, top_p, inv_temperature, accept,
                 position, hidden, hidden_next, *past):
         config = self.model.config
         position = position + accept.long()
         hidden = torch.where(accept[:, None], hidden_next, hidden)
-        in_top_k = top_k_mask(top_k)
-        settings = (in_top_k[:, None] if self.cpu else in_top_k, self._per_row(top_p),
-                    self._per_row(inv_temperature))
+        if self.cpu:
+            in_top_k, *ranked = ranks_of_the_call(top_k, uniforms)
+        else:
+            in_top_k, ranked = top_k_mask(top_k), []
+        settings = (in_top_k, self._per_row(top_p), self._per_row(inv_temperature), *ranked)
         tokens = self._chars(hidden, uniforms, forced, forced_mask, settings)
         hidden_next, present = self._patch_step(patch_tokens(tokens), position.clamp(max=config.patch_length - 1), past)
         return (tokens, position, hidden, hidden_next, *present)
@@ -149,7 +182,11 @@ class PatchEngine(nn.Module):
                 x = nn.functional.embedding(tokens[-1], tf.wte.weight + tf.wpe.weight[c])
                 x = x if self.cpu else _Reshape.apply(x, [-1, width])
             for i, block in enumerate(tf.h):
-                q, k, v = _linear(block.ln_1(x), block.attn.c_attn).split(heads * HEAD_DIM, dim=-1)
+                if self.cpu and c > 0 and i == 0:
+                    qkv = nn.functional.embedding(tokens[-1], self.first_qkv[c - 1])
+                else:
+                    qkv = _linear(block.ln_1(x), block.attn.c_attn)
+                q, k, v = qkv.split(heads * HEAD_DIM, dim=-1)
                 y, past[i] = self._attend(q, k, v, past[i], heads)
                 x = _finish(block, x, y)
             drawn = sample(char.lm_head(tf.ln_f(x)), u, *settings)

@@ -37,6 +37,32 @@ class ExclusiveCumSum(torch.autograd.Function):
         return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(-1, dtype=torch.int64)), exclusive_i=1)
 
 
+class TopRanks(torch.autograd.Function):
+    """The ``k`` largest entries of ``x`` on the last axis, sorted, and their indices, where ``k`` is
+    a [1] int64 tensor the graph computes (one TopK node whose K is a per-call value)."""
+
+    @staticmethod
+    def forward(ctx, x, k):  # no annotations: the tracer chokes on them
+        return torch.topk(x, int(k), dim=-1)
+
+    @staticmethod
+    def symbolic(g, x, k):
+        return g.op("TopK", x, k, axis_i=-1, largest_i=1, sorted_i=1, outputs=2)
+
+
+class FirstColumns(torch.autograd.Function):
+    """``x[..., :k]`` with ``k`` a [1] int64 tensor the graph computes, as one Slice node."""
+
+    @staticmethod
+    def forward(ctx, x, k):  # no annotations: the tracer chokes on them
+        return x[..., : int(k)]
+
+    @staticmethod
+    def symbolic(g, x, k):
+        const = lambda v: g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))  # noqa: E731
+        return g.op("Slice", x, const([0]), k, const([-1]))
+
+
 def linear(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return x @ conv.weight + conv.bias  # MatMul + Add: Conv1D's flattening reshapes are not needed
 

@@ -4,8 +4,9 @@ patch for every row, the KV caches and the rows' state never leaving their buffe
 Every call binds each state output (``present.*``, ``position_out``, ``hidden_out``,
 ``hidden_next_out``) to the buffer of the input it replaces, so the caches are written in place
 (ScatterND skips its copy when input and output share a buffer) and nothing is allocated per
-call. A graph's CPU form (ONNX Runtime's fused attention, no data-dependent shape; int8-wo:
-MatMulNBits too) runs where the directory has one: on the CPU, and on CUDA in fp16 variants
+call. A graph's CPU form (ONNX Runtime's fused attention; int8-wo: MatMulNBits too) runs where
+the directory has one: on the CPU, and on CUDA in fp16 variants, whose form has no shape computed
+from data
 (GroupQueryAttention has fp16 CUDA kernels only; on an H200 it took a NotaGen-X patch from 8.4 to
 7.6 ms at one row). On the CPU the buffers are numpy arrays; with CUDA they are device
 OrtValues, the per-patch settings are copied into fixed device inputs, and ONNX Runtime can
@@ -62,7 +63,7 @@ class GraphExecutor(Executor):
         shapes = {s.name: tuple(rows if d == "rows" else d for d in s.shape) for s in engine_io.inputs}
         dtypes = {s.name: _NUMPY[s.dtype] for s in engine_io.inputs}
         self._host = {name: np.zeros(shapes[name], dtypes[name]) for name in shapes}
-        self._host["top_k"][:] = VOCAB_SIZE
+        self._host["top_k"][:] = 1  # rows not asked: the fewest ranks (fill_settings)
         self._host["top_p"][:] = 1.0
         self._host["inv_temperature"][:] = 1.0
         # What a call changes: the state (in place) and the tokens it samples.
@@ -161,10 +162,11 @@ SETTINGS = ("uniforms", "forced", "forced_mask", "top_k", "top_p", "inv_temperat
 def fill_settings(host: dict[str, np.ndarray], requests: Mapping[int, PatchRequest], accepted: np.ndarray) -> None:
     """Write a patch call's per-row settings into ``host`` (arrays named as the graph's
     inputs): each asked row's forced prefix, uniforms and sampling settings, and the accepts
-    since the last call (``accepted`` is then cleared). Rows not asked sample unforced, unused."""
+    since the last call (``accepted`` is then cleared). Rows not asked sample unforced, unused,
+    with top-k 1: the CPU form sorts as many ranks as the call's largest top-k."""
     for name in SETTINGS:
         host[name][:] = 0
-    host["top_k"][:], host["top_p"][:], host["inv_temperature"][:] = VOCAB_SIZE, 1.0, 1.0
+    host["top_k"][:], host["top_p"][:], host["inv_temperature"][:] = 1, 1.0, 1.0
     for row, r in requests.items():
         k = len(r.prefix)
         host["forced"][row, :k], host["forced_mask"][row, :k] = r.prefix, True

@@ -70,6 +70,12 @@ def test_export_records_the_layout_and_the_graphs_parity(demo_engine_dir):
     assert len([n for n in fixed.node if n.op_type == "ScatterND"]) == 2 * 5
     assert len(fused(cpu, "MultiHeadAttention")) == 2 * 15
     assert not any(n.domain for n in fixed.node)
+    # Chars 2..16 take their first layer's query, key and value from a table (a character at a
+    # known place): 15 LayerNorms fewer than the fixed form, and 15 tables [128, 3 * 192].
+    norms = lambda graph: sum(n.op_type == "LayerNormalization" for n in graph.node)  # noqa: E731
+    assert norms(fixed) - norms(cpu) == 15
+    tensors = [*cpu.initializer, *(a.t for n in cpu.node if n.op_type == "Constant" for a in n.attribute)]
+    assert sum(list(t.dims) == [128, 576] for t in tensors) == 15
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,42 @@ def test_in_graph_sampling_draws_what_numpy_draws(sampler_session, params):
                                      "top_p": column(params.top_p, np.float64),
                                      "inv_temperature": column(1.0 / params.temperature, np.float64)})[0]
     assert got.tolist() == [int(sample(logits[i], u[i], params)) for i in range(rows)]
+
+
+def test_the_cpu_forms_draws_sort_only_the_ranks_every_rows_top_k_needs(tmp_path):
+    """The CPU form sorts and weighs only as many ranks as the largest top-k of the call asks
+    (``sample``'s ``ranks``), then scatters into zeros: rows with different top-k in one call draw
+    what numpy draws, ties included."""
+    import onnxruntime as ort
+
+    class Sampler(torch.nn.Module):
+        def forward(self, logits, u, top_k, top_p, inv_temperature):
+            column = lambda x: x[:, None, None]  # noqa: E731 (one char per row: [rows, 1, 1])
+            in_top_k, ranks, blank = engine_graphs.ranks_of_the_call(top_k, u[:, None])
+            return engine_graphs.sample(logits[:, None], column(u), in_top_k, column(top_p),
+                                        column(inv_temperature), ranks, blank)[:, 0]
+
+    path = tmp_path / "sampler.onnx"
+    args = (torch.randn(2, VOCAB_SIZE), torch.rand(2, dtype=torch.float64), torch.tensor([9, 20]),
+            torch.full((2,), 0.9, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    names = ["logits", "u", "top_k", "top_p", "inv_temperature"]
+    torch.onnx.export(Sampler(), args, str(path), input_names=names, output_names=["ids"], opset_version=17,
+                      dynamic_axes={n: {0: "rows"} for n in names}, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("TopK") == 1
+    rng = np.random.default_rng(1)
+    rows = 256
+    logits = (rng.standard_normal((rows, VOCAB_SIZE)) * 3).astype(np.float32)
+    logits[:32, 40:48] = logits[:32, 40:41]  # ties: both sides must rank the lower id first
+    for top_ks in ([1, 9, 2, 5], [9, 128], [3, 0]):  # 0: off (the engine passes 128)
+        params = [SamplingParams(top_k=top_ks[i % len(top_ks)], top_p=(0.5, 0.9, 1.0)[i % 3],
+                                 temperature=(0.7, 1.2, 2.0)[i % 3]) for i in range(rows)]
+        u = rng.random(rows)
+        got = session.run(None, {"logits": logits, "u": u,
+                                 "top_k": np.array([p.top_k or VOCAB_SIZE for p in params]),
+                                 "top_p": np.array([p.top_p for p in params]),
+                                 "inv_temperature": np.array([1.0 / p.temperature for p in params])})[0]
+        assert got.tolist() == [int(sample(logits[i], u[i], params[i])) for i in range(rows)]
 
 
 def test_demo_pieces_equal_the_cached_reference_on_one_and_four_rows(demo, demo_engine_dir):
@@ -186,6 +228,19 @@ def test_generate_cli_runs_the_engine_ready_graphs(demo_engine_dir, tmp_path, ca
     assert len(summary["pieces"]) == 2 and all("abc" in r["files"] for r in summary["pieces"])
 
 
+def _inputs_behind(graph: onnx.GraphProto, names: list[str]) -> set[str]:
+    """The graph inputs that the tensors ``names`` are computed from."""
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs, seen, found = {i.name for i in graph.input}, set(), set()
+    while names:
+        name = names.pop()
+        if name not in seen:
+            seen.add(name)
+            found |= {name} & inputs
+            names += list(producer[name].input) if name in producer else []
+    return found
+
+
 @pytest.mark.slow
 def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(demo_variant):
     """The demo's variants hold the engine-ready graphs too (the demo directory does): fp16 ones
@@ -209,6 +264,11 @@ def test_fp16_and_int8_wo_engine_ready_variants_write_pieces_as_good_as_fp32(dem
     assert [(v.name, v.type) for v in [*cpu16.input, *cpu16.output]] == [
         (v.name, v.type) for v in [*fixed16.input, *fixed16.output]]
     assert sum(n.op_type == "GroupQueryAttention" for n in cpu16.node) == 5
+    # Its draws sort all 128 ranks (a CUDA graph holds no shape computed from data); the fp32 CPU
+    # form sorts as many as the call's largest top-k.
+    ranks = lambda graph: _inputs_behind(graph, [n.input[1] for n in graph.node if n.op_type == "TopK"])  # noqa: E731
+    assert ranks(cpu16) == set()
+    assert ranks(onnx.load(str(demo_model_dir() / entry["cpu_file"])).graph) == {"top_k"}
     assert {i.data_type for i in cpu16.initializer if i.dims and len(i.dims) == 2} == {onnx.TensorProto.FLOAT16}
     executor = fp16.executor(4)
     assert all(part.files[0] == demo_variant("fp16") / "patch_engine.cpu.onnx" for part in executor.parts)
