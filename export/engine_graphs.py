@@ -28,8 +28,11 @@ node that appends to its own past (ten nodes otherwise). Its draws sort and weig
 ranks as the call's largest top-k (``sample``; 9 by default, not 128: 3% of a demo patch on a
 CPU). That count is the one shape computed from data; the fp16 variant's copy of the form fixes
 it at 128 (engines/quantize.py), so ONNX Runtime CUDA runs that copy in a CUDA graph
-(GroupQueryAttention has fp16 CUDA kernels only; fp32 runs the fixed form there). TensorRT plans
-need the fixed form, which keeps to standard ONNX ops.
+(GroupQueryAttention has fp16 CUDA kernels only; fp32 runs the fixed form there). Chars 2..16
+take their first layer's query, key and value from a table made at export (a character at a
+known place: ``ln_1`` and the product of each of the 128, for each place; 6% of a demo patch),
+so quantized variants keep those in float. TensorRT plans need the fixed form, which keeps to
+standard ONNX ops.
 
 ``context_loader``: a row's whole context, ``patches [1, n, 16]`` and ``row [1]`` plus the state
 -> the state with that row's caches at 0..n-1, its hidden state and position replaced.
@@ -108,7 +111,8 @@ def sample(logits: torch.Tensor, u: torch.Tensor, in_top_k: torch.Tensor, top_p:
     total = torch.cumsum(ranked, dim=-1)[..., -1:]
     keep = _ExclusiveCumSum.apply(ranked) <= top_p * total  # mass ranked strictly before
     weights = torch.pow(torch.where(keep, ranked, zero), inv_temperature)
-    # Back in id order: ``order`` is a permutation, so the scatter overwrites all of ``ranked``.
+    # Back in id order: with all 128 ranks ``order`` is a permutation, so the scatter overwrites
+    # all of ``ranked``; with fewer, the ids not written stay ``blank``'s zeros.
     cdf = torch.cumsum((ranked if blank is None else blank).scatter(-1, order, weights), dim=-1)
     # The first id whose cdf exceeds u * total, at most 127: the cdf never decreases, so counting
     # over the first 127 entries is numpy's min(count, 127).
