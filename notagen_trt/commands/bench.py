@@ -12,7 +12,7 @@ from pathlib import Path
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import check_out_file, writing
 
-from .argtypes import at_least
+from .argtypes import whole_number
 
 PRECISIONS = ("fp32", "fp16", "int8-wo", "int8")
 
@@ -258,22 +258,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma list: fp32, fp16, int8-wo, int8 (ONNX rows quantize the model; PyTorch rows: fp32, "
                         "fp16, and int8-wo on fast)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma list of batch sizes, e.g. 1,4,16")
-    p.add_argument("--context", type=at_least(1), default=256, help="context length in patches (default 256)")
+    p.add_argument("--context", type=whole_number(1), default=256, help="context length in patches (default 256)")
     p.add_argument("--layout", choices=("engine", "growing"), default="engine",
                    help="graphs the ONNX Runtime rows export random weights to: engine (the engine-ready graphs, "
                         "one call per patch for every row, as the demo model runs) or growing (the step graphs)")
-    p.add_argument("--patches", type=at_least(1), default=30, help="timed patches per row (median reported)")
-    p.add_argument("--published-patches", type=at_least(1), default=5, help="timed patches for the published row")
-    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed patches before each row's timing (default 3)")
-    p.add_argument("--rounds", type=at_least(1), default=1,
+    p.add_argument("--patches", type=whole_number(1), default=30, help="timed patches per row (median reported)")
+    p.add_argument("--published-patches", type=whole_number(1), default=5, help="timed patches for the published row")
+    p.add_argument("--warmup", type=whole_number(0), default=3, help="untimed patches before each row's timing (default 3)")
+    p.add_argument("--rounds", type=whole_number(1), default=1,
                    help="measure every row this many times, rows in turn, and report medians (ratios: the median "
                         "of each round's ratio), so that a machine's drift falls on every row alike (default 1)")
-    p.add_argument("--inflight", type=at_least(0), default=0, metavar="K",
+    p.add_argument("--inflight", type=whole_number(0), default=0, metavar="K",
                    help="also send K pieces of mixed lengths through each row count (wall-clock pieces per minute)")
     p.add_argument("--inflight-patches", type=_low_high, default=[100, 400], metavar="LO,HI",
                    help="in-flight piece lengths, drawn uniformly in LO..HI patches (default 100,400: a few hundred "
                         "patches is a typical piece)")
-    p.add_argument("--patches-per-piece", type=at_least(1), default=400, help="for pieces per minute")
+    p.add_argument("--patches-per-piece", type=whole_number(1), default=400, help="for pieces per minute")
     p.add_argument("--torch-device", default="auto", help="device of the PyTorch rows: auto (a GPU if any), cpu, cuda")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--json-only", action="store_true", help="do not print rows as they finish")

@@ -10,7 +10,7 @@ import sys
 
 from notagen_trt.errors import NotaGenError
 
-from .argtypes import at_least, rows, seconds
+from .argtypes import rows, seconds, whole_number
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SWITCH_INTERVAL = 0.0005  # seconds, for the GIL; see where uvicorn starts
@@ -106,16 +106,16 @@ def add_engine_arguments(p: argparse.ArgumentParser, port: int, rows_help: str, 
     p.add_argument("--rows", type=rows, default=None,
                    help=f"{rows_help} (default: the backend's, {GPU_ROWS} on a GPU, {CPU_ROWS} on a CPU; "
                         f"at least {CPU_ROWS})")
-    p.add_argument("--threads", type=at_least(1), default=None,
+    p.add_argument("--threads", type=whole_number(1), default=None,
                    help="ONNX Runtime CPU threads per call (default: one, rows side by side a core each; "
                         "for models of hidden size 512 and up, every row in one call on every core)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     p.add_argument("--gpus", default="all",
                    help="all (default): one engine per visible GPU (fast CUDA path); 0,1: those GPUs; none: the CPU")
-    p.add_argument("--max-queue", type=at_least(1), default=DEFAULT_MAX_QUEUE,
+    p.add_argument("--max-queue", type=whole_number(1), default=DEFAULT_MAX_QUEUE,
                    help=f"pieces that may wait for a row; {queue_help} (default {DEFAULT_MAX_QUEUE})")
-    p.add_argument("--max-patches", type=at_least(1), default=None,
+    p.add_argument("--max-patches", type=whole_number(1), default=None,
                    help="cap every piece at this many patches (requests may ask for fewer)")
     p.add_argument("--grace", type=seconds, default=DEFAULT_GRACE, metavar="SECONDS",
                    help=f"on SIGTERM or Ctrl-C, seconds running pieces get to finish; then the rest end and "
@@ -128,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve pieces over HTTP (FastAPI; in-flight batching; optional Ray Serve)")
     add_engine_arguments(p, port=8000, rows_help="pieces in flight per engine; requests beyond wait in the queue",
                          queue_help="more are answered 503")
-    p.add_argument("--max-body", type=at_least(1), default=DEFAULT_MAX_BODY,
+    p.add_argument("--max-body", type=whole_number(1), default=DEFAULT_MAX_BODY,
                    help=f"request body limit in bytes; larger is 413 (default {DEFAULT_MAX_BODY})")
     p.add_argument("--api-key-file", help="a file holding the API key every endpoint but /healthz requires "
                                           "(Authorization: Bearer KEY or X-API-Key: KEY)")
@@ -136,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="uvicorn's log level (default info)")
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve (RAY_ADDRESS, or a local Ray): one replica per GPU or CPU process")
-    p.add_argument("--replicas", type=at_least(1), default=None,
+    p.add_argument("--replicas", type=whole_number(1), default=None,
                    help="--ray: most replicas (default: the cluster's GPUs, or half its CPUs)")
-    p.add_argument("--min-replicas", type=at_least(1), default=1, help="--ray: fewest replicas (default 1)")
+    p.add_argument("--min-replicas", type=whole_number(1), default=1, help="--ray: fewest replicas (default 1)")
     p.set_defaults(func=_cmd_serve)
