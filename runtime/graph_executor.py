@@ -62,14 +62,12 @@ class GraphExecutor(Executor):
         self._loader = _session(self.files[1], options, device, device_id, False)
         shapes = {s.name: tuple(rows if d == "rows" else d for d in s.shape) for s in engine_io.inputs}
         dtypes = {s.name: _NUMPY[s.dtype] for s in engine_io.inputs}
+        self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         self._host = {name: np.zeros(shapes[name], dtypes[name]) for name in shapes}
-        self._host["top_k"][:] = 1  # rows not asked: the fewest ranks (fill_settings)
-        self._host["top_p"][:] = 1.0
-        self._host["inv_temperature"][:] = 1.0
+        fill_settings(self._host, {}, self._accepted)  # every row not asked yet
         # What a call changes: the state (in place) and the tokens it samples.
         self._state = [s.name for s in engine_io.inputs if s.name not in SETTINGS]
         self._tokens = np.zeros((rows, PATCH_SIZE), np.int64)
-        self._accepted = np.zeros(rows, dtype=bool)  # accepted since the last sample, applied by the next
         if cuda:
             where = ("cuda", device_id)
             self._values = {name: ort.OrtValue.ortvalue_from_numpy(array, *where) for name, array in self._host.items()}
