@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from notagen_trt import allocator
 from notagen_trt.config import PATCH_SIZE, PRESETS, ModelConfig
 from notagen_trt.runtime import codec
 from notagen_trt.runtime.cores import usable_cores
@@ -175,8 +176,8 @@ CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
 
 
 def cpu_info() -> dict:
-    """This machine's CPU model, core count and kernel-relevant flags (Linux), so figures from
-    different machines are never read as one."""
+    """This machine's CPU model, core count and kernel-relevant flags (Linux), and the memory
+    allocator the process runs on, so figures from different machines are never read as one."""
     model, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -190,7 +191,7 @@ def cpu_info() -> dict:
 
         model = platform.processor() or platform.machine()
     return {"model": model, "cores": os.cpu_count(), "usable_cores": usable_cores(),
-            "flags": [f for f in CPU_FLAGS if f in flags]}
+            "flags": [f for f in CPU_FLAGS if f in flags], "allocator": allocator.current()}
 
 
 def measure_one(spec: dict) -> dict:

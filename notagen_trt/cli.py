@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from notagen_trt import allocator
 from notagen_trt.commands import COMMANDS
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import os_error_line, settle_out_dirs
@@ -78,6 +79,8 @@ EXTRAS = {"onnxruntime": "ort", "onnx": "ort", "joblib": "ort", "torch": "export
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself (not a caller's main([...])): jemalloc first, see allocator.py
+        allocator.restart_with_preferred()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the subcommand's parser, so that the hint names its --help

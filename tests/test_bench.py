@@ -38,6 +38,7 @@ def test_bench_records_the_cpu_it_ran_on():
     assert info["model"] and info["cores"] >= 1
     assert 1 <= info["usable_cores"] <= info["cores"]
     assert set(info["flags"]) <= set(CPU_FLAGS)
+    assert info["allocator"] in ("jemalloc", "tcmalloc", "mimalloc", "system")  # pytest itself: not restarted
 
 
 def test_bench_rounds_interleave_rows_and_report_medians_of_ratios(tmp_path):

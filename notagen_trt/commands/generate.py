@@ -11,6 +11,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from notagen_trt import allocator
 from notagen_trt.corpus import LONGEST_TRAINED_BARS, SHORTEST_TRAINED_BARS, rare_prompt
 from notagen_trt.errors import NotaGenError
 from notagen_trt.files import prepare_out_dir, refuse_model_dir
@@ -71,7 +72,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                       f"({LONGEST_TRAINED_BARS + 1} bars); the model may end sooner (see --help)", file=sys.stderr)
         if prompt is not None and args.model is None and not args.continue_:
             _note_rare_prompt(prompt)
-    summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo")},
+    summary = _Summary({"backend": engine.executor.name, "note": engine.note, "model": str(args.model or "demo"),
+                        "allocator": allocator.current()},
                        sys.stdout if args.json else None, wants_scores=len(formats) > 1)
 
     def save(handle) -> dict:

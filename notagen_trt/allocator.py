@@ -1,0 +1,61 @@
+"""The process's memory allocator: jemalloc where the machine has it (Linux).
+
+ONNX Runtime's CPU kernels allocate and free small buffers in every node of every call, and a
+demo patch runs about 800 nodes: under glibc's malloc a tenth of a CPU patch went to malloc and
+free (perf, 2-core Xeon). jemalloc (Debian's ``libjemalloc2``) makes those calls cheap; an
+allocator can only be chosen before a process starts, so the ``notagen-trt`` command restarts
+itself once with jemalloc preloaded, as PyTorch's CPU launcher (``torch.backends.xeon.run_cpu``)
+does. ``NOTAGEN_TRT_MALLOC=system`` keeps glibc's; ``NOTAGEN_TRT_MALLOC=/path/lib.so`` picks a
+library. Child processes (bench's rows, a service's workers) inherit the choice.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+ENV = "NOTAGEN_TRT_MALLOC"
+_KNOWN = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+def library_to_preload(environ: Mapping[str, str], platform: str = sys.platform,
+                       find: Callable[[str], str | None] = ctypes.util.find_library) -> str | None:
+    """The library this process should restart with preloaded, or None: not on Linux, asked
+    not to (``system``), already done, or no jemalloc on the machine."""
+    choice = environ.get(ENV, "")
+    if not platform.startswith("linux") or choice == "system":
+        return None
+    preloaded = environ.get("LD_PRELOAD", "")
+    if any(name in preloaded for name in _KNOWN) or (choice and choice in preloaded):
+        return None  # preloaded already: by the restart, or by the user
+    return choice or find("jemalloc")
+
+
+def restart_with_preferred(environ: Mapping[str, str] | None = None) -> None:
+    """Replace this process by itself with the preferred allocator preloaded (no return), when
+    ``library_to_preload`` names one; else return. Call before any thread starts."""
+    environ = os.environ if environ is None else environ
+    library = library_to_preload(environ)
+    if library is None:
+        return
+    if "/" in library and not os.path.isfile(library):
+        print(f"notagen-trt: {ENV}={library} is not a file; running on the system allocator", file=sys.stderr)
+        return
+    env = dict(environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def current() -> str:
+    """The allocator this process runs on: jemalloc, tcmalloc or mimalloc where one is mapped,
+    else the C library's (``system``)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "system"
+    return next((name for name in _KNOWN if f"lib{name}" in maps), "system")
