@@ -17,7 +17,7 @@ from typing import Any
 
 from notagen_trt.config import ModelConfig
 from notagen_trt.errors import NotaGenError
-from notagen_trt.files import GRAPH_FILE_KEYS, sha256_cached, sha256_file, write_atomic
+from notagen_trt.files import GRAPH_FILE_KEYS, sha256_all, sha256_cached, sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -97,20 +97,26 @@ def read_manifest(directory: str | Path, expect_kind: str | None = None) -> dict
         for key in GRAPH_FILE_KEYS:
             if graph.get(key) is not None:
                 _check_file(directory, path, f"graphs.{name}.{key}", graph[key])
-        _check_checksums(directory, path, graph.get("checksums") or {})
+    _check_checksums(directory, path, [graph.get("checksums") or {} for graph in graphs.values()])
     return data
 
 
-def _check_checksums(directory: Path, manifest_path: Path, checksums: dict[str, Any]) -> None:
-    """Each file whose size and sha256 the writer recorded must still have them (hashed once per
-    process per file version), so a swapped or truncated graph is refused before a backend loads it."""
-    for name, want in checksums.items():
+def _check_checksums(directory: Path, manifest_path: Path, checksums: list[dict[str, Any]]) -> None:
+    """Each file whose size and sha256 the writer recorded (``checksums``: each graph's) must
+    still have them, so a swapped or truncated graph is refused before a backend loads it. Names
+    and sizes first; then every file hashed at once (on every core, once per process per file
+    version)."""
+    recorded = []
+    for name, want in (item for entries in checksums for item in entries.items()):
         _check_file(directory, manifest_path, "checksums", name)
         target = directory / name
+        recorded.append((target, want))
         size = target.stat().st_size
         if size != want.get("bytes"):
             raise NotaGenError(f"{target}: {size} bytes, but {manifest_path.name} records {want.get('bytes')} "
                                f"(truncated or replaced); re-export the model")
+    sha256_all(target for target, _ in recorded)
+    for target, want in recorded:
         if sha256_cached(target) != want.get("sha256"):
             raise NotaGenError(f"{target}: the file changed since it was written (sha256 differs from "
                                f"{manifest_path.name}); re-export the model")

@@ -36,3 +36,30 @@ def test_a_malformed_graph_entry_is_one_line_naming_the_manifest():
     assert str(info.value).startswith(str(model / "manifest.json")) and "\n" not in str(info.value)
     with pytest.raises(NotaGenError, match="graphs.char_decoder is malformed .*num_layers"):
         graph_io(manifest, "char_decoder", model)
+
+
+def test_a_changed_or_truncated_graph_file_is_refused_and_no_name_leaves_the_directory(tmp_path):
+    import json
+    import shutil
+
+    from notagen_trt.manifest import write_manifest
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    read_manifest(model)  # intact: every recorded file hashed (side by side) and equal
+    graph = model / "char_decoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 1  # same size, one bit changed
+    graph.write_bytes(bytes(data))
+    with pytest.raises(NotaGenError, match="char_decoder.onnx: the file changed since it was written"):
+        read_manifest(model)
+    graph.write_bytes(bytes(data[:-1]))
+    with pytest.raises(NotaGenError, match="char_decoder.onnx: .* bytes, but manifest.json records"):
+        read_manifest(model)
+    shutil.copyfile(demo_model_dir() / "char_decoder.onnx", graph)
+    manifest = json.loads((model / "manifest.json").read_text())
+    checksums = manifest["graphs"]["char_decoder"]["checksums"]
+    checksums["/dev/zero"] = checksums["char_decoder.onnx"]  # refused by name, never read (it has no end)
+    write_manifest(model, manifest)
+    with pytest.raises(NotaGenError, match="'/dev/zero' points outside the model directory"):
+        read_manifest(model)
