@@ -78,9 +78,14 @@ EXTRAS = {"onnxruntime": "ort", "onnx": "ort", "joblib": "ort", "torch": "export
           "tensorrt_rtx": "rtx", "cuda": "rtx"}
 
 
+def command() -> int:
+    """The ``notagen-trt`` command: restarted on jemalloc first where the machine has it
+    (allocator.py), then ``main``. A program calling ``main`` keeps its own process."""
+    allocator.restart_with_preferred()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command itself (not a caller's main([...])): jemalloc first, see allocator.py
-        allocator.restart_with_preferred()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the subcommand's parser, so that the hint names its --help
@@ -121,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -19,19 +19,28 @@ needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="no jemalloc on thi
 
 
 def _find(name: str) -> str | None:
-    return {"jemalloc": "libjemalloc.so.2"}.get(name)
+    return {"jemalloc": "libjemalloc.so.2", "tcmalloc_minimal": "libtcmalloc_minimal.so.4"}.get(name)
 
 
-def test_library_to_preload_follows_the_setting_and_never_loops():
+def test_library_to_preload_follows_the_setting_and_never_loops(tmp_path):
     assert library_to_preload({}, "linux", _find) == "libjemalloc.so.2"
-    assert library_to_preload({}, "linux", lambda name: None) is None  # none on the machine
+    assert library_to_preload({}, "linux", lambda name: None) is None  # none on the machine: glibc's, silently
     assert library_to_preload({ENV: "system"}, "linux", _find) is None
     assert library_to_preload({}, "darwin", _find) is None
-    assert library_to_preload({ENV: "/opt/lib/libmimalloc.so"}, "linux", _find) == "/opt/lib/libmimalloc.so"
+    assert library_to_preload({ENV: "tcmalloc"}, "linux", _find) == "libtcmalloc_minimal.so.4"
+    lib = tmp_path / "libmine.so"
+    lib.write_bytes(b"")
+    assert library_to_preload({ENV: str(lib)}, "linux", _find) == str(lib)
     # Preloaded already (by the restart, or the user's own choice): no second restart.
     assert library_to_preload({"LD_PRELOAD": "libjemalloc.so.2"}, "linux", _find) is None
     assert library_to_preload({"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4"}, "linux", _find) is None
-    assert library_to_preload({ENV: "/opt/libother.so", "LD_PRELOAD": "/opt/libother.so"}, "linux", _find) is None
+    assert library_to_preload({ENV: str(lib), "LD_PRELOAD": str(lib)}, "linux", _find) is None
+    # A setting that names nothing to load says so (the command warns and runs on glibc's).
+    for setting, why in (("mimalloc", "no mimalloc library on this machine .Debian: apt install libmimalloc2.0"),
+                         ("jemallok", "not a file"),
+                         (str(tmp_path / "missing.so"), "not a file")):
+        with pytest.raises(ValueError, match=why):
+            library_to_preload({ENV: setting}, "linux", _find)
 
 
 _SHOW = "from notagen_trt import allocator; allocator.restart_with_preferred(); print(allocator.current())"
@@ -54,7 +63,7 @@ def test_a_missing_library_is_one_line_and_the_system_allocator():
     done = subprocess.run([sys.executable, "-c", _SHOW], env=_env(**{ENV: "/nonexistent/libjemalloc.so"}),
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "system"
-    assert f"{ENV}=/nonexistent/libjemalloc.so is not a file" in done.stderr
+    assert f"warning: {ENV}=/nonexistent/libjemalloc.so: not a file" in done.stderr
 
 
 @needs_jemalloc
