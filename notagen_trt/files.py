@@ -128,25 +128,29 @@ def sha256_file(path: str | Path) -> str:
 _HASHED: dict[tuple, str] = {}
 
 
+def _version(path: str | Path) -> tuple:
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def sha256_cached(path: str | Path) -> str:
     """sha256_file, computed once per process for each version (inode, size, mtime) of a file."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _version(path)
     if key not in _HASHED:
         _HASHED[key] = sha256_file(path)
     return _HASHED[key]
 
 
 def sha256_all(paths: Iterable[str | Path]) -> None:
-    """sha256_cached of every file in ``paths``, side by side: hashlib lets go of the GIL, so a
-    model directory's graphs (0.5 GB for NotaGen-small int8-wo) hash on every core at start-up."""
-    paths = list(paths)
-    if len(paths) < 2:
-        for path in paths:
+    """sha256_cached of every file in ``paths`` not hashed yet, side by side: hashlib lets go of
+    the GIL, so a model directory's graphs (0.5 GB for NotaGen-small int8-wo) hash on every core."""
+    todo = [p for p in paths if _version(p) not in _HASHED]
+    if len(todo) < 2:
+        for path in todo:
             sha256_cached(path)
         return
-    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1), thread_name_prefix="notagen-sha256") as pool:
-        list(pool.map(sha256_cached, paths))
+    with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="notagen-sha256") as pool:
+        list(pool.map(sha256_cached, todo))
 
 
 # ---------------------------------------------------------------- output folders
