@@ -60,7 +60,8 @@ def restart_with_preferred(environ: Mapping[str, str] | None = None) -> None:
     if library is None:
         return
     env = dict(environ)
-    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+    # After what the user preloads: a library that must come first (a sanitizer's runtime) stays first.
+    env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD", ""), library]))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

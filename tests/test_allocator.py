@@ -57,6 +57,12 @@ def test_the_process_restarts_on_jemalloc_unless_asked_not_to():
                                      timeout=60, check=True).stdout.strip()
     assert run(_env()) == "jemalloc"
     assert run(_env(**{ENV: "system"})) == "system"
+    # A library the user preloads stays first; jemalloc joins after it.
+    libm = ctypes.util.find_library("m")
+    show_preload = _SHOW.replace("print(allocator.current())", "import os; print(os.environ['LD_PRELOAD'])")
+    done = subprocess.run([sys.executable, "-c", show_preload], env=_env(LD_PRELOAD=libm), capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.split() == [libm, JEMALLOC]
 
 
 def test_a_missing_library_is_one_line_and_the_system_allocator():
