@@ -145,12 +145,9 @@ def sha256_all(paths: Iterable[str | Path]) -> None:
     """sha256_cached of every file in ``paths`` not hashed yet, side by side: hashlib lets go of
     the GIL, so a model directory's graphs (0.5 GB for NotaGen-small int8-wo) hash on every core."""
     todo = [p for p in paths if _version(p) not in _HASHED]
-    if len(todo) < 2:
-        for path in todo:
-            sha256_cached(path)
-        return
-    with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="notagen-sha256") as pool:
-        list(pool.map(sha256_cached, todo))
+    if todo:
+        with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="notagen-sha256") as pool:
+            list(pool.map(sha256_cached, todo))
 
 
 # ---------------------------------------------------------------- output folders

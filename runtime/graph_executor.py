@@ -6,9 +6,8 @@ Every call binds each state output (``present.*``, ``position_out``, ``hidden_ou
 (ScatterND skips its copy when input and output share a buffer) and nothing is allocated per
 call. A graph's CPU form (ONNX Runtime's fused attention; int8-wo: MatMulNBits too) runs where
 the directory has one: on the CPU, and on CUDA in fp16 variants, whose form has no shape computed
-from data
-(GroupQueryAttention has fp16 CUDA kernels only; on an H200 it took a NotaGen-X patch from 8.4 to
-7.6 ms at one row). On the CPU the buffers are numpy arrays; with CUDA they are device
+from data (GroupQueryAttention has fp16 CUDA kernels only; on an H200 it took a NotaGen-X patch
+from 8.4 to 7.6 ms at one row). On the CPU the buffers are numpy arrays; with CUDA they are device
 OrtValues, the per-patch settings are copied into fixed device inputs, and ONNX Runtime can
 capture the call as a CUDA graph (``cuda_graph``: the graph has fixed shapes and addresses, and
 every node on the GPU).

@@ -193,7 +193,7 @@ def _table(report: dict) -> None:
 
     cpu = report["cpu"]
     where = report.get("gpu") or (f"{cpu['model']}, {cpu['cores']} cores ({' '.join(cpu['flags'])}), "
-                                  f"{cpu.get('allocator', 'system')} malloc")
+                                  f"{cpu['allocator']} malloc")
     rounds = report.get("rounds", 1)
     over = f", median of {rounds} rounds" if rounds > 1 else ""
     table = Table(title=f"ms per patch at context {report['context']} (median{over}), {where}")
