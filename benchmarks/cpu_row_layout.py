@@ -1,6 +1,7 @@
 """Rows on a CPU: side by side (one call per core, one thread each: ``OrtBackend(threads=1)``)
-against one call for every row on every core, for 1, 2 and 4 pieces in flight through a 4-row
-engine, interleaved in one process; the median of the per-round ratios (one call / side by side).
+against one call for every row on every core (its threads spinning between ops, as AUTO runs
+it), for 1, 2 and 4 pieces in flight through a 4-row engine, interleaved in one process; the
+median of the per-round ratios (one call / side by side).
 What `generate`'s AUTO threads choose between (``OrtBackend.executor``).
 
 ``python benchmarks/cpu_row_layout.py --model DIR [--rounds 4] [--patches 30]``"""
@@ -29,7 +30,7 @@ def main() -> None:
     backend = OrtBackend(args.model, "cpu", threads=1)
     layouts = {"side_by_side": backend.executor(4),
                "one_call": GraphExecutor(backend.model_dir, backend.manifest, backend.config, 4,
-                                         session_options(os.cpu_count() or 1), "cpu")}
+                                         session_options(os.cpu_count() or 1, spin=True), "cpu")}
     text = context_text(256)
     seconds: dict[tuple[int, str], list[float]] = {}
     for _ in range(args.rounds):

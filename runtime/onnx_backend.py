@@ -72,16 +72,19 @@ class _Graph:
         return session
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """``threads`` intra-op threads (None: ONNX Runtime's default, every core). More than one do
-    not spin between ops: rows side by side share the cores (as fast as spinning alone, measured
-    on NotaGen-small)."""
+def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
+    """``threads`` intra-op threads (None: ONNX Runtime's default, every core). More than one spin
+    between ops only where ``spin``: a lone call that has every core to itself (AUTO on a model
+    whose ops split). There a sleeping thread wakes late for each of the call's ~1,000 nodes: a
+    NotaGen-small int8-wo patch on two threads of a 2-core Xeon took 0.58x one thread's time
+    spinning, 0.76x not (interleaved rounds). Elsewhere calls may share the cores, which spinning
+    threads would take from them."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads == 1 or spin else "0")
     return opts
 
 
@@ -166,16 +169,17 @@ class OrtBackend:
             # On a CPU with one call per core, calls side by side, the rows split between them
             # (measured on 2 cores: see the README). With AUTO, a model whose ops are big enough
             # to split runs every row in one call on every core instead: on 2 cores NotaGen-small
-            # (int8-wo) took 0.64x / 0.80x / 0.69x the time of two 1-thread calls side by side for
+            # (int8-wo) took 0.64x / 0.80x / 0.65x the time of two 1-thread calls side by side for
             # 1 / 2 / 4 pieces in flight (the weights are read once a patch, and a lone piece gets
-            # both cores); the demo's small ops took 1.15x-1.60x, so it stays side by side.
+            # both cores); the demo's small ops took 1.13x-1.28x, so it stays side by side.
             cores = min(rows, usable_cores()) if self._core_each else 1
-            threads = self._step_threads
+            threads, spin = self._step_threads, False
             if self._core_each and self._threads == AUTO and self.config.hidden_size >= SPLIT_HIDDEN:
-                cores, threads = 1, usable_cores()
+                cores, threads, spin = 1, usable_cores(), True  # the one call has the cores to itself
 
             def part(n: int) -> GraphExecutor:
-                return GraphExecutor(self.model_dir, self.manifest, self.config, n, session_options(threads), self.device)
+                return GraphExecutor(self.model_dir, self.manifest, self.config, n, session_options(threads, spin),
+                                     self.device)
 
             if cores < 2:
                 return part(rows)

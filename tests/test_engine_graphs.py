@@ -320,6 +320,14 @@ def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_en
     assert threads(OrtBackend(big, "cpu", 1).executor(4)) == [1, 1]  # asked for: a core each
     assert threads(OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(1)) == [1]  # small ops
     assert threads(OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(4)) == [1, 1]  # a core each
+
+    def spinning(executor) -> str:
+        return executor._engine.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    # The lone call on every core spins between ops (a waking thread misses each node's start);
+    # threads asked for do not, as calls of several sessions may share the cores.
+    assert spinning(OrtBackend(big, "cpu", onnx_backend.AUTO).executor(1)) == "1"
+    assert spinning(OrtBackend(big, "cpu", 2).executor(1)) == "0"
     pieces = [Engine(OrtBackend(big, "cpu", t).executor(rows)).generate(
         [PieceRequest(None, GenerationConfig(seed=s, max_patches=12)) for s in range(3)])
         for t, rows in ((1, 1), (onnx_backend.AUTO, 1), (onnx_backend.AUTO, 4))]
