@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import onnx
@@ -21,7 +23,7 @@ from notagen_trt.export.onnx_export import export_onnx
 from notagen_trt.export.reference import ReferenceBackend
 from notagen_trt.runtime.engine import Engine, PieceRequest, generate
 from notagen_trt.runtime.graph_executor import GraphExecutor
-from notagen_trt.runtime.executor import SideBySide
+from notagen_trt.runtime.executor import Executor, SideBySide
 from notagen_trt.runtime.onnx_backend import OrtBackend, session_options
 from notagen_trt.runtime.piece import GenerationConfig, PatchRequest
 from notagen_trt.runtime.sampling import SamplingParams, sample
@@ -162,6 +164,44 @@ def test_demo_pieces_equal_the_cached_reference_on_one_and_four_rows(demo, demo_
         assert [p.text for p in pieces] == [p.text for p in reference]
         assert [p.patches for p in pieces] == [p.patches for p in reference]
     assert all(p.complete for p in reference)
+
+
+class _TimedPart(Executor):
+    """Two rows that record which thread ran each call and when it returned (SideBySide's threads)."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.name, self.rows = "part", 2
+        self.config = ModelConfig(hidden_size=64, patch_num_layers=1, char_num_layers=1, patch_length=16)
+        self.delay, self.fail, self.calls = delay, fail, []
+
+    def load(self, row, patches):
+        pass
+
+    def sample(self, requests):
+        time.sleep(self.delay)
+        self.calls.append((threading.current_thread(), time.monotonic()))
+        if self.fail:
+            raise RuntimeError("this part failed")
+        return {r: np.full(16, r) for r in requests}
+
+    def accept(self, rows):
+        pass
+
+
+def test_side_by_side_calls_its_first_part_here_and_returns_after_every_part():
+    """The first part's call runs on the caller's thread and the others on the pool's; rows map
+    back to the executor's numbering; a part's error is raised only once every call has returned."""
+    request = PatchRequest([], np.zeros(16), SamplingParams())
+    parts = [_TimedPart(), _TimedPart(delay=0.05)]
+    got = SideBySide("parts", parts).sample({0: request, 2: request, 3: request})
+    assert {row: int(tokens[0]) for row, tokens in got.items()} == {0: 0, 2: 0, 3: 1}
+    assert parts[0].calls[0][0] is threading.current_thread()
+    assert parts[1].calls[0][0] is not threading.current_thread()
+    slow = _TimedPart(delay=0.1)
+    with pytest.raises(RuntimeError, match="this part failed"):
+        SideBySide("parts", [_TimedPart(fail=True), slow]).sample({0: request, 2: request})
+    raised = time.monotonic()
+    assert len(slow.calls) == 1 and slow.calls[0][1] <= raised  # returned before the error reached here
 
 
 def test_in_flight_pieces_equal_the_reference_one_row_pieces(trained, trained_engine_dir):
