@@ -39,8 +39,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ort-profile-"))
     plain = onnx_backend.session_options
 
-    def profiled(threads):
-        options = plain(threads)
+    def profiled(threads, spin=False):
+        options = plain(threads, spin)
         options.enable_profiling, options.profile_file_prefix = True, str(folder / "ort")
         return options
 
