@@ -169,6 +169,8 @@ class SideBySide(Executor):
         def one(part: int) -> dict[int, np.ndarray]:
             return {self._first[part] + r: tokens for r, tokens in self.parts[part].sample(split[part]).items()}
 
+        if not split:
+            return {}
         # The first part's call runs on this thread, the others on the pool's: one thread hand-off
         # a patch fewer (four demo rows on two cores: 0.77-0.95x the time of handing off both).
         first, *rest = split

@@ -197,6 +197,7 @@ def test_side_by_side_calls_its_first_part_here_and_returns_after_every_part():
     assert {row: int(tokens[0]) for row, tokens in got.items()} == {0: 0, 2: 0, 3: 1}
     assert parts[0].calls[0][0] is threading.current_thread()
     assert parts[1].calls[0][0] is not threading.current_thread()
+    assert SideBySide("parts", parts).sample({}) == {} and len(parts[0].calls) == 1  # nothing asked: no call
     slow = _TimedPart(delay=0.1)
     with pytest.raises(RuntimeError, match="this part failed"):
         SideBySide("parts", [_TimedPart(fail=True), slow]).sample({0: request, 2: request})
