@@ -27,7 +27,7 @@ def interleaved(engines: dict[str, Engine], rounds: int, patches: int, context: 
     for round_ in range(rounds):
         for name, engine in engines.items():
             steps: list[float] = []
-            engine.on_step[:] = [lambda seconds, stepped: steps.append(seconds)]
+            engine.on_step[:] = [lambda seconds, stepped, lane_rows: steps.append(seconds)]
             pieces = engine.generate([PieceRequest(None, GenerationConfig(seed=round_ * rows + i, max_patches=patches),
                                                    text) for i in range(rows)])
             out[name]["median_step_ms"].append(round(1000 * statistics.median(steps[warmup:]), 3))

@@ -89,7 +89,7 @@ def inflight(backend, rows: int, pieces: int) -> dict:
 
         engine.executor.sample = timed
         steps: list[tuple[float, int]] = []
-        engine.on_step.append(lambda s, r: steps.append((s, r)))
+        engine.on_step.append(lambda s, r, lane_rows: steps.append((s, r)))
         start = time.perf_counter()
         engine.generate(requests)
         wall = time.perf_counter() - start

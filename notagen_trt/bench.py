@@ -52,6 +52,7 @@ class Row:
     gpu_process_mb: float | None  # the driver's view of the process: + CUDA context, libraries
     device: str
     executor: str = ""
+    lanes: int = 1  # threads stepping the rows at once (Engine: an executor's lanes)
     inflight_pieces: int | None = None  # in-flight rows: pieces sent through the rows
     inflight_seconds: float | None = None
     inflight_steps: int | None = None  # engine steps the in-flight pieces took
@@ -81,7 +82,8 @@ def _requests(spec: dict, count: int, max_patches: int) -> list[PieceRequest]:
 def _time_steps(engine: Engine, spec: dict) -> list[float]:
     """Per-step seconds of the engine with all rows busy (pieces queued behind them)."""
     times: list[float] = []
-    engine.on_step.append(lambda seconds, rows: times.append(seconds) if rows == engine.executor.rows else None)
+    # A step of a lane whose rows are all busy (the engine's lanes step at once: see Engine).
+    engine.on_step.append(lambda seconds, rows, lane_rows: times.append(seconds) if rows == lane_rows else None)
     want = spec["warmup"] + spec["patches"]
     for _ in engine.run(_requests(spec, 4 * engine.executor.rows, want + 2)):
         if len(times) >= want:
@@ -89,8 +91,8 @@ def _time_steps(engine: Engine, spec: dict) -> list[float]:
     return times[spec["warmup"] : want]
 
 
-def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int, list[tuple[float, int]]]:
-    """(seconds, pieces, [(step seconds, rows stepped)]): K unconditional pieces, each stopped at
+def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int, list[tuple[float, int, int]]]:
+    """(seconds, pieces, [(step seconds, rows stepped, rows of the lane)]): K unconditional pieces, each stopped at
     a length drawn in [lo, hi] patches (or earlier at a sampled EOS), sent through the rows as
     `generate` sends them."""
     rng = np.random.default_rng(1)
@@ -98,8 +100,8 @@ def _time_inflight(engine: Engine, spec: dict) -> tuple[float, int, list[tuple[f
     requests = [PieceRequest(None, GenerationConfig(seed=i, max_patches=int(n)))
                 for i, n in enumerate(rng.integers(lo, hi + 1, spec["inflight"]))]
     engine.generate([PieceRequest(None, GenerationConfig(seed=10**6, max_patches=spec["warmup"] + 1))])  # capture
-    steps: list[tuple[float, int]] = []
-    engine.on_step.append(lambda seconds, rows: steps.append((seconds, rows)))
+    steps: list[tuple[float, int, int]] = []
+    engine.on_step.append(lambda seconds, rows, lane_rows: steps.append((seconds, rows, lane_rows)))
     start = time.perf_counter()
     done = len(engine.generate(requests))
     return time.perf_counter() - start, done, steps
@@ -203,9 +205,10 @@ def measure_one(spec: dict) -> dict:
         name = engine.executor.name
         if spec.get("inflight"):
             seconds, pieces, steps = _time_inflight(engine, spec)
-            times = [t for t, _ in steps] or [seconds]
+            times = [t for t, _, _ in steps] or [seconds]
         else:
             times = _time_steps(engine, spec)
+        lanes = len(engine.lane_rows)
     process_gpu = _gpu_mb() if gpu else None
     if gpu and backend in TORCH_BACKENDS:
         import torch
@@ -224,16 +227,17 @@ def measure_one(spec: dict) -> dict:
                       peak_rss_mb=round(_peak_rss_mb(), 1),
                       peak_gpu_mb=None if not gpu else round(peak_gpu or 0.0, 1),
                       gpu_process_mb=None if process_gpu is None else round(process_gpu, 1),
-                      device=_device_name(gpu), executor=name,
+                      device=_device_name(gpu), executor=name, lanes=lanes,
                       inflight_pieces=pieces if spec.get("inflight") else None,
                       inflight_seconds=round(seconds, 3) if spec.get("inflight") else None,
-                      **(_inflight_use(steps, seconds, batch) if spec.get("inflight") else {})))
+                      **(_inflight_use(steps, seconds, lanes) if spec.get("inflight") else {})))
 
 
-def _inflight_use(steps: list[tuple[float, int]], seconds: float, rows: int) -> dict:
+def _inflight_use(steps: list[tuple[float, int, int]], seconds: float, lanes: int) -> dict:
+    """Row use over every step of every lane; the time outside steps per lane (lanes step at once)."""
     return {"inflight_steps": len(steps),
-            "inflight_row_use": round(sum(r for _, r in steps) / max(1, rows * len(steps)), 3),
-            "inflight_outside_steps_s": round(seconds - sum(t for t, _ in steps), 3)}
+            "inflight_row_use": round(sum(r for _, r, _ in steps) / max(1, sum(n for _, _, n in steps)), 3),
+            "inflight_outside_steps_s": round(seconds - sum(t for t, _, _ in steps) / lanes, 3)}
 
 
 def bandwidth_floor_ms(config: ModelConfig, bytes_per_weight: float, gb_per_s: float) -> float:

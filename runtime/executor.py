@@ -50,6 +50,13 @@ class Executor(abc.ABC):
     def free(self, row: int) -> None:
         """``row`` holds no piece any more (its state is overwritten by the next ``load``)."""
 
+    def lanes(self) -> list["Executor"]:
+        """This executor's rows as groups that compute at the same time when each is driven from
+        a thread of its own, in row order (the first lane's rows first): the engine's threads step
+        each lane on its own, none waiting for another's patch. One lane, this executor, unless a
+        backend says otherwise."""
+        return [self]
+
     def close(self) -> None:
         """Release device memory, streams and graphs."""
 
@@ -147,7 +154,9 @@ class SideBySide(Executor):
     """Rows split over ``parts``, executors that compute at the same time, each on a thread of
     its own: ONNX Runtime on a CPU runs one call on one core well, but a batched call's small ops
     do not spread over cores. Row ``r`` of this executor is a row of one part; a part with no
-    row asked for sits a patch out (its pending accepts wait for its next call)."""
+    row asked for sits a patch out (its pending accepts wait for its next call). The parts are
+    its lanes: an engine's own threads step them apart (``sample`` here steps them together, for
+    a caller that steps the engine itself)."""
 
     def __init__(self, name: str, parts: Sequence[Executor]) -> None:
         self.name, self.parts, self.config = name, list(parts), parts[0].config
@@ -194,6 +203,9 @@ class SideBySide(Executor):
     def free(self, row: int) -> None:
         part, r = self._where[row]
         self.parts[part].free(r)
+
+    def lanes(self) -> list[Executor]:
+        return list(self.parts)
 
     def close(self) -> None:
         self._pool.shutdown()

@@ -48,7 +48,7 @@ class ServiceMetrics:
         for engine in pool.engines:
             engine.on_step.append(self._stepped)
 
-    def _stepped(self, seconds: float, rows: int) -> None:  # on an engine thread
+    def _stepped(self, seconds: float, rows: int, lane_rows: int) -> None:  # on an engine thread
         self.patches.inc(rows)
         now = time.monotonic()
         with self._lock:

@@ -1,6 +1,7 @@
 """The engine and the published rules: reference modes agree, each rule of PieceState holds, and
 in-flight batching writes the pieces one row writes, whatever the rows, order or cancellations."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -241,8 +242,11 @@ def test_in_flight_pieces_equal_one_row_pieces(trained):
     assert engine.active == 0 and engine.stats.finished == 8
 
 
-def test_requests_are_taken_only_when_a_row_is_free(trained):
-    engine = Engine(ReferenceBackend(trained, "cached").executor(2))
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_requests_are_taken_only_when_a_row_is_free(trained, lanes):
+    """Two rows, one lane or two (one row each): memory does not grow with K."""
+    executor = ReferenceBackend(trained, "cached").executor(2) if lanes == 1 else _lanes(trained, 1, 1)[0]
+    engine = Engine(executor)
     taken = []
 
     def requests():
@@ -252,13 +256,12 @@ def test_requests_are_taken_only_when_a_row_is_free(trained):
 
     run = engine.run(requests())
     next(run)
-    assert len(taken) <= 3  # two rows busy and at most one waiting: memory does not grow with K
+    # Two rows busy and one piece waiting; with lanes, each lane's next piece, one pulled ahead of its lane.
+    assert len(taken) <= 2 + lanes
     assert len(list(run)) == 4
 
 
 def test_background_engine_serves_submissions_from_threads(trained):
-    import threading
-
     backend = ReferenceBackend(trained, "cached")
     want = [backend.generate(None, GenerationConfig(seed=s, max_patches=20)).text for s in range(4)]
     with Engine(backend.executor(2)).start() as engine:
@@ -341,8 +344,9 @@ def test_closing_from_a_listener_and_after_close(trained):
     closer.start()
     for handle in (other, *queued, mine):
         assert handle.wait(60).stop_reason == "cancelled" and handle.cancelled
-    closer._thread.join(60)
-    assert not closer._thread.is_alive()
+    for thread in closer._threads:
+        thread.join(60)
+        assert not thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         closer.step()
     with pytest.raises(RuntimeError, match="closed"):
@@ -456,3 +460,111 @@ def test_engine_rows_must_be_sensible():
 def test_loop_length_never_exceeds_the_model(trained):
     engine = Engine(ReferenceBackend(trained, "cached").executor(), patch_length=10_000)
     assert engine.patch_length == trained.config.patch_length
+
+
+# ---- lanes: rows an executor computes at the same time from threads of their own ----------------
+class _Recorded:
+    """Wraps a lane's executor: each sample call's thread and span (held ``hold`` seconds, the
+    first ``held`` calls, so calls of two lanes that run at once are seen to overlap)."""
+
+    def __init__(self, executor, hold: float = 0.0, held: int = 0, fail_at: int = 0) -> None:
+        self.executor, self.hold, self.held, self.fail_at, self.calls = executor, hold, held, fail_at, []
+        self.sample_real, executor.sample = executor.sample, self.sample
+
+    def sample(self, requests):
+        start = time.monotonic()
+        if len(self.calls) == self.fail_at - 1:
+            self.calls.append(None)
+            raise RuntimeError("device lost")
+        if len(self.calls) < self.held:
+            time.sleep(self.hold)
+        out = self.sample_real(requests)
+        self.calls.append((threading.current_thread(), start, time.monotonic()))
+        return out
+
+
+def _lanes(trained, *rows, **recorded):
+    from notagen_trt.runtime.executor import SideBySide
+
+    backend = ReferenceBackend(trained, "cached")
+    parts = [backend.executor(n) for n in rows]
+    return SideBySide("lanes", parts), [_Recorded(p, **recorded) for p in parts]
+
+
+def test_lanes_step_at_once_on_threads_of_their_own_and_write_the_one_row_pieces(trained):
+    """Lanes of 1 and 2 rows under run(): each lane's calls on a thread of its own (not the
+    caller's), the two lanes' calls overlapping, request k in lane k % 2 whichever thread runs
+    first, listeners called one at a time; every piece is the one-row engine's."""
+    requests = _mixed_requests()
+    one_row = Engine(ReferenceBackend(trained, "cached").executor(1), patch_length=22).generate(requests)
+    executor, recorded = _lanes(trained, 1, 2, hold=0.02, held=3)
+    engine = Engine(executor, patch_length=22)
+    assert engine.lane_rows == [1, 2]
+    lane_of, inside, overlapping = {}, [], []
+
+    def listener(event):
+        overlapping.append(bool(inside))
+        inside.append(1)
+        time.sleep(0.001)
+        lane_of.setdefault(event.handle.request.tag, threading.current_thread().name)
+        inside.pop()
+
+    handles = {h.request.tag: h for h in engine.run(requests, listener)}
+    for i, piece in enumerate(one_row):
+        got = handles[i].piece
+        assert (got.text, got.patches, got.stop_reason, got.rebuilds) == (
+            piece.text, piece.patches, piece.stop_reason, piece.rebuilds)
+    assert lane_of == {i: f"notagen-lane-{i % 2}" for i in range(8)}
+    assert not any(overlapping)  # never two listener calls at once
+    threads = [{call[0] for call in r.calls} for r in recorded]
+    assert all(len(t) == 1 for t in threads) and threads[0] != threads[1]
+    assert threading.current_thread() not in threads[0] | threads[1]
+    (_, a0, a1), (_, b0, b1) = recorded[0].calls[0], recorded[1].calls[0]
+    assert a0 < b1 and b0 < a1  # the lanes' first calls ran at the same time
+    assert engine.active == 0 and not engine._threads and engine.stats.finished == 8
+
+
+def test_a_fault_in_one_lane_is_raised_by_run_after_every_lane_stopped(trained):
+    executor, recorded = _lanes(trained, 1, 1, fail_at=3)
+    engine = Engine(executor)
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(engine.run(PieceRequest(None, GenerationConfig(seed=s, max_patches=40)) for s in range(4)))
+    assert not engine._threads  # joined before the error reached here
+
+
+def test_background_lanes_serve_fail_alone_and_close_from_a_listener(trained):
+    """start() steps each lane on a thread of its own: pieces from the queue go to whichever lane
+    has a free row; a backend fault ends only that lane's piece; close() from a listener ends every
+    piece as cancelled once the lanes' steps are over, and every lane thread ends."""
+    backend = ReferenceBackend(trained, "cached")
+    want = [backend.generate(None, GenerationConfig(seed=s, max_patches=20)).text for s in range(4)]
+    executor, recorded = _lanes(trained, 1, 1)
+    names = set()
+    with Engine(executor).start() as engine:
+        handles = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=20)),
+                                 lambda e: names.add(threading.current_thread().name)) for s in range(4)]
+        assert [h.wait(60).text for h in handles] == want
+        assert names == {"notagen-engine-0", "notagen-engine-1"}
+        recorded[1].fail_at = len(recorded[1].calls) + 1  # lane 1's next call fails
+        lost = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=20))) for s in (0, 1)]
+        failed = [h for h in lost if h.wait(60).stop_reason == "error"]
+        assert len(failed) == 1 and "device lost" in failed[0].error
+        other = next(h for h in lost if h is not failed[0])  # the other lane's piece, as ever
+        assert other.piece.text == want[other.request.config.seed]
+        assert engine.submit(PieceRequest(None, GenerationConfig(seed=2, max_patches=5))).wait(60).patches == 5
+
+    closer = Engine(_lanes(trained, 1, 1)[0])
+
+    def close_on_third_patch(event):
+        if event.kind == "patch" and event.handle.state.piece.patches == 3:
+            closer.close()
+
+    mine = closer.submit(PieceRequest(None, GenerationConfig(seed=4, max_patches=400)), close_on_third_patch)
+    others = [closer.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=400))) for s in (1, 2, 3)]
+    closer.start()
+    for handle in (*others, mine):
+        assert handle.wait(60).stop_reason == "cancelled"
+    for thread in closer._threads:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert closer._is_shut

@@ -206,7 +206,8 @@ def _table(report: dict) -> None:
         label = r["backend"] + (f" in-flight x{r['inflight_pieces']}" if r.get("inflight_pieces") else "")
         if r.get("inflight_vs_one_row") and r["batch"] > 1:
             label += f" ({r['inflight_vs_one_row']:.1f}x one row)"
-        table.add_row(label, r["precision"], str(r["batch"]), f"{r['ms_per_patch_median']:.2f}",
+        rows = str(r["batch"]) + (f" ({r['lanes']} lanes)" if r.get("lanes", 1) > 1 else "")  # lanes step at once
+        table.add_row(label, r["precision"], rows, f"{r['ms_per_patch_median']:.2f}",
                       f"{r['ms_per_patch_p90']:.2f}", f"{r.get('speedup_vs_published', 0):.1f}",
                       f"{r['pieces_per_minute']:.1f}", f"{r['peak_rss_mb']:.0f}",
                       "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}")

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -125,6 +126,7 @@ class _Writer:
         self.queued: deque[Future] = deque()
         self.failed: Exception | None = None  # the first write that failed (a full disk): raised by submit / close
         self.open = True
+        self._reporting = threading.Lock()  # this thread's submit and the engine's threads' events
 
     def submit(self, handle) -> None:
         self.queued.append(self.pool.submit(self.save, handle))
@@ -135,9 +137,15 @@ class _Writer:
             raise self.failed
 
     def report(self) -> None:
-        """Report the writes that have finished, in order (also from the engine's events: never raises)."""
-        while self.open and self.queued and self.queued[0].done():
-            self._add(self.queued.popleft())
+        """Report the writes that have finished, in order (also from the engine's events: never raises;
+        a report already under way on another thread covers them)."""
+        if not self._reporting.acquire(blocking=False):
+            return
+        try:
+            while self.open and self.queued and self.queued[0].done():
+                self._add(self.queued.popleft())
+        finally:
+            self._reporting.release()
 
     def _add(self, future: Future) -> None:
         try:
@@ -151,8 +159,9 @@ class _Writer:
     def close(self) -> None:
         """Wait for every queued write and report it, then raise the first that failed."""
         try:
-            while self.queued:
-                self._add(self.queued.popleft())
+            with self._reporting:
+                while self.queued:
+                    self._add(self.queued.popleft())
         finally:
             self.open = False  # nothing is reported after the summary closes (the engine's last events)
             self.pool.shutdown(wait=True)
