@@ -374,6 +374,10 @@ def test_a_model_with_big_ops_runs_its_rows_in_one_call_on_every_core(trained_en
         for t, rows in ((1, 1), (onnx_backend.AUTO, 1), (onnx_backend.AUTO, 4))]
     assert [p.text for p in pieces[0]] == [p.text for p in pieces[2]]
     assert [p.text for p in pieces[0]] == [p.text for p in pieces[1]]
+    # Every CPU call's buffers come from malloc (jemalloc under the command), not ONNX Runtime's arena.
+    for executor in (OrtBackend(big, "cpu", onnx_backend.AUTO).executor(1),
+                     OrtBackend(trained_engine_dir, "cpu", onnx_backend.AUTO).executor(4)):
+        assert not any(p._engine.get_session_options().enable_cpu_mem_arena for p in getattr(executor, "parts", [executor]))
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
