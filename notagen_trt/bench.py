@@ -82,8 +82,10 @@ def _requests(spec: dict, count: int, max_patches: int) -> list[PieceRequest]:
 def _time_steps(engine: Engine, spec: dict) -> list[float]:
     """Per-step seconds of the engine with all rows busy (pieces queued behind them)."""
     times: list[float] = []
-    # A step of a lane whose rows are all busy (the engine's lanes step at once: see Engine).
-    engine.on_step.append(lambda seconds, rows, lane_rows: times.append(seconds) if rows == lane_rows else None)
+    # A step of a widest lane with every row busy: the lanes step at once (see Engine), so the
+    # widest one's step is how long each row takes a patch (more rows than cores: lanes of unequal width).
+    widest = max(engine.lane_rows)
+    engine.on_step.append(lambda seconds, rows, lane_rows: times.append(seconds) if rows == lane_rows == widest else None)
     want = spec["warmup"] + spec["patches"]
     for _ in engine.run(_requests(spec, 4 * engine.executor.rows, want + 2)):
         if len(times) >= want:

@@ -17,7 +17,7 @@ Front ends use it in one of two ways:
 Lanes: an executor may split its rows into groups that compute at the same time from threads of
 their own (``Executor.lanes``: ONNX Runtime on a CPU, a core each). ``run`` and ``start`` then
 step each lane on its own thread, none waiting for another's patch (four demo rows on two cores
-took 0.84x the time of stepping both lanes together, which waits for the slower call and hands
+took 0.82x the time of stepping both lanes together, which waits for the slower call and hands
 a call to the other core every patch); ``step`` still steps them together. ``run`` deals its
 requests to the lanes in turn, so which pieces share a call, and with it a piece's numbers in
 int8-wo, does not depend on thread timing. Listeners are called one at a time.
@@ -269,6 +269,7 @@ class Engine:
         self._waiting: deque[PieceHandle] = deque()
         self._work = threading.Condition()
         self._threads: list[threading.Thread] = []  # the threads stepping the lanes (start(), or a run() of lanes)
+        self._lane_run = False  # a run() of lanes is under way
         self._live = 0  # start()'s lane threads still running
         self._closed = False
         self._stepping: set[threading.Thread] = set()  # the threads inside a step
@@ -322,10 +323,14 @@ class Engine:
                 self._shut_down()
 
     def _step_lane(self, lane: _Lane, source: Callable[[_Lane], PieceHandle | None]) -> list[PieceHandle]:
+        return self._as_stepping(self._step, lane, source)
+
+    def _as_stepping(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work`` as a step: listeners it calls may close() the engine or wait() for their piece."""
         me = threading.current_thread()
         self._stepping.add(me)
         try:
-            return self._step(lane, source)
+            return work(*args)
         finally:
             self._stepping.discard(me)
 
@@ -456,6 +461,8 @@ class Engine:
         going to lane k % lanes, so the pieces are the same on every run."""
         if self._closed:
             raise RuntimeError("the engine is closed")
+        if self._lane_run:
+            raise RuntimeError("another run() is stepping this engine; finish or close that one first")
         if self._threads:
             raise RuntimeError("this engine steps on its own thread (start()): submit() pieces and wait() on them")
         if len(self._lanes) > 1:
@@ -475,31 +482,49 @@ class Engine:
             yield from self.step()
 
     def _run_lanes(self, requests: Iterable[PieceRequest], listener: Listener | None) -> Iterator[PieceHandle]:
-        """run() with a thread per lane; pieces come back here as they end, a lane's fault is raised here."""
+        """run() with a thread per lane: pieces come back here as they end, at most a few ahead of
+        the caller (a lane waits while the caller is busy with the ones before), and a lane's
+        fault is raised here once every lane has stopped. The iterable is advanced on the lanes'
+        threads, one request at a time."""
         tape = _Tape(requests, len(self._lanes), lambda request: PieceHandle(request, listener, self))
-        ended: queue.SimpleQueue[PieceHandle | None] = queue.SimpleQueue()  # None: a lane is over
+        ended: queue.Queue[PieceHandle | None] = queue.Queue(maxsize=len(self._rows))  # None: a lane is over
         faults: list[BaseException] = []
-        stop = threading.Event()  # the caller stopped listening, or a lane failed
+        stop = threading.Event()  # the lanes stop stepping: a lane failed, or the caller stopped listening
+        gone = threading.Event()  # the caller stopped listening
+
+        def hand_over(item: PieceHandle | None) -> None:
+            while not gone.is_set():
+                try:
+                    ended.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        def take(lane: _Lane) -> PieceHandle | None:
+            # Pieces already queued first (submitted, or left by a run stopped early), then the tape's.
+            return self._from_queue(lane) or tape.take(lane.index)
 
         def drive(lane: _Lane) -> None:
             try:
                 while not stop.is_set() and not self._closed:
-                    for handle in self._step_lane(lane, lambda lane: tape.take(lane.index)):
-                        ended.put(handle)
-                    if tape.done(lane.index) and all(self._rows[row] is None for row in lane.rows):
+                    for handle in self._step_lane(lane, take):
+                        hand_over(handle)
+                    if tape.done(lane.index) and all(self._rows[row] is None for row in lane.rows) and not self.queued:
                         break
             except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
                 faults.append(exc)
                 stop.set()
             finally:
-                ended.put(None)
+                hand_over(None)
 
-        self._threads = [threading.Thread(target=drive, args=(lane,), name=f"notagen-lane-{lane.index}", daemon=True)
-                         for lane in self._lanes]
-        for thread in self._threads:
-            thread.start()
+        self._lane_run = True
+        threads = [threading.Thread(target=drive, args=(lane,), name=f"notagen-lane-{lane.index}", daemon=True)
+                   for lane in self._lanes]
         try:
-            live = len(self._threads)
+            self._threads = threads
+            for thread in threads:
+                thread.start()
+            live = len(threads)
             while live:
                 handle = ended.get()
                 if handle is None:
@@ -507,13 +532,19 @@ class Engine:
                 else:
                     yield handle
         finally:
+            gone.set()
             stop.set()
-            for thread in self._threads:
-                thread.join()
-            self._threads = []
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            self._threads, self._lane_run = [], False
+            untaken = tape.untaken()
             if self._closed:  # pieces pulled for a lane that never took them end as queued ones do
-                for handle in tape.untaken():
+                for handle in untaken:
                     self._cancel_unstarted(handle)
+            else:  # the caller stopped early or a lane failed: they wait, as submitted pieces do
+                with self._work:
+                    self._waiting.extendleft(reversed(untaken))
             if self._shut_down_here:  # a listener closed the engine
                 self._shut_down()
         if faults:
@@ -528,6 +559,8 @@ class Engine:
     def start(self) -> "Engine":
         """Step on background threads while there is work (for services): one per lane, each
         taking waiting pieces into its free rows."""
+        if self._lane_run:
+            raise RuntimeError("a run() is stepping this engine; start() it once that run has finished")
         if not self._threads:
             self._live = len(self._lanes)
             name = "notagen-engine"
@@ -549,7 +582,7 @@ class Engine:
                 try:
                     self._step_lane(lane, self._from_queue)
                 except Exception as exc:  # noqa: BLE001 - a backend fault must not stop the service
-                    self._fail_running(f"{type(exc).__name__}: {exc}", lane)
+                    self._as_stepping(self._fail_running, f"{type(exc).__name__}: {exc}", lane)
         finally:
             with self._work:
                 self._live -= 1
@@ -563,12 +596,12 @@ class Engine:
         with self._work:
             self._closed = True
             self._work.notify_all()
-        if threading.current_thread() in self._stepping:  # a listener: the steps end first
+        me = threading.current_thread()
+        if me in self._stepping or me in self._threads:  # a listener: the steps under way end first
             self._shut_down_here = True
             return
         for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join()
+            thread.join()
         self._shut_down()
 
     def _cancel_unstarted(self, handle: PieceHandle) -> None:

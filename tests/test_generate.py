@@ -568,3 +568,58 @@ def test_background_lanes_serve_fail_alone_and_close_from_a_listener(trained):
         thread.join(60)
         assert not thread.is_alive()
     assert closer._is_shut
+
+
+def test_a_run_of_lanes_waits_for_its_caller_and_loses_no_request_when_left(trained):
+    """While the caller is busy, at most a few pieces end ahead of it (memory stays flat however
+    many are asked for); a caller that stops early leaves a piece pulled for a busy lane queued,
+    and the next run ends it with its own."""
+    ended = []
+    listener = lambda e: ended.append(e.handle) if e.kind == "done" else None  # noqa: E731
+    run = Engine(_lanes(trained, 1, 1)[0]).run(
+        (PieceRequest(None, GenerationConfig(seed=s, max_patches=3)) for s in range(12)), listener)
+    next(run)
+    time.sleep(1.0)  # twelve 3-patch pieces take well under a second here
+    assert len(ended) <= 1 + 2 + 2  # the one taken, the hand-over queue (a row each), one held by each lane
+    run.close()
+
+    engine, started, ended = Engine(_lanes(trained, 1, 1)[0]), set(), []
+
+    def listener(event):
+        started.add(event.handle.request.tag)
+        if event.kind == "done":
+            ended.append(event.handle)
+
+    requests = iter([PieceRequest(None, GenerationConfig(seed=s, max_patches=400 if s == 0 else 3), tag=s)
+                     for s in range(12)])
+    run = engine.run(requests, listener)
+    first = [next(run)]  # piece 1: lane 0 is busy with piece 0
+    deadline = time.monotonic() + 30
+    while 3 not in started and time.monotonic() < deadline:  # lane 1 took request 3, pulling 2 for lane 0
+        time.sleep(0.001)
+    run.close()
+    assert 2 not in started and engine.queued == 1  # pulled, not started: queued, not lost
+    rest = list(engine.run(requests))
+    unseen = [h for h in ended if h not in first + rest]  # ended while nobody listened
+    assert sorted(h.request.tag for h in first + rest + unseen) == list(range(12))  # each once
+    assert engine.active == engine.queued == 0
+
+
+def test_close_from_the_listener_of_a_piece_a_lane_fault_ended(trained):
+    """A lane's backend fault ends its piece; that piece's listener closing the engine ends every
+    piece (no thread waits for another that waits for it) and every lane thread ends."""
+    executor, recorded = _lanes(trained, 1, 1)
+    engine = Engine(executor)
+
+    def close_on_error(event):
+        if event.kind == "done" and event.handle.error:
+            engine.close()
+
+    recorded[1].fail_at = 3
+    handles = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=400)),
+                             close_on_error if s == 1 else (lambda e: None)) for s in range(2)]
+    engine.start()
+    assert sorted(h.wait(60).stop_reason for h in handles) == ["cancelled", "error"]
+    for thread in engine._threads:
+        thread.join(60)
+        assert not thread.is_alive()

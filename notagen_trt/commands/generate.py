@@ -130,8 +130,10 @@ class _Writer:
 
     def submit(self, handle) -> None:
         self.queued.append(self.pool.submit(self.save, handle))
-        if len(self.queued) > self.limit:
-            wait([self.queued[0]])
+        with self._reporting:  # the engine's threads' reports take from the head too
+            head = self.queued[0] if len(self.queued) > self.limit else None
+        if head is not None:
+            wait([head])
         self.report()
         if self.failed is not None:
             raise self.failed
