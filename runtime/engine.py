@@ -458,7 +458,9 @@ class Engine:
         """Generate every request, yielding each piece as it ends. Requests are taken from the
         iterable only when a row is free for them. An executor of several lanes (ONNX Runtime on
         a CPU, a core each) has each lane stepped on a thread of its own meanwhile, request k
-        going to lane k % lanes, so the pieces are the same on every run."""
+        going to lane k % lanes, so the pieces are the same on every run; the iterable is then
+        advanced on the lanes' threads, so give a list or one that never blocks (requests that
+        arrive over time: ``start`` and ``submit``)."""
         if self._closed:
             raise RuntimeError("the engine is closed")
         if self._lane_run:
