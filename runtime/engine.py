@@ -276,7 +276,7 @@ class Engine:
         self._events = threading.RLock()  # listeners are called one at a time, whichever lane steps
         self._counting = threading.Lock()  # stats, from every lane
         self._shut_down_here = False  # close() came from a listener: the steps finish it
-        self._shutting = threading.Lock()
+        self._shutting = threading.RLock()  # held to the end: a second close() returns once the first is done
         self._is_shut = False  # pieces ended and the executor closed (once)
         self.note = executor.name  # which backend runs it, and why (set by load_engine)
         # What made its pieces, for the line that opens each .abc: the backend, and (set by
@@ -316,6 +316,8 @@ class Engine:
         rules, retire. Returns the pieces that ended in this step."""
         if self._closed and threading.current_thread() not in self._threads:  # (its own may finish a step)
             raise RuntimeError("the engine is closed")
+        if self._lane_run:  # its lanes' threads are stepping these rows
+            raise RuntimeError("a run() of lanes is stepping this engine; take its pieces from that run")
         try:
             return self._step_lane(self._whole, self._from_queue)
         finally:
@@ -495,7 +497,7 @@ class Engine:
         gone = threading.Event()  # the caller stopped listening
 
         def hand_over(item: PieceHandle | None) -> None:
-            while not gone.is_set():
+            while not gone.is_set() and not self._closed:  # close() from elsewhere joins this thread
                 try:
                     ended.put(item, timeout=0.05)
                     return
@@ -519,16 +521,26 @@ class Engine:
             finally:
                 hand_over(None)
 
-        self._lane_run = True
         threads = [threading.Thread(target=drive, args=(lane,), name=f"notagen-lane-{lane.index}", daemon=True)
                    for lane in self._lanes]
+        with self._work:  # one run of lanes, and no start(), at a time
+            if self._lane_run or self._threads:
+                raise RuntimeError("another run() or start() is stepping this engine; finish or close it first")
+            self._lane_run, self._threads = True, threads
         try:
-            self._threads = threads
             for thread in threads:
                 thread.start()
             live = len(threads)
             while live:
-                handle = ended.get()
+                try:
+                    handle = ended.get(timeout=0.05)
+                except queue.Empty:  # a lane closed from elsewhere may leave without its None
+                    if self._closed and not any(thread.is_alive() for thread in threads):
+                        while not ended.empty():
+                            if (handle := ended.get()) is not None:
+                                yield handle
+                        break
+                    continue
                 if handle is None:
                     live -= 1
                 else:
@@ -539,14 +551,14 @@ class Engine:
             for thread in threads:
                 if thread.is_alive():
                     thread.join()
-            self._threads, self._lane_run = [], False
             untaken = tape.untaken()
-            if self._closed:  # pieces pulled for a lane that never took them end as queued ones do
-                for handle in untaken:
-                    self._cancel_unstarted(handle)
-            else:  # the caller stopped early or a lane failed: they wait, as submitted pieces do
-                with self._work:
+            with self._work:  # against a close() from elsewhere: before it, they wait; after it, they end
+                self._threads, self._lane_run = [], False
+                if not self._closed:  # the caller stopped early or a lane failed: they wait, as submitted pieces do
                     self._waiting.extendleft(reversed(untaken))
+                    untaken = []
+            for handle in untaken:  # pieces pulled for a lane that never took them end as queued ones do
+                self._cancel_unstarted(handle)
             if self._shut_down_here:  # a listener closed the engine
                 self._shut_down()
         if faults:
@@ -561,16 +573,19 @@ class Engine:
     def start(self) -> "Engine":
         """Step on background threads while there is work (for services): one per lane, each
         taking waiting pieces into its free rows."""
-        if self._lane_run:
-            raise RuntimeError("a run() is stepping this engine; start() it once that run has finished")
-        if not self._threads:
+        with self._work:
+            if self._lane_run:
+                raise RuntimeError("a run() is stepping this engine; start() it once that run has finished")
+            if self._threads:
+                return self
             self._live = len(self._lanes)
             name = "notagen-engine"
-            self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
-                                              name=name if len(self._lanes) == 1 else f"{name}-{lane.index}")
-                             for lane in self._lanes]
-            for thread in self._threads:
-                thread.start()
+            threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                        name=name if len(self._lanes) == 1 else f"{name}-{lane.index}")
+                       for lane in self._lanes]
+            self._threads = threads
+        for thread in threads:
+            thread.start()
         return self
 
     def _loop(self, lane: _Lane) -> None:
@@ -618,15 +633,16 @@ class Engine:
             if self._is_shut:
                 return
             self._is_shut = True
-        for handle in list(self._waiting):
-            self._cancel_unstarted(handle)
-        self._waiting.clear()
-        for row, handle in enumerate(self._rows):
-            if handle is not None:
-                handle._cancelled = True
-                handle.state.stop("cancelled")
-                self._retire(self._whole, row)
-        self.executor.close()
+            with self._work:
+                waiting, self._waiting = list(self._waiting), deque()
+            for handle in waiting:
+                self._cancel_unstarted(handle)
+            for row, handle in enumerate(self._rows):
+                if handle is not None:
+                    handle._cancelled = True
+                    handle.state.stop("cancelled")
+                    self._retire(self._whole, row)
+            self.executor.close()
 
     def __enter__(self) -> "Engine":
         return self

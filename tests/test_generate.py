@@ -590,10 +590,10 @@ def test_a_run_of_lanes_waits_for_its_caller_and_loses_no_request_when_left(trai
         if event.kind == "done":
             ended.append(event.handle)
 
-    requests = iter([PieceRequest(None, GenerationConfig(seed=s, max_patches=400 if s == 0 else 3), tag=s)
+    requests = iter([PieceRequest(None, GenerationConfig(seed=s, max_patches=400 if s in (0, 3) else 3), tag=s)
                      for s in range(12)])
     run = engine.run(requests, listener)
-    first = [next(run)]  # piece 1: lane 0 is busy with piece 0
+    first = [next(run)]  # piece 1: lane 0 is busy with piece 0, and lane 1 will be with piece 3
     deadline = time.monotonic() + 30
     while 3 not in started and time.monotonic() < deadline:  # lane 1 took request 3, pulling 2 for lane 0
         time.sleep(0.001)
@@ -623,3 +623,31 @@ def test_close_from_the_listener_of_a_piece_a_lane_fault_ended(trained):
     for thread in engine._threads:
         thread.join(60)
         assert not thread.is_alive()
+
+
+def test_close_from_another_thread_while_a_run_of_lanes_waits_for_its_caller(trained):
+    """The lanes wait for a caller that does not read; close() from elsewhere still returns, every
+    piece that began ends, and the paused run then gives what had ended and stops."""
+    engine, begun, done = Engine(_lanes(trained, 1, 1)[0]), set(), []
+
+    def listener(event):
+        begun.add(event.handle)
+        if event.kind == "done":
+            done.append(event.handle)
+
+    run = engine.run((PieceRequest(None, GenerationConfig(seed=s, max_patches=3)) for s in range(40)), listener)
+    first = next(run)
+    time.sleep(1.0)  # the lanes fill the hand-over queue and wait
+    for other in (engine.step, engine.start, lambda: next(engine.run([]))):  # the run's lanes own the rows
+        with pytest.raises(RuntimeError, match="run"):
+            other()
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive() and engine._is_shut
+    rest, reader = [], threading.Thread(target=lambda: rest.extend(run))
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive()
+    assert set(done) == begun and len(done) < 40  # nothing left running; the run did not go on
+    assert {first, *rest} <= set(done) and all(h.piece.stop_reason == "max_patches" for h in [first, *rest])
