@@ -437,8 +437,11 @@ class Engine:
     def _retire(self, lane: _Lane, row: int) -> PieceHandle:
         handle = self._rows[row]
         self._rows[row] = None
-        lane.executor.free(row - lane.rows.start)
-        return self._end(handle)
+        try:
+            lane.executor.free(row - lane.rows.start)
+        finally:  # a backend that fails to free still lets the piece end (its fault is raised)
+            self._end(handle)
+        return handle
 
     def _end(self, handle: PieceHandle) -> PieceHandle:
         with self._counting:
@@ -453,7 +456,10 @@ class Engine:
             if handle is not None:
                 handle.error = error
                 handle.state.stop("error")
-                self._retire(lane, row)
+                try:
+                    self._retire(lane, row)
+                except Exception:  # noqa: BLE001 - a faulted backend may fail to free too; the piece has ended
+                    pass
 
     # ---- the calling thread steps -------------------------------------------------------------
     def run(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> Iterator[PieceHandle]:

@@ -651,3 +651,19 @@ def test_close_from_another_thread_while_a_run_of_lanes_waits_for_its_caller(tra
     assert not reader.is_alive()
     assert set(done) == begun and len(done) < 40  # nothing left running; the run did not go on
     assert {first, *rest} <= set(done) and all(h.piece.stop_reason == "max_patches" for h in [first, *rest])
+
+
+def test_a_piece_ends_with_its_lane_fault_even_when_the_backend_cannot_free_its_row(trained):
+    """The backend fails a patch and then fails to free the row: the piece still ends with the
+    fault (a waiter does not hang), and the lane goes on serving."""
+    executor, recorded = _lanes(trained, 1, 1)
+
+    def broken_free(row):
+        raise RuntimeError("device lost")
+
+    recorded[1].fail_at, recorded[1].executor.free = 3, broken_free
+    with Engine(executor).start() as engine:
+        handles = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=20))) for s in range(2)]
+        assert sorted(h.wait(60).stop_reason == "error" for h in handles) == [False, True]
+        assert ["device lost" in (h.error or "") for h in handles].count(True) == 1
+        assert engine.submit(PieceRequest(None, GenerationConfig(seed=2, max_patches=5))).wait(60).patches == 5
