@@ -571,8 +571,11 @@ class Engine:
             raise faults[0]
 
     def generate(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> list[Piece]:
-        """Every request's piece, in request order."""
-        handles = sorted(self.run(requests, listener), key=lambda h: h.id)
+        """Every request's piece, in request order (pieces submitted before, which the run also
+        ends, are not among them)."""
+        requests = list(requests)
+        mine = {id(request) for request in requests}
+        handles = sorted((h for h in self.run(requests, listener) if id(h.request) in mine), key=lambda h: h.id)
         return [h.piece for h in handles]
 
     # ---- background threads step --------------------------------------------------------------

@@ -667,3 +667,17 @@ def test_a_piece_ends_with_its_lane_fault_even_when_the_backend_cannot_free_its_
         assert sorted(h.wait(60).stop_reason == "error" for h in handles) == [False, True]
         assert ["device lost" in (h.error or "") for h in handles].count(True) == 1
         assert engine.submit(PieceRequest(None, GenerationConfig(seed=2, max_patches=5))).wait(60).patches == 5
+
+
+@pytest.mark.parametrize("lanes", [(2,), (1, 1)])
+def test_generate_returns_its_own_pieces_and_ends_those_submitted_before(trained, lanes):
+    """A piece submitted before generate() is ended by it (it takes the rows) but is not one of the
+    pieces it returns: those are its requests', in their order."""
+    executor = _lanes(trained, *lanes)[0] if len(lanes) > 1 else ReferenceBackend(trained, "cached").executor(2)
+    engine = Engine(executor)
+    earlier = engine.submit(PieceRequest(None, GenerationConfig(seed=9, max_patches=4)))
+    pieces = engine.generate([PieceRequest(None, GenerationConfig(seed=s, max_patches=4)) for s in range(3)])
+    want = ReferenceBackend(trained, "cached")
+    assert [p.text for p in pieces] == [want.generate(None, GenerationConfig(seed=s, max_patches=4)).text
+                                        for s in range(3)]
+    assert earlier.done and earlier.piece.patches == 4
