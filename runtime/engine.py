@@ -650,7 +650,10 @@ class Engine:
                 if handle is not None:
                     handle._cancelled = True
                     handle.state.stop("cancelled")
-                    self._retire(self._whole, row)
+                    try:
+                        self._retire(self._whole, row)
+                    except Exception:  # noqa: BLE001 - a faulted backend may fail to free; closing goes on
+                        pass
             self.executor.close()
 
     def __enter__(self) -> "Engine":

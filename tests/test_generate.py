@@ -655,18 +655,28 @@ def test_close_from_another_thread_while_a_run_of_lanes_waits_for_its_caller(tra
 
 def test_a_piece_ends_with_its_lane_fault_even_when_the_backend_cannot_free_its_row(trained):
     """The backend fails a patch and then fails to free the row: the piece still ends with the
-    fault (a waiter does not hang), and the lane goes on serving."""
+    fault (a waiter does not hang), the lane goes on serving, and closing the engine still ends
+    every piece and closes every executor."""
     executor, recorded = _lanes(trained, 1, 1)
 
     def broken_free(row):
         raise RuntimeError("device lost")
 
     recorded[1].fail_at, recorded[1].executor.free = 3, broken_free
+    closed = []
+    for part in recorded:
+        part.executor.close = lambda part=part: closed.append(part)
     with Engine(executor).start() as engine:
         handles = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=20))) for s in range(2)]
         assert sorted(h.wait(60).stop_reason == "error" for h in handles) == [False, True]
         assert ["device lost" in (h.error or "") for h in handles].count(True) == 1
         assert engine.submit(PieceRequest(None, GenerationConfig(seed=2, max_patches=5))).wait(60).patches == 5
+        long = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=400))) for s in (3, 4)]
+        deadline = time.monotonic() + 30
+        while engine.active < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    # Closing frees both rows, one of them failing: both pieces end, and both executors close.
+    assert [h.wait(60).stop_reason for h in long] == ["cancelled", "cancelled"] and closed == recorded
 
 
 @pytest.mark.parametrize("lanes", [(2,), (1, 1)])
