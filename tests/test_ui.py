@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import shutil
+import time
 import wave
 from pathlib import Path
 
@@ -318,6 +319,18 @@ def test_a_seed_out_of_range_is_a_line_on_the_page(server):
 
 @pytest.mark.browser
 def test_stop_ends_the_piece_and_keeps_what_was_written(server):
+    # Patches 20 ms apart: on a fast CPU the whole piece took 0.5 s, ending before Stop arrived.
+    slow = lambda seconds, rows, lane_rows: time.sleep(0.02)  # noqa: E731
+    for engine in server.pool.engines:
+        engine.on_step.append(slow)
+    try:
+        _stop_ends_the_piece(server)
+    finally:
+        for engine in server.pool.engines:
+            engine.on_step.remove(slow)
+
+
+def _stop_ends_the_piece(server):
     with _page(server) as page:
         page.fill("#length input[type=number]", "64")
         _generate(page, "Romantic", "Chopin, Frederic", "Keyboard", 4)
