@@ -583,7 +583,11 @@ def test_a_run_of_lanes_waits_for_its_caller_and_loses_no_request_when_left(trai
     assert len(ended) <= 1 + 2 + 2  # the one taken, the hand-over queue (a row each), one held by each lane
     run.close()
 
-    engine, started, ended = Engine(_lanes(trained, 1, 1)[0]), set(), []
+    # The trained model's pieces end by eos within 14-31 patches, so calls are slowed to keep
+    # lane 0 busy with piece 0, and lane 1 with piece 3, while the caller leaves.
+    executor, recorded = _lanes(trained, 1, 1, hold=0.05, held=10**9)
+    recorded[1].hold = 0.02
+    engine, started, ended = Engine(executor), set(), []
 
     def listener(event):
         started.add(event.handle.request.tag)
@@ -671,6 +675,8 @@ def test_a_piece_ends_with_its_lane_fault_even_when_the_backend_cannot_free_its_
         assert sorted(h.wait(60).stop_reason == "error" for h in handles) == [False, True]
         assert ["device lost" in (h.error or "") for h in handles].count(True) == 1
         assert engine.submit(PieceRequest(None, GenerationConfig(seed=2, max_patches=5))).wait(60).patches == 5
+        for part in recorded:  # pieces that are still being written when the engine closes
+            part.hold, part.held = 0.05, 10**9
         long = [engine.submit(PieceRequest(None, GenerationConfig(seed=s, max_patches=400))) for s in (3, 4)]
         deadline = time.monotonic() + 30
         while engine.active < 2 and time.monotonic() < deadline:
