@@ -295,6 +295,7 @@ def test_wait_says_when_it_cannot_return_a_finished_piece(trained):
         idle.step()
     assert handle.wait().patches == 3
     with Engine(backend.executor(1)).start() as engine:
+        engine.on_step.append(lambda *_: time.sleep(0.01))  # the piece (14 patches, then eos) outlasts the wait
         long = engine.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=400)))
         with pytest.raises(TimeoutError, match="has not ended"):
             long.wait(0.01)
@@ -359,7 +360,9 @@ def test_a_piece_cancelled_while_waiting_leaves_the_queue_at_once(trained):
     readiness counted it until a row freed) and ends at the engine's next step, not when a row frees."""
     from notagen_trt.serve.pool import EnginePool
 
-    pool = EnginePool([Engine(ReferenceBackend(trained, "cached").executor(1))], max_queue=2)
+    engine = Engine(ReferenceBackend(trained, "cached").executor(1))
+    engine.on_step.append(lambda *_: time.sleep(0.01))  # the running piece (14 patches, then eos) outlasts the test
+    pool = EnginePool([engine], max_queue=2)
     try:
         running = pool.submit(PieceRequest(None, GenerationConfig(seed=0, max_patches=400)), lambda e: None)
         waiting = [pool.submit(PieceRequest(None, GenerationConfig(seed=s)), lambda e: None) for s in (1, 2)]
