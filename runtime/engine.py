@@ -427,12 +427,7 @@ class Engine:
             left = [h for h in self._waiting if h._cancelled]
             if left:
                 self._waiting = deque(h for h in self._waiting if not h._cancelled)
-        for handle in left:
-            request = handle.request
-            handle.state = PieceState(request.prompt, request.config, self.patch_length, request.text)
-            handle.state.stop("cancelled")
-            out.append(self._end(handle))
-        return out
+        return out + [self._cancel_unstarted(handle) for handle in left]
 
     def _retire(self, lane: _Lane, row: int) -> PieceHandle:
         handle = self._rows[row]
@@ -449,17 +444,19 @@ class Engine:
         handle._finish()
         return handle
 
-    def _fail_running(self, error: str, lane: _Lane) -> None:
-        """The backend failed: every running piece of the lane ends with the error; its rows are freed."""
+    def _end_running(self, lane: _Lane, error: str | None = None) -> None:
+        """Every running piece of the lane ends, with ``error`` (the backend failed) or cancelled
+        (the engine closes); its rows are freed, or the pieces end anyway where the backend fails to."""
         for row in lane.rows:
             handle = self._rows[row]
             if handle is not None:
-                handle.error = error
-                handle.state.stop("error")
-                try:
+                if error is None:
+                    handle._cancelled = True
+                else:
+                    handle.error = error
+                handle.state.stop("cancelled" if error is None else "error")
+                with contextlib.suppress(Exception):  # a faulted backend may fail to free too; the piece has ended
                     self._retire(lane, row)
-                except Exception:  # noqa: BLE001 - a faulted backend may fail to free too; the piece has ended
-                    pass
 
     # ---- the calling thread steps -------------------------------------------------------------
     def run(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> Iterator[PieceHandle]:
@@ -497,18 +494,17 @@ class Engine:
         fault is raised here once every lane has stopped. The iterable is advanced on the lanes'
         threads, one request at a time."""
         tape = _Tape(requests, len(self._lanes), lambda request: PieceHandle(request, listener, self))
-        ended: queue.Queue[PieceHandle | None] = queue.Queue(maxsize=len(self._rows))  # None: a lane is over
+        ended: queue.SimpleQueue[PieceHandle | None] = queue.SimpleQueue()  # None: a lane is over
+        room = threading.Semaphore(len(self._rows))  # ended pieces the caller may be behind by
         faults: list[BaseException] = []
         stop = threading.Event()  # the lanes stop stepping: a lane failed, or the caller stopped listening
         gone = threading.Event()  # the caller stopped listening
 
-        def hand_over(item: PieceHandle | None) -> None:
+        def hand_over(handle: PieceHandle) -> None:
             while not gone.is_set() and not self._closed:  # close() from elsewhere joins this thread
-                try:
-                    ended.put(item, timeout=0.05)
+                if room.acquire(timeout=0.05):
+                    ended.put(handle)
                     return
-                except queue.Full:
-                    continue
 
         def take(lane: _Lane) -> PieceHandle | None:
             # Pieces already queued first (submitted, or left by a run stopped early), then the tape's.
@@ -525,7 +521,7 @@ class Engine:
                 faults.append(exc)
                 stop.set()
             finally:
-                hand_over(None)
+                ended.put(None)
 
         threads = [threading.Thread(target=drive, args=(lane,), name=f"notagen-lane-{lane.index}", daemon=True)
                    for lane in self._lanes]
@@ -538,18 +534,11 @@ class Engine:
                 thread.start()
             live = len(threads)
             while live:
-                try:
-                    handle = ended.get(timeout=0.05)
-                except queue.Empty:  # a lane closed from elsewhere may leave without its None
-                    if self._closed and not any(thread.is_alive() for thread in threads):
-                        while not ended.empty():
-                            if (handle := ended.get()) is not None:
-                                yield handle
-                        break
-                    continue
+                handle = ended.get()
                 if handle is None:
                     live -= 1
                 else:
+                    room.release()
                     yield handle
         finally:
             gone.set()
@@ -608,7 +597,7 @@ class Engine:
                 try:
                     self._step_lane(lane, self._from_queue)
                 except Exception as exc:  # noqa: BLE001 - a backend fault must not stop the service
-                    self._as_stepping(self._fail_running, f"{type(exc).__name__}: {exc}", lane)
+                    self._as_stepping(self._end_running, lane, f"{type(exc).__name__}: {exc}")
         finally:
             with self._work:
                 self._live -= 1
@@ -630,12 +619,12 @@ class Engine:
             thread.join()
         self._shut_down()
 
-    def _cancel_unstarted(self, handle: PieceHandle) -> None:
+    def _cancel_unstarted(self, handle: PieceHandle) -> PieceHandle:
         handle.state = handle.state or PieceState(handle.request.prompt, handle.request.config, self.patch_length,
                                                   handle.request.text)
         handle._cancelled = True
         handle.state.stop("cancelled")
-        self._end(handle)
+        return self._end(handle)
 
     def _shut_down(self) -> None:
         with self._shutting:
@@ -646,14 +635,7 @@ class Engine:
                 waiting, self._waiting = list(self._waiting), deque()
             for handle in waiting:
                 self._cancel_unstarted(handle)
-            for row, handle in enumerate(self._rows):
-                if handle is not None:
-                    handle._cancelled = True
-                    handle.state.stop("cancelled")
-                    try:
-                        self._retire(self._whole, row)
-                    except Exception:  # noqa: BLE001 - a faulted backend may fail to free; closing goes on
-                        pass
+            self._end_running(self._whole)
             self.executor.close()
 
     def __enter__(self) -> "Engine":
