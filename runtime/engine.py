@@ -491,7 +491,8 @@ class Engine:
     def _run_lanes(self, requests: Iterable[PieceRequest], listener: Listener | None) -> Iterator[PieceHandle]:
         """run() with a thread per lane: pieces come back here as they end, at most a few ahead of
         the caller (a lane waits while the caller is busy with the ones before), and a lane's
-        fault is raised here once every lane has stopped. The iterable is advanced on the lanes'
+        fault is raised here once every lane has stopped (with the faults of other lanes, if any,
+        as notes on it). The iterable is advanced on the lanes'
         threads, one request at a time."""
         tape = _Tape(requests, len(self._lanes), lambda request: PieceHandle(request, listener, self))
         ended: queue.SimpleQueue[PieceHandle | None] = queue.SimpleQueue()  # None: a lane is over
@@ -557,6 +558,9 @@ class Engine:
             if self._shut_down_here:  # a listener closed the engine
                 self._shut_down()
         if faults:
+            for other in faults[1:]:  # one is raised; the other lanes' faults are told on it, not lost
+                if hasattr(faults[0], "add_note"):  # Python 3.11+
+                    faults[0].add_note(f"another lane failed too: {type(other).__name__}: {other}")
             raise faults[0]
 
     def generate(self, requests: Iterable[PieceRequest], listener: Listener | None = None) -> list[Piece]:

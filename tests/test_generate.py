@@ -1,6 +1,7 @@
 """The engine and the published rules: reference modes agree, each rule of PieceState holds, and
 in-flight batching writes the pieces one row writes, whatever the rows, order or cancellations."""
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -533,6 +534,22 @@ def test_a_fault_in_one_lane_is_raised_by_run_after_every_lane_stopped(trained):
     with pytest.raises(RuntimeError, match="device lost"):
         list(engine.run(PieceRequest(None, GenerationConfig(seed=s, max_patches=40)) for s in range(4)))
     assert not engine._threads  # joined before the error reached here
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes need Python 3.11+")
+def test_when_several_lanes_fail_one_fault_is_raised_and_the_others_are_told_on_it(trained):
+    executor, recorded = _lanes(trained, 1, 1, fail_at=1)
+    both = threading.Barrier(2, timeout=30)
+    for r in recorded:
+        def sample(requests, failing=r.sample):
+            both.wait()  # both lanes are inside their first call before either fails
+            return failing(requests)
+        r.executor.sample = sample
+    engine = Engine(executor)
+    with pytest.raises(RuntimeError, match="device lost") as raised:
+        list(engine.run(PieceRequest(None, GenerationConfig(seed=s, max_patches=40)) for s in range(4)))
+    assert raised.value.__notes__ == ["another lane failed too: RuntimeError: device lost"]
+    assert not engine._threads
 
 
 def test_background_lanes_serve_fail_alone_and_close_from_a_listener(trained):
