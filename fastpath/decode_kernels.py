@@ -17,8 +17,9 @@ waits for its input, so weight fetches overlap the chain instead of following it
 The residual stream x stays float32 (more exact than the fp16 reference, never less). Weights
 are stored [out, in], fp16 or int8 with one scale per output channel (the int8-wo recipe of
 engines/quantize.py). 2-16 rows (batched decoding; up to 64, 16 at a time) run _rows: the same
-weight prefetch, on tensor cores, with the input dimension split over programs and the partial
-sums added by whichever program finishes last, always in split order; longer inputs (prefill)
+weight prefetch, on tensor cores, with the input dimension split over programs (and each
+program's slice into parts whose products run side by side) and the partial sums added by
+whichever program finishes last, always in split order; longer inputs (prefill)
 run a tensor-core tile (_linear). Every sum runs in a fixed order: the same inputs give the same
 bits on every run.
 """
@@ -69,12 +70,18 @@ _PDL: bool | None = None
 
 
 @triton.jit
+def _weights(w_ptr, rn, rk, N, K: tl.constexpr):
+    """The weight tile [rows rn, inputs rk] (zeros outside the matrix)."""
+    return tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=(rn < N)[:, None] & (rk < K)[None, :], other=0.0)
+
+
+@triton.jit
 def _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K: tl.constexpr, W_INT8: tl.constexpr,
                HAS_BIAS: tl.constexpr):
     """A program's weight tile [rows rn, inputs rk] and its columns' scale and bias (zeros where
     the layer has none): what a program may load before it waits for its input."""
     cols = rn < N
-    w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=cols[:, None] & (rk < K)[None, :], other=0.0)
+    w = _weights(w_ptr, rn, rk, N, K)
     scale = tl.zeros(rn.shape, dtype=tl.float32)
     bias = tl.zeros(rn.shape, dtype=tl.float32)
     if W_INT8:
@@ -190,10 +197,35 @@ def _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, 
 
 
 @triton.jit
+def _unfolded_add(a, b):
+    """a + b (float32) that the compiler cannot fold: it turns product + b into one product
+    accumulating into b, which would chain _rows' independent products back into one."""
+    return tl.inline_asm_elementwise("add.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def _rows_input(x_ptr, lnw_ptr, rm, rows, rk, stride_x, shift, K: tl.constexpr, LN: tl.constexpr):
+    """Inputs rk of the rows as a product's fp16 operand, with their sums of d and d^2 (zeros
+    without a LayerNorm; with one the operand is d * g, d = x - shift, the row's first value)."""
+    inside = rk < K  # the last split may be partial
+    x = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=rows[:, None] & inside[None, :],
+                other=0.0).to(tl.float32)
+    s1 = tl.zeros(shift.shape, dtype=tl.float32)
+    s2 = tl.zeros(shift.shape, dtype=tl.float32)
+    if LN:
+        x = tl.where(inside[None, :], x - shift[:, None], 0.0)
+        s1 = tl.sum(x, 1)
+        s2 = tl.sum(x * x, 1)
+        x *= tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)[None, :]
+    return x.to(tl.float16), s1, s2
+
+
+@triton.jit
 def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr, stats_ptr, count_ptr, M, N,
           stride_x, stride_out, eps, K: tl.constexpr, LN: tl.constexpr, GELU: tl.constexpr,
           RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, W_INT8: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr):
+          BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PARTS: tl.constexpr, USE_PDL: tl.constexpr):
     """2-BLOCK_M activation rows (batched decoding). Program (n, k) owns the [BLOCK_N, BLOCK_K] weight
     tile at output columns n, inputs k, loaded whole before the wait as in _gemv, and multiplies
     the rows' slice with it on tensor cores. With the input split (K > BLOCK_K) each program
@@ -203,32 +235,47 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
     A LayerNorm needs whole-row statistics no program sees, so it is folded into the epilogue:
     programs multiply d * g (d = x - the row's first value, g the LN weight) and sum d and d^2
     over their slice; the finisher adds those too and corrects with c1 = g @ W (and c2 =
-    beta @ W + b passed as the bias), LN(x) @ W + b = rstd * (d*g @ W - mean(d) * c1) + c2."""
+    beta @ W + b passed as the bias), LN(x) @ W + b = rstd * (d*g @ W - mean(d) * c1) + c2.
+    A program's product is PARTS products over slices of its split, added after: one product is
+    a chain of BLOCK_K / 16 dependent tensor-core steps in each warp, the program's critical
+    path; PARTS chains of a PARTS-th of that length run side by side."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rows = rm < M
     cols = rn < N
-    inside = rk < K  # the last split may be partial
-    w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rk, N, K, W_INT8, HAS_BIAS)
+    PART: tl.constexpr = BLOCK_K // PARTS
+    rp = pid_k * BLOCK_K + tl.arange(0, PART)  # a part's inputs; part p's are rp + p * PART
+    w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rp, N, K, W_INT8, HAS_BIAS)
+    w = (w,)
+    for p in tl.static_range(1, PARTS):
+        w = w + (_weights(w_ptr, rn, rp + p * PART, N, K),)
     c1 = tl.zeros([BLOCK_N], dtype=tl.float32)
     if LN:
-        ln_w = tl.load(lnw_ptr + rk, mask=inside, other=0.0).to(tl.float32)
         c1 = tl.load(c1_ptr + rn, mask=cols, other=0.0)
     _after_producer(USE_PDL)
-    x = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=rows[:, None] & inside[None, :],
-                other=0.0).to(tl.float32)
+    shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if LN:
+        shift = tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)
     s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if LN:
-        x = tl.where(inside[None, :], x - tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)[:, None],
-                     0.0)
-        s1 = tl.sum(x, 1)
-        s2 = tl.sum(x * x, 1)
-        x *= ln_w[None, :]
-    acc = tl.dot(x.to(tl.float16), tl.trans(w.to(tl.float16)))  # [BLOCK_M, BLOCK_N], float32
+    x = ()
+    for p in tl.static_range(PARTS):  # every part's input before any product (a layout change of one
+        xp, p1, p2 = _rows_input(x_ptr, lnw_ptr, rm, rows, rp + p * PART, stride_x, shift, K, LN)
+        x = x + (xp,)  # between two products would keep their chains from interleaving)
+        s1 += p1
+        s2 += p2
+    products = ()
+    for p in tl.static_range(PARTS):
+        products = products + (tl.dot(x[p], tl.trans(w[p].to(tl.float16))),)  # [BLOCK_M, BLOCK_N], float32
+    LEVELS: tl.constexpr = (PARTS >= 2) + (PARTS >= 4) + (PARTS >= 8) + (PARTS >= 16)
+    for level in tl.static_range(LEVELS):  # added pairwise: only then does ptxas interleave the chains
+        pairs = ()
+        for i in tl.static_range(PARTS >> (level + 1)):
+            pairs = pairs + (_unfolded_add(products[2 * i], products[2 * i + 1]),)
+        products = pairs
+    acc = products[0]
     SPLIT: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     if SPLIT == 1:
         _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps, K, LN, W_INT8,
@@ -312,13 +359,15 @@ class PackedLinear:
     # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps); up to
     # MANY_ROWS, ROWS at a time. More rows (the longer context loads): _linear, tiles TILES
     # (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
-    # (benchmarks/decode_kernel_sweep.py; the best _rows tile per shape was within 5% of this one).
+    # (benchmarks/decode_kernel_sweep.py; the best _rows tile per shape was within 5% of this one),
+    # then 8 warps and ROWS_PARTS from benchmarks/chains/ (a 16-row NotaGen-X patch on an H200).
     GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
     ROWS = 16  # the tensor cores' smallest tile height
     # Up to MANY_ROWS rows (an engine's most) run _rows 16 rows at a time: on an H200 a NotaGen-X
     # fp16 patch for 32 rows took 17.0 ms on _linear, 6.2 ms this way (3.6 ms for 16 rows).
     MANY_ROWS = 64
-    ROWS_TILES = (64, 512, 4)
+    ROWS_TILES = (64, 512, 8)
+    ROWS_PARTS = 4  # each _rows program's product as this many independent ones (see _rows)
     TILES = (32, 256, 4)
 
     def __init__(self, weight_in_out: torch.Tensor, bias: torch.Tensor | None, int8: bool = False) -> None:
@@ -349,6 +398,10 @@ class PackedLinear:
         block_k = min(block_k, triton.next_power_of_2(self.k))
         return block_n, block_k, warps, triton.cdiv(self.k, block_k)
 
+    def rows_parts(self) -> int:
+        """PARTS of _rows: each at least one tensor-core step (16 inputs) long."""
+        return max(1, min(self.ROWS_PARTS, self.rows_tile()[1] // 16))
+
     def _ln_terms(self, ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """_rows' folded LayerNorm: c1 = g @ W and c2 = beta @ W + b over the stored weights
         (int8 ones with their scales), float32, computed once per LayerNorm."""
@@ -371,7 +424,8 @@ class PackedLinear:
             ln.weight if ln is not None else dummy, c1, out, ws.partials, ws.stats, ws.tickets, x.shape[0], self.n,
             x.stride(0), out.stride(0), ln.eps if ln is not None else 0.0, K=self.k, LN=ln is not None, GELU=gelu,
             RESIDUAL=residual is not None, HAS_BIAS=bias is not None, W_INT8=self.scale is not None,
-            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=self.ROWS, USE_PDL=pdl_enabled(), num_warps=warps,
+            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=self.ROWS, PARTS=self.rows_parts(), USE_PDL=pdl_enabled(),
+            num_warps=warps,
             **pdl_launch())
 
     def __call__(self, x: torch.Tensor, *, ln: torch.nn.LayerNorm | None = None, gelu: bool = False,
