@@ -9,7 +9,7 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
-from inflight_breakdown import graph_ms  # noqa: E402
+from inflight_breakdown import _new_workspace, graph_ms  # noqa: E402
 
 from notagen_trt.config import PRESETS  # noqa: E402
 from notagen_trt.export.model import NotaGenModel  # noqa: E402
@@ -69,6 +69,7 @@ def main():
     for round_ in range(2):
         for name, tiles, parts in configs:
             use(tiles, parts)
+            _new_workspace(fast)  # sized for this tile's splits and column blocks
             t = time.time()
             ex = fast.executor(16)
             made = time.time() - t
