@@ -198,7 +198,7 @@ def _rows_epilogue(acc, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, 
 
 @triton.jit
 def _unfolded_add(a, b):
-    """a + b (float32) that the compiler cannot fold: it turns product + b into one product
+    """a + b (float32) that Triton cannot fold: it rewrites tl.dot(x, w) + b as one product
     accumulating into b, which would chain _rows' independent products back into one."""
     return tl.inline_asm_elementwise("add.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True,
                                      pack=1)
@@ -260,10 +260,12 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
         shift = tl.load(x_ptr + rm * stride_x, mask=rows, other=0.0).to(tl.float32)
     s1 = tl.zeros([BLOCK_M], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # Every part's input before any product: an input's layout change (through shared memory, with
+    # a barrier) between two products would keep their chains from interleaving.
     x = ()
-    for p in tl.static_range(PARTS):  # every part's input before any product (a layout change of one
+    for p in tl.static_range(PARTS):
         xp, p1, p2 = _rows_input(x_ptr, lnw_ptr, rm, rows, rp + p * PART, stride_x, shift, K, LN)
-        x = x + (xp,)  # between two products would keep their chains from interleaving)
+        x = x + (xp,)
         s1 += p1
         s2 += p2
     products = ()
