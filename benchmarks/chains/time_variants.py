@@ -1,6 +1,6 @@
 """Time 16-row patches (NotaGen-X shape, fp16, the patch's CUDA graphs, median of replays) with
-_rows run in parts of different counts and warps; check each one's products against the first.
-python benchmarks/chains/time_variants.py [128x512x8p4 ...] (from the repository root, on a CUDA GPU)."""
+_rows on other tiles, warps and parts counts; check each one's products against the first.
+python benchmarks/chains/time_variants.py [64x512x8p4 128x512x8p4 ...] (from the repository root, on a CUDA GPU)."""
 import json
 import pathlib
 import sys
@@ -21,13 +21,13 @@ def main():
     torch.manual_seed(0)
     base_tiles = decode_kernels.PackedLinear.ROWS_TILES
     base_parts = decode_kernels.PackedLinear.ROWS_PARTS
-    # One part with 4 warps is the kernel before parts (the 2026-12-03 lease timed that commit's
-    # own file, 51da1d8, as "head w4").
-    configs = [("parts1 w4", (64, 512, 4), 1), ("parts4 w8", (64, 512, 8), 4), ("parts8 w8", (64, 512, 8), 8)]
-    if sys.argv[1:]:  # or tiles of your own: BLOCK_N x BLOCK_K x warps p PARTS, e.g. 128x512x8p4
-        configs = [(spec, tuple(int(v) for v in spec.split("p")[0].split("x")), int(spec.split("p")[1]))
-                   for spec in sys.argv[1:]]
-    out = {"gpu": torch.cuda.get_device_name()}
+    shipped = "x".join(map(str, base_tiles)) + f"p{base_parts}"
+    # Tiles as BLOCK_N x BLOCK_K x warps p PARTS. By default the shipped one, the kernel before
+    # parts (one part, 4 warps; the 2026-12-03 lease timed that commit's own file, 51da1d8, as
+    # "head w4") and eight parts.
+    specs = sys.argv[1:] or [shipped, "64x512x4p1", "64x512x8p8"]
+    configs = [(spec, tuple(int(v) for v in spec.split("p")[0].split("x")), int(spec.split("p")[1])) for spec in specs]
+    out = {"gpu": torch.cuda.get_device_name(), "shipped": shipped}
 
     def use(tiles, parts=base_parts):
         decode_kernels.PackedLinear.ROWS_TILES = tiles
@@ -41,7 +41,7 @@ def main():
     for int8 in (False, True):
         for sname, (k, n) in shapes.items():
             w, b = torch.randn(k, n) * 0.05, torch.randn(n) * 0.1
-            x = (torch.randn(16, k, device="cuda") * 3 + 0.5)
+            x = torch.randn(16, k, device="cuda") * 3 + 0.5
             res0 = torch.randn(16, n, device="cuda")
             ref = None
             for name, tiles, parts in configs:
