@@ -110,7 +110,7 @@ def main() -> None:
                     if rows == 1:
                         PackedLinear.GEMV_ELEMENTS, PackedLinear.GEMV_WARPS = tile
                     else:
-                        PackedLinear.ROWS_TILES = tile
+                        PackedLinear.ROWS_TILES = PackedLinear.ROWS_TILES_LONG = tile
                         for lin in lins:  # sized for the tile, before any capture
                             lin.workspace = RowsWorkspace([lin], "cuda")
                     key = f"{'int8' if int8 else 'fp16'} {tile}"

@@ -33,9 +33,10 @@ def _use_tiles(backend, tiles: dict) -> None:
     """Each layer on its shape's tile in ``tiles`` (else the one tile), with a workspace sized
     for them (a smaller one lets _rows write past it)."""
     for packed in backend.packed.values():
-        packed.__dict__.pop("ROWS_TILES", None)  # back to the class's one tile
+        packed.__dict__.pop("ROWS_TILES", None)  # back to the class's tiles
+        packed.__dict__.pop("ROWS_TILES_LONG", None)
         if (packed.k, packed.n) in tiles:
-            packed.ROWS_TILES = tiles[(packed.k, packed.n)]
+            packed.ROWS_TILES = packed.ROWS_TILES_LONG = tiles[(packed.k, packed.n)]
     _new_workspace(backend)
 
 

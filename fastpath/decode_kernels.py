@@ -286,10 +286,9 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
     else:
         tile = rm[:, None] * N + rn[None, :]
         tl.store(part_ptr + pid_k * BLOCK_M * N + tile, acc, mask=cols[None, :])
+        sums = 2 * rm[:, None] + tl.arange(0, 2)[None, :]  # a row's two sums side by side: one store
         if LN:
-            stats = stats_ptr + (pid_k * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + 2 * rm
-            tl.store(stats, s1)
-            tl.store(stats + 1, s2)
+            tl.store(stats_ptr + (pid_k * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + sums, tl.join(s1, s2))
         # CUTLASS's serial split-K handshake: every thread's stores, a barrier, then one release
         # (acq_rel) atomic; the finisher's acquire makes all partials visible to it.
         tl.debug_barrier()
@@ -302,9 +301,10 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
                 total += tl.load(part_ptr + split * BLOCK_M * N + tile, mask=cols[None, :], other=0.0,
                                  cache_modifier=".cg")
                 if LN:
-                    stats = stats_ptr + (split * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + 2 * rm
-                    s1 += tl.load(stats, cache_modifier=".cg")
-                    s2 += tl.load(stats + 1, cache_modifier=".cg")
+                    p1, p2 = tl.split(tl.load(stats_ptr + (split * tl.num_programs(0) + pid_n) * 2 * BLOCK_M + sums,
+                                              cache_modifier=".cg"))
+                    s1 += p1
+                    s2 += p2
             tl.store(count_ptr + pid_n, 0)
             _rows_epilogue(total, s1, s2, rm, rn, rows, cols, out_ptr, stride_out, scale, bias, c1, eps, K, LN,
                            W_INT8, HAS_BIAS, GELU, RESIDUAL)
@@ -362,14 +362,17 @@ class PackedLinear:
     # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps); up to
     # MANY_ROWS, ROWS at a time. More rows (the longer context loads): _linear, tiles TILES
     # (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
-    # (benchmarks/decode_kernel_sweep.py; the best _rows tile per shape was within 5% of this one),
-    # then 8 warps and ROWS_PARTS from benchmarks/chains/ (a 16-row NotaGen-X patch on an H200).
+    # (benchmarks/decode_kernel_sweep.py), then warps, ROWS_PARTS and the two _rows tiles from
+    # benchmarks/chains/, timing a whole 16-row NotaGen-X patch on an H200 (128 x 256 for inputs up to
+    # LONG and 64 x 512 beyond: 3.41 ms, against 3.49 for 64 x 512 everywhere and 3.44 for 128 x 256).
     GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
     ROWS = 16  # the tensor cores' smallest tile height
     # Up to MANY_ROWS rows (an engine's most) run _rows 16 rows at a time: on an H200 a NotaGen-X
     # fp16 patch for 32 rows took 17.0 ms on _linear, 6.2 ms this way (3.6 ms for 16 rows).
     MANY_ROWS = 64
-    ROWS_TILES = (64, 512, 8)
+    ROWS_TILES = (128, 256, 8)
+    ROWS_TILES_LONG = (64, 512, 8)  # inputs over LONG (NotaGen's MLP output projection: 5120)
+    LONG = 2048
     ROWS_PARTS = 4  # each _rows program's product as this many independent ones (see _rows)
     TILES = (32, 256, 4)
 
@@ -397,7 +400,7 @@ class PackedLinear:
 
     def rows_tile(self) -> tuple[int, int, int, int]:
         """(BLOCK_N, BLOCK_K, warps, splits) of _rows for this layer."""
-        block_n, block_k, warps = self.ROWS_TILES
+        block_n, block_k, warps = self.ROWS_TILES if self.k <= self.LONG else self.ROWS_TILES_LONG
         block_k = min(block_k, triton.next_power_of_2(self.k))
         return block_n, block_k, warps, triton.cdiv(self.k, block_k)
 

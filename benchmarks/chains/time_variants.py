@@ -1,6 +1,7 @@
 """Time 16-row patches (NotaGen-X shape, fp16, the patch's CUDA graphs, median of replays) with
 _rows on other tiles, warps and parts counts; check each one's products against the first.
-python benchmarks/chains/time_variants.py [64x512x8p4 128x512x8p4 ...] (from the repository root, on a CUDA GPU)."""
+python benchmarks/chains/time_variants.py [128x256x8p4/64x512x8 64x512x8p4 ...] (from the repository root, on a CUDA GPU)."""
+import importlib.util
 import json
 import pathlib
 import sys
@@ -19,19 +20,38 @@ from notagen_trt.fastpath.executor import FastBackend  # noqa: E402
 
 def main():
     torch.manual_seed(0)
-    base_tiles = decode_kernels.PackedLinear.ROWS_TILES
-    base_parts = decode_kernels.PackedLinear.ROWS_PARTS
-    shipped = "x".join(map(str, base_tiles)) + f"p{base_parts}"
-    # Tiles as BLOCK_N x BLOCK_K x warps p PARTS. By default the shipped one, the kernel before
-    # parts (one part, 4 warps; the 2026-12-03 lease timed that commit's own file, 51da1d8, as
-    # "head w4") and eight parts.
-    specs = sys.argv[1:] or [shipped, "64x512x4p1", "64x512x8p8"]
-    configs = [(spec, tuple(int(v) for v in spec.split("p")[0].split("x")), int(spec.split("p")[1])) for spec in specs]
-    out = {"gpu": torch.cuda.get_device_name(), "shipped": shipped}
+    lin_class = decode_kernels.PackedLinear
+    base = (lin_class.ROWS_TILES, lin_class.ROWS_PARTS, lin_class.ROWS_TILES_LONG)
 
-    def use(tiles, parts=base_parts):
-        decode_kernels.PackedLinear.ROWS_TILES = tiles
-        decode_kernels.PackedLinear.ROWS_PARTS = parts
+    def name(tiles, parts, long_tiles):
+        one = "x".join(map(str, tiles)) + f"p{parts}"
+        return one if long_tiles == tiles else one + "/" + "x".join(map(str, long_tiles))
+
+    shipped = name(*base)
+    # A variant: BLOCK_N x BLOCK_K x warps p PARTS, for every layer, or "A/B": tile A for inputs up
+    # to PackedLinear.LONG and tile B (BLOCK_N x BLOCK_K x warps) for longer ones (NotaGen's MLP
+    # output projection); "...@file.py" runs that file's _rows (another form of the kernel, the
+    # same arguments). By default the shipped tiles, the one tile before them, and 128 x 256 for all.
+    specs = sys.argv[1:] or [shipped, "64x512x8p4", "128x256x8p4"]
+    configs = []
+    for spec in specs:
+        tiles, _, kernel = spec.partition("@")
+        short, _, long_tiles = tiles.partition("/")
+        short_tiles, parts = tuple(int(v) for v in short.split("p")[0].split("x")), int(short.split("p")[1])
+        long_tiles = tuple(int(v) for v in long_tiles.split("p")[0].split("x")) if long_tiles else short_tiles
+        configs.append((spec, short_tiles, parts, (long_tiles, kernel or None)))
+    out = {"gpu": torch.cuda.get_device_name(), "shipped": shipped}
+    shipped_rows = decode_kernels._rows
+
+    def use(tiles, parts=base[1], extra=(base[2], None)):
+        long_tiles, kernel = extra
+        lin_class.ROWS_TILES, lin_class.ROWS_PARTS, lin_class.ROWS_TILES_LONG = tiles, parts, long_tiles
+        decode_kernels._rows = shipped_rows
+        if kernel:
+            spec = importlib.util.spec_from_file_location(pathlib.Path(kernel).stem, kernel)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            decode_kernels._rows = module._rows
 
     # Products: each variant against the shipped kernel (fp16 tolerance) and against itself (bits).
     ln = torch.nn.LayerNorm(1280).cuda()
@@ -44,8 +64,8 @@ def main():
             x = torch.randn(16, k, device="cuda") * 3 + 0.5
             res0 = torch.randn(16, n, device="cuda")
             ref = None
-            for name, tiles, parts in configs:
-                use(tiles, parts)
+            for name, tiles, parts, long_tile in configs:
+                use(tiles, parts, long_tile)
                 lin = decode_kernels.PackedLinear(w, b, int8=int8).to("cuda")
                 if sname == "qkv+ln":
                     got = [lin(x, ln=ln, out_dtype=torch.float32) for _ in range(2)]
@@ -61,14 +81,14 @@ def main():
                 err = (got[0] - ref).abs().max().item()
                 out[f"check {sname} int8={int8} {name}"] = {"max_diff_vs_base": err, "repeat_same_bits": same}
     print(json.dumps({k: v for k, v in out.items() if k.startswith("check")}, indent=0), flush=True)
-    use(base_tiles)
+    use(base[0])
     fast = FastBackend(NotaGenModel(PRESETS["x"]), "cuda", "fp16")
     ex = fast.executor(1)
     out["base rows=1"] = graph_ms(ex, reps=100)
     ex.close()
     for round_ in range(2):
-        for name, tiles, parts in configs:
-            use(tiles, parts)
+        for name, tiles, parts, long_tile in configs:
+            use(tiles, parts, long_tile)
             _new_workspace(fast)  # sized for this tile's splits and column blocks
             t = time.time()
             ex = fast.executor(16)
@@ -76,7 +96,7 @@ def main():
             out[f"{name} rows=16 r{round_}"] = graph_ms(ex, reps=100)
             ex.close()
             print(name, round_, out[f"{name} rows=16 r{round_}"], f"(made in {made:.0f} s)", flush=True)
-    use(base_tiles)
+    use(base[0])
     print(json.dumps(out, indent=1))
 
 
