@@ -2,7 +2,7 @@
 captured patch graphs alone (CUDA events), the executor's ``sample`` (host packing, one copy each
 way, the sync), and whole engine steps with the published rules, at 1 and 16 rows; and the
 16-row graph with _rows' tiles chosen per matrix shape (``TILES_BY_SHAPE``, each shape's best
-in ``decode_kernel_sweep.py --rows-only``) against the one tile the fast path uses.
+in ``decode_kernel_sweep.py --rows-only``) against the tiles the fast path ships.
 ``python benchmarks/inflight_breakdown.py [--json out.json]``."""
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from notagen_trt.runtime.piece import GenerationConfig, PieceState
 
 
 # NotaGen-X's shapes (in, out) -> (BLOCK_N, BLOCK_K, warps): each shape's best _rows tile at 16
-# rows, fp16, in the sweep (8% less time over a layer than the one tile, kernel by kernel).
+# rows, fp16, in the sweep (8% less time over a layer than the one tile shipped then, kernel by kernel).
 TILES_BY_SHAPE = {(1280, 3840): (128, 256, 4), (1280, 1280): (64, 512, 8), (1280, 5120): (128, 256, 8),
                   (5120, 1280): (64, 512, 4), (1280, 128): (32, 256, 4)}
 
 
 def _use_tiles(backend, tiles: dict) -> None:
-    """Each layer on its shape's tile in ``tiles`` (else the one tile), with a workspace sized
+    """Each layer on its shape's tile in ``tiles`` (else the shipped tiles), with a workspace sized
     for them (a smaller one lets _rows write past it)."""
     for packed in backend.packed.values():
         packed.__dict__.pop("ROWS_TILES", None)  # back to the class's tiles
@@ -115,11 +115,11 @@ def main() -> None:
         ex = backend.executor(rows)
         report[f"rows={rows}"] = {"graph_ms": round(graph_ms(ex), 3), "sample_ms": round(sample_ms(ex, rows), 3)}
         print(json.dumps(report[f"rows={rows}"]), flush=True)
-    for name, tiles in (("one tile", {}), ("per shape", TILES_BY_SHAPE)):
+    for name, tiles in (("shipped", {}), ("per shape", TILES_BY_SHAPE)):
         _use_tiles(backend, tiles)
         report["tiles"][name] = round(graph_ms(backend.executor(16)), 3)
         print(name, report["tiles"][name], flush=True)
-    _use_tiles(backend, {})  # in flight on the one tile, as the fast path runs
+    _use_tiles(backend, {})  # in flight on the shipped tiles, as the fast path runs
     for rows in (1, 16):
         report[f"inflight rows={rows}"] = inflight(backend, rows, args.pieces)
         print(json.dumps(report[f"inflight rows={rows}"]), flush=True)

@@ -359,12 +359,13 @@ class PackedLinear:
     int8 with a per-output-channel scale."""
 
     # One row: _gemv, a program per BLOCK_N weight rows held whole (BLOCK_N * next_pow2(in) <=
-    # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES (BLOCK_N, BLOCK_K, warps); up to
+    # GEMV_ELEMENTS). 2..ROWS rows: _rows, tiles ROWS_TILES / ROWS_TILES_LONG (BLOCK_N, BLOCK_K, warps); up to
     # MANY_ROWS, ROWS at a time. More rows (the longer context loads): _linear, tiles TILES
     # (BLOCK_N, BLOCK_K, warps). From sweeps on an H200
     # (benchmarks/decode_kernel_sweep.py), then warps, ROWS_PARTS and the two _rows tiles from
-    # benchmarks/chains/, timing a whole 16-row NotaGen-X patch on an H200 (128 x 256 for inputs up to
-    # LONG and 64 x 512 beyond: 3.41 ms, against 3.49 for 64 x 512 everywhere and 3.44 for 128 x 256).
+    # benchmarks/chains/, timing a whole 16-row NotaGen-X patch on an H200 (three sweeps in one lease:
+    # 128 x 256 for inputs up to LONG and 64 x 512 beyond 3.41 ms, 64 x 512 everywhere 3.49-3.51,
+    # 128 x 256 everywhere 3.42-3.44).
     GEMV_ELEMENTS, GEMV_WARPS = 16384, 4
     ROWS = 16  # the tensor cores' smallest tile height
     # Up to MANY_ROWS rows (an engine's most) run _rows 16 rows at a time: on an H200 a NotaGen-X
