@@ -77,7 +77,6 @@ def main() -> None:
         print(json.dumps(sampler_sweep(), indent=1))
         return
     torch.manual_seed(0)
-    PackedLinear.ROWS_TILES_BY_SHAPE = {}  # every shape on the tile swept
     report = {"gpu": torch.cuda.get_device_name(), "linear": {}, "attention": {}}
     for rows in () if args.attention_only else (16,) if args.rows_only else (1, 16):
         x = torch.randn(rows, 5120, device="cuda", dtype=torch.float16)
