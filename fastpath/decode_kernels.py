@@ -245,7 +245,7 @@ def _rows(x_ptr, w_ptr, scale_ptr, bias_ptr, lnw_ptr, c1_ptr, out_ptr, part_ptr,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = rm < M
     cols = rn < N
-    tl.static_assert(PARTS & (PARTS - 1) == 0, "PARTS is a power of two (they are added pairwise)")
+    tl.static_assert((PARTS & (PARTS - 1) == 0) & (PARTS <= 16), "PARTS is a power of two up to 16 (LEVELS)")
     PART: tl.constexpr = BLOCK_K // PARTS
     rp = pid_k * BLOCK_K + tl.arange(0, PART)  # a part's inputs; part p's are rp + p * PART
     w, scale, bias = _constants(w_ptr, scale_ptr, bias_ptr, rn, rp, N, K, W_INT8, HAS_BIAS)

@@ -21,37 +21,33 @@ from notagen_trt.fastpath.executor import FastBackend  # noqa: E402
 def main():
     torch.manual_seed(0)
     lin_class = decode_kernels.PackedLinear
-    base = (lin_class.ROWS_TILES, lin_class.ROWS_PARTS, lin_class.ROWS_TILES_LONG)
-
-    def name(tiles, parts, long_tiles):
-        one = "x".join(map(str, tiles)) + f"p{parts}"
-        return one if long_tiles == tiles else one + "/" + "x".join(map(str, long_tiles))
-
-    shipped = name(*base)
+    base = (lin_class.ROWS_TILES, lin_class.ROWS_PARTS, lin_class.ROWS_TILES_LONG, None)
+    shipped = "x".join(map(str, base[0])) + f"p{base[1]}"
+    if base[2] != base[0]:
+        shipped += "/" + "x".join(map(str, base[2]))
     # A variant: BLOCK_N x BLOCK_K x warps p PARTS, for every layer, or "A/B": tile A for inputs up
     # to PackedLinear.LONG and tile B (BLOCK_N x BLOCK_K x warps) for longer ones (NotaGen's MLP
     # output projection); "...@file.py" runs that file's _rows (another form of the kernel, the
     # same arguments). By default the shipped tiles, the one tile before them, and 128 x 256 for all.
     specs = sys.argv[1:] or [shipped, "64x512x8p4", "128x256x8p4"]
-    configs = []
+    configs = []  # (spec, tiles, parts, long-input tiles, kernel file)
     for spec in specs:
         tiles, _, kernel = spec.partition("@")
         short, _, long_tiles = tiles.partition("/")
         short_tiles, parts = tuple(int(v) for v in short.split("p")[0].split("x")), int(short.split("p")[1])
         long_tiles = tuple(int(v) for v in long_tiles.split("p")[0].split("x")) if long_tiles else short_tiles
-        configs.append((spec, short_tiles, parts, (long_tiles, kernel or None)))
+        configs.append((spec, short_tiles, parts, long_tiles, kernel or None))
     out = {"gpu": torch.cuda.get_device_name(), "shipped": shipped}
-    shipped_rows = decode_kernels._rows
+    kernels = {None: decode_kernels._rows}  # each file's _rows, loaded once (its compiled kernels kept)
 
-    def use(tiles, parts=base[1], extra=(base[2], None)):
-        long_tiles, kernel = extra
+    def use(tiles, parts, long_tiles, kernel):
         lin_class.ROWS_TILES, lin_class.ROWS_PARTS, lin_class.ROWS_TILES_LONG = tiles, parts, long_tiles
-        decode_kernels._rows = shipped_rows
-        if kernel:
+        if kernel not in kernels:
             spec = importlib.util.spec_from_file_location(pathlib.Path(kernel).stem, kernel)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            decode_kernels._rows = module._rows
+            kernels[kernel] = module._rows
+        decode_kernels._rows = kernels[kernel]
 
     # Products: each variant against the shipped kernel (fp16 tolerance) and against itself (bits).
     ln = torch.nn.LayerNorm(1280).cuda()
@@ -64,8 +60,8 @@ def main():
             x = torch.randn(16, k, device="cuda") * 3 + 0.5
             res0 = torch.randn(16, n, device="cuda")
             ref = None
-            for name, tiles, parts, long_tile in configs:
-                use(tiles, parts, long_tile)
+            for name, *variant in configs:
+                use(*variant)
                 lin = decode_kernels.PackedLinear(w, b, int8=int8).to("cuda")
                 if sname == "qkv+ln":
                     got = [lin(x, ln=ln, out_dtype=torch.float32) for _ in range(2)]
@@ -81,14 +77,14 @@ def main():
                 err = (got[0] - ref).abs().max().item()
                 out[f"check {sname} int8={int8} {name}"] = {"max_diff_vs_base": err, "repeat_same_bits": same}
     print(json.dumps({k: v for k, v in out.items() if k.startswith("check")}, indent=0), flush=True)
-    use(base[0])
+    use(*base)
     fast = FastBackend(NotaGenModel(PRESETS["x"]), "cuda", "fp16")
     ex = fast.executor(1)
     out["base rows=1"] = graph_ms(ex, reps=100)
     ex.close()
     for round_ in range(2):
-        for name, tiles, parts, long_tile in configs:
-            use(tiles, parts, long_tile)
+        for name, *variant in configs:
+            use(*variant)
             _new_workspace(fast)  # sized for this tile's splits and column blocks
             t = time.time()
             ex = fast.executor(16)
@@ -96,7 +92,7 @@ def main():
             out[f"{name} rows=16 r{round_}"] = graph_ms(ex, reps=100)
             ex.close()
             print(name, round_, out[f"{name} rows=16 r{round_}"], f"(made in {made:.0f} s)", flush=True)
-    use(base[0])
+    use(*base)
     print(json.dumps(out, indent=1))
 
 
